@@ -1,0 +1,1 @@
+//! defib's rescue: the library behind the `rescue` binary.
