@@ -1,5 +1,22 @@
 //! defib's builder: turns Debian's signed boot parts, our static rescue
-//! binary and the payloads into a bootable USB image.
+//! binary and the payloads into a bootable USB image, and reads used images
+//! back.
 
+pub mod bootmenu;
+pub mod build;
 pub mod cpio;
+pub mod deb;
+pub mod fetch;
 pub mod image;
+pub mod inspect;
+pub mod kmod;
+pub mod manifest;
+pub mod progress;
+pub mod qemu;
+pub mod size;
+
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

@@ -1,1 +1,331 @@
-fn main(){}
+//! `defib`: build defib rescue images and read used ones back.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use defib_builder::bootmenu::After;
+use defib_builder::build::{build, BuildConfig};
+use defib_builder::fetch::{self, Fetched};
+use defib_builder::kmod::{ModuleList, DEFAULT_LIST};
+use defib_builder::progress::Progress;
+use defib_builder::{inspect, qemu, size::parse_size};
+use std::path::{Path, PathBuf};
+
+/// Build defib rescue images: a USB stick that boots a PC broken by a bad
+/// security update, repairs Windows offline and reports what it did.
+#[derive(Parser)]
+#[command(name = "defib", version, max_term_width = 80)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download Debian's signed kernel, shim, GRUB and helpers
+    Fetch(FetchConfig),
+    /// Build the USB image (fetches the boot parts first if needed)
+    Build(BuildArgs),
+    /// Show an image's manifest and the reports left on a used stick
+    Inspect(InspectConfig),
+    /// Boot an image in QEMU (software emulation) and show its console
+    Try(TryConfig),
+}
+
+#[derive(Args)]
+struct TryConfig {
+    /// The image to boot, attached as a USB stick
+    image: PathBuf,
+    /// Firmware to boot with
+    #[arg(long, value_enum, default_value = "uefi-sb")]
+    firmware: qemu::Firmware,
+    /// A disk to attach as the PC's internal drive (repeatable)
+    #[arg(long, value_name = "DISK")]
+    disk: Vec<PathBuf>,
+    /// How the internal drives are attached
+    #[arg(long, value_enum, default_value = "ahci")]
+    bus: qemu::Bus,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Args)]
+struct FetchConfig {
+    /// Folder for the .deb files [default: ~/.cache/defib/debs/trixie]
+    #[arg(long, value_name = "DIR")]
+    dest: Option<PathBuf>,
+    /// Debian mirror URL [default: the Debian mirror in the host's apt sources]
+    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR")]
+    mirror: Option<String>,
+    /// Debian security mirror URL, used with --mirror
+    #[arg(long, value_name = "URL", env = "DEFIB_SECURITY_MIRROR")]
+    security_mirror: Option<String>,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Where to write the image
+    #[arg(long, value_name = "FILE", default_value = "out/defib.img")]
+    out: PathBuf,
+    /// Take the .deb files from this folder (offline, air-gapped builds)
+    #[arg(long, value_name = "DIR")]
+    debs: Option<PathBuf>,
+    /// Payloads folder (playbooks, known-good store) [default: ./payloads]
+    #[arg(long, value_name = "DIR")]
+    payloads: Option<PathBuf>,
+    /// The static rescue binary [default: next to this defib build]
+    #[arg(long, value_name = "FILE", env = "DEFIB_RESCUE")]
+    rescue: Option<PathBuf>,
+    /// Free room on the stick for reports
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    free_space: u64,
+    /// Kernel module list (TOML) [default: the built-in list]
+    #[arg(long, value_name = "FILE")]
+    modules: Option<PathBuf>,
+    /// What the rescue does after its verdict
+    #[arg(long, value_enum, default_value = "reboot")]
+    after: After,
+    /// Never download: fail if the boot parts are not in the cache
+    #[arg(long)]
+    offline: bool,
+    /// Debian mirror URL, if parts must be fetched
+    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR")]
+    mirror: Option<String>,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InspectConfig {
+    /// A defib image file or the block device of a used stick
+    image: PathBuf,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Fetch(c) => cmd_fetch(c),
+        Cmd::Build(c) => cmd_build(c),
+        Cmd::Inspect(c) => cmd_inspect(c),
+        Cmd::Try(c) => cmd_try(c),
+    };
+    if let Err(e) = r {
+        eprintln!("defib: error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn sources(mirror: Option<&str>, security: Option<&str>) -> Result<Vec<fetch::Source>> {
+    match mirror {
+        Some(m) => Ok(fetch::sources_for_mirror(m, security)),
+        None => fetch::sources_from_host(Path::new("/etc/apt")),
+    }
+}
+
+fn run_fetch(
+    dest: &Path,
+    mirror: Option<&str>,
+    security: Option<&str>,
+    p: &mut Progress,
+) -> Result<Vec<Fetched>> {
+    let cache = fetch::cache_dir()?;
+    fetch::fetch(&cache, dest, &sources(mirror, security)?, &mut |m| {
+        p.step(m)
+    })
+}
+
+fn print_parts(parts: &[Fetched]) {
+    for f in parts {
+        println!("{:<34} {:<40} sha256 {}", f.package, f.version, f.sha256);
+    }
+}
+
+fn cmd_fetch(c: FetchConfig) -> Result<()> {
+    let dest = match c.dest {
+        Some(d) => d,
+        None => fetch::default_debs_dir()?,
+    };
+    let mut p = Progress::new(c.json);
+    let parts = run_fetch(
+        &dest,
+        c.mirror.as_deref(),
+        c.security_mirror.as_deref(),
+        &mut p,
+    )?;
+    p.finish();
+    if c.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"dest": dest, "parts": parts}))?
+        );
+    } else {
+        println!("boot parts in {}:", dest.display());
+        print_parts(&parts);
+    }
+    Ok(())
+}
+
+/// `<dir of this exe>/../<target>/release/rescue`, as scripts/build lays
+/// out `target/`.
+fn default_rescue() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the defib executable")?;
+    let dir = exe
+        .parent()
+        .context("defib executable has no parent folder")?;
+    let candidates = [
+        dir.join("../x86_64-unknown-linux-gnu/release/rescue"),
+        dir.join("../../x86_64-unknown-linux-gnu/release/rescue"),
+        dir.join("rescue"),
+    ];
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        "no static rescue binary found next to defib; build with scripts/build or pass --rescue FILE".to_string()
+    })
+}
+
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        // 1980-01-01, the FAT epoch: a fixed default keeps builds
+        // reproducible when no date is given.
+        Err(_) => Ok(315_532_800),
+    }
+}
+
+fn cmd_build(c: BuildArgs) -> Result<()> {
+    let mut p = Progress::new(c.json);
+    let debs = match &c.debs {
+        Some(d) => d.clone(),
+        None => {
+            let d = fetch::default_debs_dir()?;
+            let have = fetch::describe(&d).unwrap_or_default();
+            let complete = fetch::PACKAGES
+                .iter()
+                .all(|n| have.iter().any(|f| f.package == *n));
+            if !complete {
+                if c.offline {
+                    anyhow::bail!(
+                        "boot parts missing in {} and --offline given; run `defib fetch` first",
+                        d.display()
+                    );
+                }
+                p.step("boot parts not cached yet: fetching");
+                run_fetch(&d, c.mirror.as_deref(), None, &mut p)?;
+            }
+            d
+        }
+    };
+    let (modules_text, origin) = match &c.modules {
+        Some(f) => (
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            f.display().to_string(),
+        ),
+        None => (DEFAULT_LIST.to_string(), "built-in module list".to_string()),
+    };
+    let cfg = BuildConfig {
+        debs,
+        rescue: match c.rescue {
+            Some(r) => r,
+            None => default_rescue()?,
+        },
+        payloads: c.payloads.unwrap_or_else(|| PathBuf::from("payloads")),
+        out: c.out,
+        free_space: c.free_space,
+        source_date_epoch: source_date_epoch()?,
+        modules: ModuleList::parse(&modules_text, &origin)?,
+        modules_text,
+        after: c.after,
+    };
+    if let Some(parent) = cfg.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let s = build(&cfg, &mut |m| p.step(m))?;
+    p.finish();
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{}: {} MiB, build {}, kernel {}, {} modules, initramfs {} KiB",
+            s.image.display(),
+            s.image_size >> 20,
+            s.build_id,
+            s.kernel_release,
+            s.modules,
+            s.initramfs_size / 1024
+        );
+        println!(
+            "write it to a stick with: sudo dd if={} of=/dev/sdX bs=4M conv=fsync",
+            s.image.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_inspect(c: InspectConfig) -> Result<()> {
+    let i = inspect::inspect(&c.image)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+    } else {
+        print!("{}", inspect::render(&c.image, &i));
+    }
+    Ok(())
+}
+
+fn cmd_try(c: TryConfig) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("defib-try-{}", std::process::id()));
+    let mut b = qemu::Boot::new(c.firmware, &scratch);
+    b.stick = Some(c.image.clone());
+    b.disks = c.disk.iter().map(|d| (d.clone(), c.bus)).collect();
+    b.timeout = std::time::Duration::from_secs(c.timeout);
+    eprintln!(
+        "booting {} ({:?}); the serial console follows",
+        c.image.display(),
+        c.firmware
+    );
+    let out = qemu::run(&b);
+    std::fs::remove_dir_all(&scratch).ok();
+    let out = out?;
+    print!("{}", out.text());
+    if out.timed_out {
+        anyhow::bail!("no power-off within {} s", c.timeout);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lines_fit_80_columns() {
+        let mut cmd = Cli::command();
+        let mut texts = vec![cmd.render_long_help().to_string()];
+        for sub in cmd.get_subcommands_mut() {
+            texts.push(sub.render_long_help().to_string());
+        }
+        for t in texts {
+            for line in t.lines() {
+                assert!(
+                    line.chars().count() <= 80,
+                    "help line over 80 columns: {line:?}"
+                );
+            }
+        }
+    }
+}

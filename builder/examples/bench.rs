@@ -1,0 +1,186 @@
+//! The figures behind `scripts/bench`: sizes, warm-cache build time, and
+//! boot times against a bare-kernel baseline measured in the same run.
+//!
+//! Boots run under the same QEMU (TCG) one after another so load affects
+//! them alike; each boot is repeated and the median printed.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use defib_builder::cpio::{compress_zstd, Archive};
+use defib_builder::image::UsbImage;
+use defib_builder::qemu::{self, Boot, Firmware};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    image: PathBuf,
+    #[arg(long)]
+    defib: PathBuf,
+    #[arg(long)]
+    rescue: PathBuf,
+    #[arg(long)]
+    bare_init: PathBuf,
+    #[arg(long)]
+    work: PathBuf,
+    /// Repetitions per measurement (median reported)
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Boots and returns the time of the first line containing each marker.
+fn timed_boot(b: &Boot, markers: &[&str]) -> Result<Vec<Duration>> {
+    let out = qemu::run(b)?;
+    markers
+        .iter()
+        .map(|m| {
+            out.first(m)
+                .with_context(|| format!("boot never printed {m:?}:\n{}", out.text()))
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    std::fs::create_dir_all(&a.work)?;
+    let img = UsbImage::open(&a.image)?;
+    let manifest = defib_builder::inspect::inspect(&a.image)?.manifest;
+    let size = |p: &str| {
+        manifest
+            .files
+            .iter()
+            .find(|f| f.path == p)
+            .map(|f| f.size)
+            .unwrap_or(0)
+    };
+
+    println!("defib benchmark ({} runs each, median)", a.runs);
+    println!(
+        "  image size                 {:>8.1} MiB",
+        std::fs::metadata(&a.image)?.len() as f64 / 1048576.0
+    );
+    println!(
+        "  kernel                     {:>8.1} MiB",
+        size("defib/vmlinuz") as f64 / 1048576.0
+    );
+    println!(
+        "  initramfs                  {:>8.1} MiB ({} modules)",
+        size("defib/initrd.img") as f64 / 1048576.0,
+        manifest.modules.loaded.len()
+    );
+    println!(
+        "  payload segment            {:>8.1} KiB",
+        size("defib/payloads.img") as f64 / 1024.0
+    );
+
+    // Warm cache: the .debs are already fetched; this is the build itself.
+    let mut builds = Vec::new();
+    for _ in 0..a.runs {
+        let out = a.work.join("bench.img");
+        let t = Instant::now();
+        let st = Command::new(&a.defib)
+            .args(["build", "--offline", "--json", "--out"])
+            .arg(&out)
+            .arg("--rescue")
+            .arg(&a.rescue)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running defib build")?;
+        if !st.success() {
+            bail!("defib build failed");
+        }
+        builds.push(t.elapsed());
+    }
+    println!("  build, warm cache          {:>10}", secs(median(builds)));
+
+    // Direct kernel boots (SeaBIOS, -kernel): the same firmware path for the
+    // baseline and for defib, so the difference is initramfs + rescue.
+    let kernel = a.work.join("vmlinuz");
+    std::fs::write(&kernel, img.read_file("defib/vmlinuz")?)?;
+    let initrd = a.work.join("initrd.img");
+    std::fs::write(&initrd, img.read_file("defib/initrd.img")?)?;
+    let payloads = a.work.join("payloads.img");
+    std::fs::write(&payloads, img.read_file("defib/payloads.img")?)?;
+    let mut bare = Archive::new();
+    bare.add_file("init", 0o755, std::fs::read(&a.bare_init)?)?;
+    bare.add_dir("dev", 0o755)?;
+    let mut cpio = Vec::new();
+    bare.write_newc(&mut cpio, 0)?;
+    let bare_rd = a.work.join("bare.img");
+    std::fs::write(&bare_rd, compress_zstd(&cpio, 12)?)?;
+    let cmd = "console=ttyS0,115200 quiet panic=10";
+
+    let direct = |initrds: Vec<PathBuf>, append: String| {
+        let mut b = Boot::new(Firmware::Bios, &a.work);
+        b.kernel = Some((kernel.clone(), initrds, append));
+        b.timeout = Duration::from_secs(180);
+        b
+    };
+    let mut t_bare = Vec::new();
+    let mut t_first = Vec::new();
+    let mut t_verdict = Vec::new();
+    for _ in 0..a.runs {
+        let b = direct(vec![bare_rd.clone()], cmd.to_string());
+        t_bare.push(timed_boot(&b, &["bare init up"])?[0]);
+        let b = direct(
+            vec![initrd.clone(), payloads.clone()],
+            // No stick here: bound the wait for a boot medium.
+            format!("{cmd} defib.mode=scan defib.after=poweroff defib.wait=2"),
+        );
+        let t = timed_boot(&b, &["defib rescue", "defib: verdict"])?;
+        t_first.push(t[0]);
+        t_verdict.push(t[1]);
+    }
+    let (bare, first, verdict) = (median(t_bare), median(t_first), median(t_verdict));
+    println!(
+        "  bare kernel + trivial init {:>10}  (to its first line)",
+        secs(bare)
+    );
+    println!(
+        "  defib, to first line       {:>10}  ratio {:.2}",
+        secs(first),
+        first.as_secs_f64() / bare.as_secs_f64()
+    );
+    println!(
+        "  defib, to verdict (no disk){:>10}  ratio {:.2}",
+        secs(verdict),
+        verdict.as_secs_f64() / bare.as_secs_f64()
+    );
+
+    // The real path: OVMF with Secure Boot enforcing -> shim -> GRUB
+    // (5 s menu) -> kernel -> rescue, from the USB stick.
+    let mut sb_first = Vec::new();
+    let mut sb_verdict = Vec::new();
+    for _ in 0..a.runs {
+        let stick = a.work.join("stick.img");
+        std::fs::copy(&a.image, &stick)?;
+        let mut b = Boot::new(Firmware::UefiSb, &a.work);
+        b.stick = Some(stick);
+        b.stop_on = Some("defib: verdict".into());
+        b.timeout = Duration::from_secs(300);
+        let t = timed_boot(&b, &["defib rescue", "defib: verdict"])?;
+        sb_first.push(t[0]);
+        sb_verdict.push(t[1]);
+    }
+    println!("  USB, OVMF Secure Boot:");
+    println!(
+        "    to rescue's first line   {:>10}  (includes the 5 s GRUB menu)",
+        secs(median(sb_first))
+    );
+    println!(
+        "    to verdict               {:>10}",
+        secs(median(sb_verdict))
+    );
+    Ok(())
+}

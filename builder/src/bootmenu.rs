@@ -1,0 +1,112 @@
+//! The boot menu: the same entries and kernel command lines for every
+//! loader (GRUB for UEFI now; syslinux and iPXE read the same table).
+//!
+//! Not a GRUB config generator in general: it writes the one menu defib
+//! needs, with serial and screen consoles so a technician and a test harness
+//! see the same thing.
+
+use crate::manifest::BootEntry;
+
+/// Where the kernel and initramfs segments sit on the boot partition.
+pub const KERNEL: &str = "defib/vmlinuz";
+pub const INITRD: &str = "defib/initrd.img";
+pub const PAYLOADS: &str = "defib/payloads.img";
+
+/// Seconds the menu waits before the default entry.
+pub const TIMEOUT: u32 = 5;
+
+/// What the rescue does after its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum After {
+    Reboot,
+    Poweroff,
+}
+
+impl After {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            After::Reboot => "reboot",
+            After::Poweroff => "poweroff",
+        }
+    }
+}
+
+/// The three entries: repair (default), scan only, rescue shell.
+pub fn entries(after: After) -> Vec<BootEntry> {
+    // console=: screen first, serial last; the kernel's /dev/console is the
+    // last one, the rescue writes to all of them. panic=10 reboots a machine
+    // whose kernel panics instead of leaving it hung on a ward.
+    let base = "console=tty0 console=ttyS0,115200 quiet panic=10";
+    let after_arg = match after {
+        After::Reboot => String::new(),
+        After::Poweroff => " defib.after=poweroff".to_string(),
+    };
+    [
+        ("auto", "Repair automatically"),
+        ("scan", "Scan only - change nothing"),
+        ("shell", "Rescue shell"),
+    ]
+    .iter()
+    .map(|(id, title)| BootEntry {
+        id: id.to_string(),
+        title: title.to_string(),
+        cmdline: format!("{base} defib.mode={id}{after_arg}"),
+    })
+    .collect()
+}
+
+/// `\EFI\debian\grub.cfg` for Debian's signed GRUB. `$root` is already the
+/// partition GRUB was loaded from, so paths are plain.
+pub fn grub_cfg(entries: &[BootEntry], build_id: &str) -> String {
+    let mut s = format!(
+        "# defib boot menu, build {build_id}\n\
+         set default=0\n\
+         set timeout={TIMEOUT}\n\
+         set timeout_style=menu\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n\n"
+    );
+    for e in entries {
+        s.push_str(&format!(
+            "menuentry 'defib: {}' --id {} {{\n\
+             \techo 'Loading defib ({})...'\n\
+             \tlinux /{KERNEL} {}\n\
+             \tinitrd /{INITRD} /{PAYLOADS}\n\
+             }}\n\n",
+            e.title, e.id, e.id, e.cmdline
+        ));
+    }
+    s.push_str(
+        "menuentry 'Reboot' --id reboot {\n\treboot\n}\n\n\
+         menuentry 'Power off' --id poweroff {\n\thalt\n}\n",
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_carry_mode_and_after() {
+        let e = entries(After::Poweroff);
+        assert_eq!(e.len(), 3);
+        assert!(e[0]
+            .cmdline
+            .ends_with("defib.mode=auto defib.after=poweroff"));
+        assert!(e[1].cmdline.contains("defib.mode=scan"));
+        assert!(!entries(After::Reboot)[2].cmdline.contains("defib.after"));
+    }
+
+    #[test]
+    fn grub_cfg_default_is_repair_with_both_consoles() {
+        let cfg = grub_cfg(&entries(After::Reboot), "abc");
+        assert!(cfg.contains("set default=0\nset timeout=5\n"));
+        let first = cfg.find("menuentry").unwrap();
+        assert!(cfg[first..].starts_with("menuentry 'defib: Repair automatically' --id auto"));
+        assert!(cfg.contains("terminal_output console serial"));
+        assert!(cfg.contains("initrd /defib/initrd.img /defib/payloads.img"));
+    }
+}

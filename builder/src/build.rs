@@ -1,0 +1,443 @@
+//! `defib build`: Debian parts + rescue binary + payloads -> USB image.
+//!
+//! The pipeline is pure over its inputs: the same `.deb` files, rescue
+//! binary, payloads, module list, options and `SOURCE_DATE_EPOCH` give the
+//! same bytes. GUIDs and the FAT volume id come from a seed derived from
+//! the build id, never from a clock or a random source.
+
+use crate::bootmenu::{self, After};
+use crate::cpio::{compress_zstd, Archive};
+use crate::deb::{Deb, Member};
+use crate::image::{write_usb_image, EspSpec};
+use crate::kmod::{self, KernelModules, ModuleList};
+use crate::manifest::{self, FileEntry, Manifest, Part, Taken};
+use crate::sha256_hex;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The FAT label and GPT partition name the rescue looks for.
+pub const LABEL: &str = "DEFIB";
+/// zstd level for initramfs segments: the modules inside are already xz,
+/// so higher levels buy little and cost build time.
+const ZSTD_LEVEL: i32 = 12;
+
+/// Everything a build needs.
+pub struct BuildConfig {
+    pub debs: PathBuf,
+    pub rescue: PathBuf,
+    pub payloads: PathBuf,
+    pub out: PathBuf,
+    pub free_space: u64,
+    pub source_date_epoch: u64,
+    pub modules: ModuleList,
+    /// The module list's text, hashed into the build id.
+    pub modules_text: String,
+    pub after: After,
+}
+
+/// What a build made, for the CLI's summary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildSummary {
+    pub image: PathBuf,
+    pub image_size: u64,
+    pub initramfs_size: u64,
+    pub payloads_size: u64,
+    pub build_id: String,
+    pub kernel_release: String,
+    pub modules: usize,
+    pub manifest: Manifest,
+}
+
+/// The parts of a build before they are laid out on a medium; shared by the
+/// USB image and (later) the PXE tree and ISO.
+pub struct Staged {
+    pub kernel: Vec<u8>,
+    pub initramfs: Vec<u8>,
+    pub payloads: Vec<u8>,
+    pub shim: Vec<u8>,
+    pub grub: Vec<u8>,
+    pub manifest: Manifest,
+}
+
+/// Finds the one versioned kernel image package in the set.
+fn kernel_deb(debs: &BTreeMap<String, Deb>) -> Result<&Deb> {
+    let kernels: Vec<&Deb> = debs
+        .values()
+        .filter(|d| d.package().starts_with("linux-image-") && d.package() != "linux-image-amd64")
+        .collect();
+    match kernels.as_slice() {
+        [one] => Ok(one),
+        [] => {
+            bail!("no linux-image-<version>-amd64 package among the .deb files; run `defib fetch`")
+        }
+        many => bail!(
+            "several kernel packages: {}; keep one",
+            many.iter()
+                .map(|d| d.package())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn need<'a>(debs: &'a BTreeMap<String, Deb>, name: &str, dir: &Path) -> Result<&'a Deb> {
+    debs.get(name).with_context(|| {
+        format!(
+            "{name} is not among the .deb files in {}; run `defib fetch` or add it",
+            dir.display()
+        )
+    })
+}
+
+/// Checks the rescue binary is a static x86-64 ELF executable: the
+/// initramfs has no dynamic loader or libc.
+pub fn check_static(bin: &[u8], path: &Path) -> Result<()> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    use object::Endianness;
+    let elf = ElfFile64::<Endianness>::parse(bin)
+        .with_context(|| format!("{}: not a 64-bit ELF executable", path.display()))?;
+    if elf.elf_header().e_machine.get(elf.endian()) != object::elf::EM_X86_64 {
+        bail!("{}: not an x86-64 binary", path.display());
+    }
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(elf.endian()) == object::elf::PT_INTERP {
+            bail!(
+                "{}: dynamically linked (has an ELF interpreter); build it static with scripts/build",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads the inputs and makes the kernel, initramfs, payload segment and
+/// manifest, without writing anything.
+pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
+    let debs = crate::deb::scan_dir(&cfg.debs)?;
+    let kdeb = kernel_deb(&debs)?;
+    let shim_deb = need(&debs, "shim-signed", &cfg.debs)?;
+    let grub_deb = need(&debs, "grub-efi-amd64-signed", &cfg.debs)?;
+    let bb_deb = need(&debs, "busybox-static", &cfg.debs)?;
+
+    log(&format!("reading {} {}", kdeb.package(), kdeb.version()));
+    let members = kdeb.extract(|p| {
+        (p.starts_with("boot/vmlinuz-"))
+            || (p.starts_with("usr/lib/modules/")
+                && (p.ends_with(".ko.xz") || p.ends_with("/modules.builtin")))
+    })?;
+    let (vmlinuz_path, kernel) = members
+        .iter()
+        .find_map(|(p, m)| match m {
+            Member::File { data, .. } if p.starts_with("boot/vmlinuz-") => {
+                Some((p.clone(), data.clone()))
+            }
+            _ => None,
+        })
+        .with_context(|| format!("{}: no boot/vmlinuz-*", kdeb.path.display()))?;
+    let release = vmlinuz_path.trim_start_matches("boot/vmlinuz-").to_string();
+    let mod_prefix = format!("usr/lib/modules/{release}/");
+    let mut ko = BTreeMap::new();
+    let mut builtin_txt = String::new();
+    for (p, m) in members {
+        let Some(rel) = p.strip_prefix(&mod_prefix) else {
+            continue;
+        };
+        let Member::File { data, .. } = m else {
+            continue;
+        };
+        if rel == "modules.builtin" {
+            builtin_txt = String::from_utf8_lossy(&data).to_string();
+        } else {
+            ko.insert(rel.to_string(), data);
+        }
+    }
+    if ko.is_empty() {
+        bail!("{}: no modules under /{mod_prefix}", kdeb.path.display());
+    }
+    let km = KernelModules::new(ko, &builtin_txt);
+    let closure = km.resolve(&cfg.modules)?;
+    log(&format!(
+        "kernel {release}: {} modules to load ({} listed built in{})",
+        closure.modules.len(),
+        closure.builtin.len(),
+        if closure.absent_optional.is_empty() {
+            String::new()
+        } else {
+            format!(", optional absent: {}", closure.absent_optional.join(" "))
+        }
+    ));
+
+    let shim_path = "usr/lib/shim/shimx64.efi.signed";
+    let grub_path = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+    let shim = shim_deb.file(shim_path)?;
+    let grub = grub_deb.file(grub_path)?;
+    let busybox = bb_deb.file("usr/bin/busybox")?;
+
+    let rescue = std::fs::read(&cfg.rescue).with_context(|| {
+        format!(
+            "reading the rescue binary {} (build it with scripts/build)",
+            cfg.rescue.display()
+        )
+    })?;
+    check_static(&rescue, &cfg.rescue)?;
+
+    let payloads = payload_archive(&cfg.payloads)?;
+    let mut payload_cpio = Vec::new();
+    payloads.write_newc(&mut payload_cpio, cfg.source_date_epoch as u32)?;
+
+    // The build id covers every input and option that shapes the bytes.
+    let mut id_input = String::new();
+    for d in debs.values() {
+        id_input.push_str(&format!(
+            "deb {} {} {}\n",
+            d.package(),
+            d.version(),
+            d.sha256
+        ));
+    }
+    id_input.push_str(&format!(
+        "rescue {}\npayloads {}\nmodules {}\nfree {}\nafter {}\nepoch {}\nversion {}\n",
+        sha256_hex(&rescue),
+        sha256_hex(&payload_cpio),
+        sha256_hex(cfg.modules_text.as_bytes()),
+        cfg.free_space,
+        cfg.after.as_str(),
+        cfg.source_date_epoch,
+        env!("CARGO_PKG_VERSION"),
+    ));
+    let build_id = sha256_hex(id_input.as_bytes())[..16].to_string();
+
+    let mut ar = Archive::new();
+    ar.add_file("init", 0o755, rescue.clone())?;
+    ar.add_file("bin/busybox", 0o755, busybox)?;
+    for dir in ["dev", "proc", "sys", "run", "tmp", "mnt", "etc/defib"] {
+        ar.add_dir(dir, 0o755)?;
+    }
+    let modroot = format!("lib/modules/{release}");
+    for m in &closure.modules {
+        ar.add_file(
+            &format!("{modroot}/{}", m.path),
+            0o644,
+            km.files[&m.name].1.clone(),
+        )?;
+    }
+    ar.add_file(
+        &format!("{modroot}/defib.load"),
+        0o644,
+        kmod::load_file(&closure, &release, cfg.modules.version).into_bytes(),
+    )?;
+    let build_json = serde_json::json!({
+        "build_id": build_id,
+        "defib_version": env!("CARGO_PKG_VERSION"),
+        "kernel": release,
+        "source_date_epoch": cfg.source_date_epoch,
+    });
+    ar.add_file(
+        "etc/defib/build.json",
+        0o644,
+        serde_json::to_vec_pretty(&build_json)?,
+    )?;
+    let mut cpio = Vec::new();
+    ar.write_newc(&mut cpio, cfg.source_date_epoch as u32)?;
+    let initramfs = compress_zstd(&cpio, ZSTD_LEVEL)?;
+    let payloads_z = compress_zstd(&payload_cpio, ZSTD_LEVEL)?;
+    log(&format!(
+        "initramfs {} KiB ({} entries), payloads {} KiB",
+        initramfs.len() / 1024,
+        ar.len(),
+        payloads_z.len() / 1024
+    ));
+
+    let entries = bootmenu::entries(cfg.after);
+    let parts = vec![
+        Part {
+            package: kdeb.package().into(),
+            version: kdeb.version().into(),
+            deb_sha256: kdeb.sha256.clone(),
+            taken: vec![
+                Taken {
+                    from: vmlinuz_path.clone(),
+                    to: bootmenu::KERNEL.into(),
+                },
+                Taken {
+                    from: format!("{mod_prefix}*.ko.xz ({} modules)", closure.modules.len()),
+                    to: bootmenu::INITRD.into(),
+                },
+            ],
+        },
+        part(shim_deb, shim_path, "EFI/BOOT/BOOTX64.EFI"),
+        part(grub_deb, grub_path, "EFI/BOOT/grubx64.efi"),
+        part(bb_deb, "usr/bin/busybox", "(initramfs) /bin/busybox"),
+    ];
+    let manifest = Manifest {
+        schema: manifest::SCHEMA,
+        defib_version: env!("CARGO_PKG_VERSION").into(),
+        build_id,
+        source_date_epoch: cfg.source_date_epoch,
+        kernel_release: release,
+        parts,
+        files: Vec::new(),
+        modules: manifest::Modules {
+            list_version: cfg.modules.version,
+            loaded: closure.modules.iter().map(|m| m.name.clone()).collect(),
+            builtin: closure.builtin.clone(),
+            absent_optional: closure.absent_optional.clone(),
+        },
+        rescue: FileEntry {
+            path: "(initramfs) /init".into(),
+            size: rescue.len() as u64,
+            sha256: sha256_hex(&rescue),
+        },
+        boot_entries: entries,
+        after: cfg.after.as_str().into(),
+    };
+    Ok(Staged {
+        kernel,
+        initramfs,
+        payloads: payloads_z,
+        shim,
+        grub,
+        manifest,
+    })
+}
+
+fn part(d: &Deb, from: &str, to: &str) -> Part {
+    Part {
+        package: d.package().into(),
+        version: d.version().into(),
+        deb_sha256: d.sha256.clone(),
+        taken: vec![Taken {
+            from: from.into(),
+            to: to.into(),
+        }],
+    }
+}
+
+/// The payload segment: `payloads/` as `/payloads/…` in its own cpio.
+/// Only regular files and directories; a symlink is refused, since it could
+/// point anywhere on the build host.
+pub fn payload_archive(dir: &Path) -> Result<Archive> {
+    let mut ar = Archive::new();
+    ar.add_dir("payloads", 0o755)?;
+    if !dir.is_dir() {
+        bail!(
+            "payloads folder {} not found; pass --payloads DIR",
+            dir.display()
+        );
+    }
+    fn walk(ar: &mut Archive, root: &Path, dir: &Path) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("reading {}", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(root).context("payload path")?;
+            let rel = rel
+                .to_str()
+                .with_context(|| format!("{}: not UTF-8", p.display()))?;
+            let dest = format!("payloads/{rel}");
+            let ft = e
+                .file_type()
+                .with_context(|| format!("reading {}", p.display()))?;
+            if ft.is_symlink() {
+                bail!(
+                    "{}: symlinks are not allowed in payloads; copy the file instead",
+                    p.display()
+                );
+            } else if ft.is_dir() {
+                ar.add_dir(&dest, 0o755)?;
+                walk(ar, root, &p)?;
+            } else if ft.is_file() {
+                let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                ar.add_file(&dest, 0o644, data)?;
+            }
+        }
+        Ok(())
+    }
+    walk(&mut ar, dir, dir)?;
+    Ok(ar)
+}
+
+/// Builds the USB image.
+pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummary> {
+    let mut staged = stage(cfg, log)?;
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert("EFI/BOOT/BOOTX64.EFI".into(), staged.shim.clone());
+    files.insert("EFI/BOOT/grubx64.efi".into(), staged.grub.clone());
+    files.insert(
+        "EFI/debian/grub.cfg".into(),
+        bootmenu::grub_cfg(&staged.manifest.boot_entries, &staged.manifest.build_id).into_bytes(),
+    );
+    files.insert(bootmenu::KERNEL.into(), staged.kernel.clone());
+    files.insert(bootmenu::INITRD.into(), staged.initramfs.clone());
+    files.insert(bootmenu::PAYLOADS.into(), staged.payloads.clone());
+    staged.manifest.files = files
+        .iter()
+        .map(|(p, d)| FileEntry {
+            path: p.clone(),
+            size: d.len() as u64,
+            sha256: sha256_hex(d),
+        })
+        .collect();
+    files.insert(
+        "defib/manifest.json".into(),
+        serde_json::to_vec_pretty(&staged.manifest)?,
+    );
+    let seed_hex = sha256_hex(format!("defib image seed {}", staged.manifest.build_id).as_bytes());
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(&seed_hex, &mut seed).context("seed")?;
+    let spec = EspSpec {
+        files,
+        dirs: vec!["reports".into()],
+        label: LABEL.into(),
+        free_space: cfg.free_space,
+        seed,
+        mtime: cfg.source_date_epoch,
+        legacy_bios_bootable: true,
+    };
+    log(&format!("writing {}", cfg.out.display()));
+    let summary = write_usb_image(&spec, &cfg.out)?;
+    Ok(BuildSummary {
+        image: cfg.out.clone(),
+        image_size: summary.size,
+        initramfs_size: staged.initramfs.len() as u64,
+        payloads_size: staged.payloads.len() as u64,
+        build_id: staged.manifest.build_id.clone(),
+        kernel_release: staged.manifest.kernel_release.clone(),
+        modules: staged.manifest.modules.loaded.len(),
+        manifest: staged.manifest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("playbooks")).unwrap();
+        std::fs::write(d.path().join("playbooks/a.toml"), "x").unwrap();
+        let ar = payload_archive(d.path()).unwrap();
+        assert_eq!(ar.len(), 3);
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("evil")).unwrap();
+        let e = payload_archive(d.path()).unwrap_err().to_string();
+        assert!(e.contains("symlinks are not allowed"), "{e}");
+    }
+
+    #[test]
+    fn dynamic_binaries_are_refused() {
+        let me = std::env::current_exe().unwrap();
+        let bin = std::fs::read(&me).unwrap();
+        // The test binary itself is dynamically linked.
+        let e = check_static(&bin, &me).unwrap_err().to_string();
+        assert!(e.contains("dynamically linked"), "{e}");
+        let e = check_static(b"#!/bin/sh\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a 64-bit ELF"), "{e}");
+    }
+}

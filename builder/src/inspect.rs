@@ -1,0 +1,123 @@
+//! `defib inspect`: what is on a defib image or a used stick — the
+//! manifest it was built with and the reports the rescue left under
+//! `\reports\`.
+//!
+//! Read-only: the image or device is opened for reading only.
+
+use crate::image::UsbImage;
+use crate::manifest::Manifest;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::Path;
+
+/// One report file found on the medium.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportFile {
+    pub name: String,
+    pub size: u64,
+    /// The report itself; unparseable files carry `null` and an error.
+    pub report: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub manifest: Manifest,
+    pub reports: Vec<ReportFile>,
+}
+
+/// Reads the manifest and every `reports/*.json` off an image or device.
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let img = UsbImage::open(path)?;
+    let raw = img.read_file("defib/manifest.json").with_context(|| {
+        format!(
+            "{}: no \\defib\\manifest.json — is this a defib image?",
+            path.display()
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&raw).with_context(|| {
+        format!(
+            "{}: \\defib\\manifest.json is not a defib manifest",
+            path.display()
+        )
+    })?;
+    Ok(Inspection {
+        manifest,
+        reports: reports(&img)?,
+    })
+}
+
+/// The reports under `\reports\`, sorted by file name.
+pub fn reports(img: &UsbImage) -> Result<Vec<ReportFile>> {
+    let mut out = Vec::new();
+    let mut entries = img.list_dir("reports").context("listing \\reports\\")?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in entries {
+        if e.is_dir || !e.name.to_ascii_lowercase().ends_with(".json") {
+            continue;
+        }
+        let data = img.read_file(&format!("reports/{}", e.name))?;
+        let (report, error) = match serde_json::from_slice(&data) {
+            Ok(v) => (v, None),
+            Err(err) => (
+                serde_json::Value::Null,
+                Some(format!("not valid JSON: {err}")),
+            ),
+        };
+        out.push(ReportFile {
+            name: e.name,
+            size: e.size,
+            report,
+            error,
+        });
+    }
+    Ok(out)
+}
+
+/// Human-readable text for `defib inspect`.
+pub fn render(path: &Path, i: &Inspection) -> String {
+    let m = &i.manifest;
+    let mut s = format!(
+        "{}\n  defib {}  build {}  kernel {}  built at epoch {}  after: {}\n  parts:\n",
+        path.display(),
+        m.defib_version,
+        m.build_id,
+        m.kernel_release,
+        m.source_date_epoch,
+        m.after
+    );
+    for p in &m.parts {
+        s.push_str(&format!(
+            "    {:<32} {:<36} sha256 {}\n",
+            p.package, p.version, p.deb_sha256
+        ));
+    }
+    s.push_str(&format!(
+        "  modules: {} loaded, {} built in (list v{})\n  files:\n",
+        m.modules.loaded.len(),
+        m.modules.builtin.len(),
+        m.modules.list_version
+    ));
+    for f in &m.files {
+        s.push_str(&format!(
+            "    {:<28} {:>10}  {}\n",
+            f.path, f.size, f.sha256
+        ));
+    }
+    s.push_str(&format!("  reports: {}\n", i.reports.len()));
+    for r in &i.reports {
+        let v = &r.report;
+        let get = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+        match &r.error {
+            Some(e) => s.push_str(&format!("    {:<48} {e}\n", r.name)),
+            None => s.push_str(&format!(
+                "    {:<48} {:<18} {}\n",
+                r.name,
+                get("verdict"),
+                get("finished")
+            )),
+        }
+    }
+    s
+}

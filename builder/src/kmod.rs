@@ -1,0 +1,429 @@
+//! The kernel-module closure: which `.ko.xz` files go into the initramfs and
+//! in what order the rescue loads them.
+//!
+//! Debian's kernel package ships no `modules.dep` (depmod runs at install
+//! time), so we compute the closure ourselves from each module's `.modinfo`
+//! ELF section (`depends=` and `softdep=pre:` keys, see modinfo(8)) and the
+//! package's `modules.builtin`. The modules stay as Debian compressed and
+//! signed them: the kernel decompresses them itself
+//! (`finit_module(..., MODULE_INIT_COMPRESSED_FILE)`, CONFIG_MODULE_DECOMPRESS)
+//! and checks the signature inside, which Secure Boot lockdown requires.
+//!
+//! This is not depmod: no aliases, no symbol versions, no firmware lists.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+/// The curated list shipped with the builder (`builder/modules.toml`).
+pub const DEFAULT_LIST: &str = include_str!("../modules.toml");
+
+/// A parsed module list: named groups of module names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleList {
+    /// Format and content version of the list; bumped on every change so the
+    /// manifest tells which list an image was built with.
+    pub version: u32,
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Modules wanted if the kernel has them; absence is printed, not fatal.
+    #[serde(default)]
+    pub optional: Vec<String>,
+}
+
+impl ModuleList {
+    pub fn parse(text: &str, origin: &str) -> Result<ModuleList> {
+        let list: ModuleList =
+            toml::from_str(text).with_context(|| format!("{origin}: invalid module list"))?;
+        if list.groups.values().all(|g| g.is_empty()) {
+            bail!("{origin}: the module list names no modules");
+        }
+        Ok(list)
+    }
+}
+
+/// Module names compare with '-' and '_' equal (the kernel does the same).
+pub fn canonical(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// The fields of `.modinfo` we use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModInfo {
+    pub name: String,
+    pub depends: Vec<String>,
+    pub softdep_pre: Vec<String>,
+    pub vermagic: String,
+}
+
+/// Reads `.modinfo` out of a `.ko.xz` (xz-compressed ELF relocatable).
+pub fn modinfo(ko_xz: &[u8]) -> Result<ModInfo> {
+    let mut elf = Vec::with_capacity(ko_xz.len() * 4);
+    liblzma::read::XzDecoder::new(ko_xz)
+        .read_to_end(&mut elf)
+        .context("decompressing the module")?;
+    modinfo_elf(&elf)
+}
+
+/// Reads `.modinfo` from an uncompressed module: NUL-separated `key=value`
+/// strings (include/linux/moduleparam.h, MODULE_INFO).
+pub fn modinfo_elf(elf: &[u8]) -> Result<ModInfo> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(elf).context("parsing the module's ELF")?;
+    let section = file
+        .section_by_name(".modinfo")
+        .context("module has no .modinfo section")?;
+    let data = section.data().context("reading .modinfo")?;
+    let mut info = ModInfo::default();
+    for entry in data.split(|b| *b == 0) {
+        let Ok(s) = std::str::from_utf8(entry) else {
+            continue;
+        };
+        let Some((k, v)) = s.split_once('=') else {
+            continue;
+        };
+        match k {
+            "name" => info.name = v.to_string(),
+            "depends" => info.depends = split_names(v, ','),
+            "vermagic" => info.vermagic = v.to_string(),
+            // softdep=pre: a b post: c
+            "softdep" => {
+                let mut pre = false;
+                for word in v.split_whitespace() {
+                    match word {
+                        "pre:" => pre = true,
+                        "post:" => pre = false,
+                        w if pre => info.softdep_pre.push(canonical(w)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if info.name.is_empty() {
+        bail!(".modinfo has no name= entry");
+    }
+    Ok(info)
+}
+
+fn split_names(v: &str, sep: char) -> Vec<String> {
+    v.split(sep)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(canonical)
+        .collect()
+}
+
+/// One module chosen for the image.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Chosen {
+    pub name: String,
+    /// Path relative to `/lib/modules/<release>/`.
+    pub path: String,
+    /// Why it is there: the list group, or `dependency of X`.
+    pub reason: String,
+}
+
+/// The outcome of resolving a list against one kernel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Closure {
+    /// In load order: every module after all it depends on.
+    pub modules: Vec<Chosen>,
+    /// Listed names the kernel has built in (nothing to load).
+    pub builtin: Vec<String>,
+    /// Optional names this kernel lacks.
+    pub absent_optional: Vec<String>,
+}
+
+/// Kernel modules available in a kernel package.
+pub struct KernelModules {
+    /// canonical name -> (relative path, compressed bytes)
+    pub files: BTreeMap<String, (String, Vec<u8>)>,
+    /// canonical names of built-in modules (from `modules.builtin`).
+    pub builtin: BTreeSet<String>,
+}
+
+impl KernelModules {
+    /// `files` maps paths relative to `/lib/modules/<release>/` to bytes.
+    pub fn new(files: BTreeMap<String, Vec<u8>>, modules_builtin: &str) -> KernelModules {
+        let mut by_name = BTreeMap::new();
+        for (path, data) in files {
+            let base = path.rsplit('/').next().unwrap_or(&path);
+            if let Some(stem) = base.strip_suffix(".ko.xz") {
+                by_name.insert(canonical(stem), (path, data));
+            }
+        }
+        let builtin = modules_builtin
+            .lines()
+            .filter_map(|l| l.trim().rsplit('/').next())
+            .filter_map(|b| b.strip_suffix(".ko"))
+            .map(canonical)
+            .collect();
+        KernelModules {
+            files: by_name,
+            builtin,
+        }
+    }
+
+    /// Resolves `list` to a load-ordered closure. A required module that is
+    /// neither a file nor built in is an error naming it.
+    pub fn resolve(&self, list: &ModuleList) -> Result<Closure> {
+        let mut missing = Vec::new();
+        let mut roots = Vec::new();
+        for (group, names) in &list.groups {
+            for n in names {
+                roots.push((canonical(n), group.clone(), true));
+            }
+        }
+        for n in &list.optional {
+            roots.push((canonical(n), "optional".to_string(), false));
+        }
+        let mut state = Walk {
+            km: self,
+            done: BTreeSet::new(),
+            onstack: BTreeSet::new(),
+            out: Vec::new(),
+            info: BTreeMap::new(),
+        };
+        let mut builtin = Vec::new();
+        let mut absent_optional = Vec::new();
+        for (name, group, required) in roots {
+            if self.files.contains_key(&name) {
+                state.visit(&name, &group)?;
+            } else if self.builtin.contains(&name) {
+                builtin.push(name);
+            } else if required {
+                missing.push(format!("{name} (group {group})"));
+            } else {
+                absent_optional.push(name);
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "the kernel has neither a module file nor a built-in for: {}; \
+                 fix the module list or use a kernel that has them",
+                missing.join(", ")
+            );
+        }
+        builtin.sort();
+        builtin.dedup();
+        Ok(Closure {
+            modules: state.out,
+            builtin,
+            absent_optional,
+        })
+    }
+}
+
+struct Walk<'a> {
+    km: &'a KernelModules,
+    done: BTreeSet<String>,
+    onstack: BTreeSet<String>,
+    out: Vec<Chosen>,
+    info: BTreeMap<String, ModInfo>,
+}
+
+impl Walk<'_> {
+    /// Depth-first post-order: dependencies are appended before dependants.
+    fn visit(&mut self, name: &str, reason: &str) -> Result<()> {
+        if self.done.contains(name) {
+            return Ok(());
+        }
+        if !self.onstack.insert(name.to_string()) {
+            bail!("module dependency cycle through {name}");
+        }
+        let (path, data) = &self.km.files[name];
+        let info = match self.info.get(name) {
+            Some(i) => i.clone(),
+            None => {
+                let i = modinfo(data).with_context(|| format!("reading modinfo of {path}"))?;
+                self.info.insert(name.to_string(), i.clone());
+                i
+            }
+        };
+        for dep in &info.depends {
+            if self.km.files.contains_key(dep) {
+                self.visit(dep, &format!("dependency of {name}"))?;
+            } else if !self.km.builtin.contains(dep) {
+                bail!("{name} depends on {dep}, which this kernel does not have");
+            }
+        }
+        // Soft pre-dependencies are best effort, as with modprobe.
+        for dep in &info.softdep_pre {
+            if self.km.files.contains_key(dep) {
+                self.visit(dep, &format!("soft dependency of {name}"))?;
+            }
+        }
+        self.onstack.remove(name);
+        self.done.insert(name.to_string());
+        self.out.push(Chosen {
+            name: name.to_string(),
+            path: path.clone(),
+            reason: reason.to_string(),
+        });
+        Ok(())
+    }
+}
+
+/// The `defib.load` file the rescue reads: one path per line, load order.
+pub fn load_file(closure: &Closure, release: &str, list_version: u32) -> String {
+    let mut s = format!(
+        "# defib module load order for {release}, module list v{list_version}\n\
+         # one path per line, relative to /lib/modules/{release}/, dependencies first\n"
+    );
+    for m in &closure.modules {
+        s.push_str(&m.path);
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF64 relocatable with one `.modinfo` section, enough for
+    /// `object` to parse (ELF-64 Object File Format, v1.5).
+    fn fake_module(modinfo: &str) -> Vec<u8> {
+        use object::write::Object;
+        let mut obj = Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let id = obj.add_section(
+            Vec::new(),
+            b".modinfo".to_vec(),
+            object::SectionKind::ReadOnlyData,
+        );
+        obj.append_section_data(id, modinfo.replace('\n', "\0").as_bytes(), 1);
+        let elf = obj.write().unwrap();
+        let mut xz = Vec::new();
+        let mut enc = liblzma::write::XzEncoder::new(&mut xz, 1);
+        std::io::Write::write_all(&mut enc, &elf).unwrap();
+        enc.finish().unwrap();
+        xz
+    }
+
+    fn kernel() -> KernelModules {
+        let mut files = BTreeMap::new();
+        let mods = [
+            ("kernel/drivers/md/dm-mod.ko.xz", "name=dm_mod\ndepends=\n"),
+            (
+                "kernel/drivers/md/dm-crypt.ko.xz",
+                "name=dm_crypt\ndepends=dm-mod\nvermagic=6.12\n",
+            ),
+            (
+                "kernel/fs/ntfs3/ntfs3.ko.xz",
+                "name=ntfs3\ndepends=\nsoftdep=pre: crc32c post: foo\n",
+            ),
+            (
+                "kernel/crypto/crc32c_generic.ko.xz",
+                "name=crc32c_generic\n",
+            ),
+            (
+                "kernel/crypto/crc32c.ko.xz",
+                "name=crc32c\ndepends=crc32c_generic\n",
+            ),
+            ("kernel/a.ko.xz", "name=a\ndepends=b\n"),
+            ("kernel/b.ko.xz", "name=b\ndepends=a\n"),
+            ("kernel/c.ko.xz", "name=c\ndepends=nothere\n"),
+        ];
+        for (p, info) in mods {
+            files.insert(p.to_string(), fake_module(info));
+        }
+        KernelModules::new(
+            files,
+            "kernel/drivers/scsi/sd_mod.ko\nkernel/fs/vfat/vfat.ko\n",
+        )
+    }
+
+    fn list(toml: &str) -> ModuleList {
+        ModuleList::parse(toml, "test").unwrap()
+    }
+
+    #[test]
+    fn dependencies_come_first_and_once() {
+        let c = kernel()
+            .resolve(&list(
+                "version = 1\n[groups]\nfs = [\"ntfs3\", \"vfat\"]\ndm = [\"dm-crypt\", \"dm_mod\"]\n",
+            ))
+            .unwrap();
+        let names: Vec<_> = c.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["dm_mod", "dm_crypt", "crc32c_generic", "crc32c", "ntfs3"]
+        );
+        assert_eq!(c.builtin, ["vfat"]);
+        assert_eq!(c.modules[0].reason, "dependency of dm_crypt");
+        assert_eq!(c.modules[3].reason, "soft dependency of ntfs3");
+    }
+
+    #[test]
+    fn missing_required_module_is_named() {
+        let err = kernel()
+            .resolve(&list("version = 1\n[groups]\nstorage = [\"nvme\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nvme (group storage)"), "{err}");
+    }
+
+    #[test]
+    fn optional_absent_is_reported_not_fatal() {
+        let c = kernel()
+            .resolve(&list(
+                "version = 1\noptional = [\"smartpqi\"]\n[groups]\nfs = [\"ntfs3\"]\n",
+            ))
+            .unwrap();
+        assert_eq!(c.absent_optional, ["smartpqi"]);
+    }
+
+    #[test]
+    fn cycles_and_dangling_dependencies_are_errors() {
+        let k = kernel();
+        let e = k
+            .resolve(&list("version = 1\n[groups]\nx = [\"a\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cycle"), "{e}");
+        let e = k
+            .resolve(&list("version = 1\n[groups]\nx = [\"c\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("depends on nothere"), "{e}");
+    }
+
+    #[test]
+    fn malformed_list_is_rejected_with_origin() {
+        let e = format!(
+            "{:#}",
+            ModuleList::parse("version = 1\n[groups]\nx = 3\n", "mods.toml").unwrap_err()
+        );
+        assert!(e.contains("mods.toml"), "{e}");
+        assert!(ModuleList::parse("version = 1\n[groups]\n", "m").is_err());
+    }
+
+    #[test]
+    fn default_list_parses() {
+        let l = ModuleList::parse(DEFAULT_LIST, "builtin").unwrap();
+        assert!(l.groups["filesystems"].iter().any(|m| m == "ntfs3"));
+    }
+
+    #[test]
+    fn load_file_lists_paths_in_order() {
+        let c = kernel()
+            .resolve(&list("version = 1\n[groups]\ndm = [\"dm-crypt\"]\n"))
+            .unwrap();
+        let f = load_file(&c, "6.12", 1);
+        let paths: Vec<_> = f.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            paths,
+            [
+                "kernel/drivers/md/dm-mod.ko.xz",
+                "kernel/drivers/md/dm-crypt.ko.xz"
+            ]
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! `defib try`: boot an image in QEMU before writing it to a hundred
+//! sticks — and the harness the tests and benchmarks boot through.
+//!
+//! Runs `qemu-system-x86_64` under software emulation (TCG; KVM is used only
+//! when asked for) with the serial console on a pipe, timestamps every line
+//! it prints and stops at a deadline. Firmware files are Debian's `ovmf`
+//! package; the machine is q35 for UEFI and the default i440fx for BIOS.
+//!
+//! Not a VM manager: one boot, one result.
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Debian `ovmf` paths (4 MiB flash layout).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Secure Boot enforcing, Microsoft keys enrolled.
+pub const OVMF_CODE_MS: &str = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// SeaBIOS, legacy BIOS
+    Bios,
+    /// OVMF, Secure Boot off
+    Uefi,
+    /// OVMF, Secure Boot enforcing with Microsoft keys
+    UefiSb,
+}
+
+/// How to attach a victim disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bus {
+    Ahci,
+    Nvme,
+    Virtio,
+}
+
+/// One boot.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub firmware: Firmware,
+    /// Image attached as a USB stick on xHCI (boot device).
+    pub stick: Option<PathBuf>,
+    /// Disks attached as internal drives.
+    pub disks: Vec<(PathBuf, Bus)>,
+    /// Direct kernel boot instead of firmware boot: kernel, initrds, cmdline.
+    pub kernel: Option<(PathBuf, Vec<PathBuf>, String)>,
+    /// SMBIOS system UUID (`-uuid`).
+    pub uuid: Option<String>,
+    /// Stop when a serial line contains this.
+    pub stop_on: Option<String>,
+    pub timeout: Duration,
+    /// Folder for the writable UEFI variable store copy.
+    pub scratch: PathBuf,
+    pub memory_mib: u32,
+    pub extra: Vec<String>,
+}
+
+impl Boot {
+    pub fn new(firmware: Firmware, scratch: &Path) -> Boot {
+        Boot {
+            firmware,
+            stick: None,
+            disks: Vec::new(),
+            kernel: None,
+            uuid: None,
+            stop_on: None,
+            timeout: Duration::from_secs(240),
+            scratch: scratch.to_path_buf(),
+            memory_mib: 1024,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// What the serial console said, and how the boot ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Lines with their time since QEMU started.
+    pub lines: Vec<(Duration, String)>,
+    /// QEMU exited by itself (power off, or reboot with -no-reboot).
+    pub exited: bool,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Time of the first line containing `needle`.
+    pub fn first(&self, needle: &str) -> Option<Duration> {
+        self.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.first(needle).is_some()
+    }
+
+    /// The whole console text, for error messages.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for (t, l) in &self.lines {
+            s.push_str(&format!("[{:7.2}] {l}\n", t.as_secs_f64()));
+        }
+        s
+    }
+}
+
+fn require(path: &str, package: &str) -> Result<()> {
+    if !Path::new(path).exists() {
+        bail!("{path} is missing: install Debian's {package} package (scripts/setup does)");
+    }
+    Ok(())
+}
+
+/// The qemu command line for a boot.
+pub fn command(b: &Boot) -> Result<Command> {
+    require("/usr/bin/qemu-system-x86_64", "qemu-system-x86")?;
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ]);
+    c.args(["-m", &b.memory_mib.to_string(), "-smp", "1"]);
+    match b.firmware {
+        Firmware::Bios => {
+            c.args(["-machine", "pc"]);
+        }
+        Firmware::Uefi | Firmware::UefiSb => {
+            let (code, vars) = match b.firmware {
+                Firmware::UefiSb => (OVMF_CODE_MS, OVMF_VARS_MS),
+                _ => (OVMF_CODE, OVMF_VARS),
+            };
+            require(code, "ovmf")?;
+            require(vars, "ovmf")?;
+            std::fs::create_dir_all(&b.scratch)
+                .with_context(|| format!("creating {}", b.scratch.display()))?;
+            let vars_copy = b
+                .scratch
+                .join(format!("ovmf-vars-{}.fd", std::process::id()));
+            std::fs::copy(vars, &vars_copy).with_context(|| format!("copying {vars}"))?;
+            c.args(["-machine", "q35,smm=on"]);
+            c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+            ));
+            c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars_copy.display()
+            ));
+        }
+    }
+    c.args(["-vga", "std"]);
+    if let Some(stick) = &b.stick {
+        c.arg("-drive").arg(format!(
+            "if=none,id=stick,format=raw,file={}",
+            stick.display()
+        ));
+        c.args([
+            "-device",
+            "qemu-xhci,id=xhci",
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick,bootindex=0",
+        ]);
+    }
+    for (i, (disk, bus)) in b.disks.iter().enumerate() {
+        let id = format!("victim{i}");
+        c.arg("-drive").arg(format!(
+            "if=none,id={id},format=raw,file={}",
+            disk.display()
+        ));
+        match bus {
+            Bus::Ahci => {
+                c.args([
+                    "-device",
+                    &format!("ahci,id=ahci{i}"),
+                    "-device",
+                    &format!("ide-hd,drive={id},bus=ahci{i}.0"),
+                ]);
+            }
+            Bus::Nvme => {
+                c.args(["-device", &format!("nvme,drive={id},serial=defib{i}")]);
+            }
+            Bus::Virtio => {
+                c.args(["-device", &format!("virtio-blk-pci,drive={id}")]);
+            }
+        }
+    }
+    if let Some((kernel, initrds, cmdline)) = &b.kernel {
+        c.arg("-kernel").arg(kernel);
+        if !initrds.is_empty() {
+            let list: Vec<String> = initrds.iter().map(|p| p.display().to_string()).collect();
+            c.arg("-initrd").arg(list.join(","));
+        }
+        c.arg("-append").arg(cmdline);
+    }
+    if let Some(u) = &b.uuid {
+        c.args(["-uuid", u]);
+    }
+    c.args(&b.extra);
+    Ok(c)
+}
+
+/// Boots and waits for power-off, the stop line, or the timeout.
+pub fn run(b: &Boot) -> Result<Outcome> {
+    let mut cmd = command(b)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let (tx, rx) = mpsc::channel::<(Duration, String)>();
+    let reader = std::thread::spawn(move || {
+        // Serial output may carry ANSI colours and stray bytes: read bytes,
+        // split on newlines, decode lossily.
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = strip_ansi(&String::from_utf8_lossy(&buf));
+                    if tx
+                        .send((start.elapsed(), line.trim_end().to_string()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    let mut stopped = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                let hit = b.stop_on.as_deref().is_some_and(|s| l.1.contains(s));
+                lines.push(l);
+                if hit {
+                    stopped = true;
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if start.elapsed() > b.timeout {
+            timed_out = true;
+            break;
+        }
+    }
+    let exited = if stopped || timed_out {
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    } else {
+        let status = child.wait().context("waiting for qemu")?;
+        let err = err_reader.join().unwrap_or_default();
+        if !status.success() {
+            bail!("qemu failed ({status}): {}", err.trim());
+        }
+        true
+    };
+    let _ = reader.join();
+    // Drain what arrived after the stop.
+    lines.extend(rx.try_iter());
+    Ok(Outcome {
+        lines,
+        exited,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Removes ANSI escape sequences (CSI … letter) from a serial line.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                for d in it.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\r' {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(strip_ansi("\u{1b}[1;32mREPAIRED\u{1b}[0m\r"), "REPAIRED");
+    }
+
+    #[test]
+    fn secure_boot_uses_ms_vars_and_smm() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Boot::new(Firmware::UefiSb, d.path());
+        b.stick = Some(PathBuf::from("/x.img"));
+        let c = command(&b).unwrap();
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        let all = args.join(" ");
+        assert!(all.contains("OVMF_CODE_4M.ms.fd"));
+        assert!(all.contains("q35,smm=on"));
+        assert!(all.contains("usb-storage,bus=xhci.0,drive=stick,bootindex=0"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The image boots for real: OVMF with Secure Boot enforcing and
+//! Microsoft's keys, plain OVMF, and a loader stripped of its signature that
+//! Secure Boot must refuse. Each boot ends in a report read back from the
+//! stick image.
+
+mod common;
+
+use common::*;
+use defib_builder::image::{add_file_to_image, UsbImage};
+use defib_builder::qemu::Firmware;
+use std::time::Duration;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn assert_no_windows_report(
+    stick: &std::path::Path,
+    out: &defib_builder::qemu::Outcome,
+    secure_boot: bool,
+) {
+    assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
+    assert!(
+        out.contains("defib rescue"),
+        "the rescue never started:\n{}",
+        out.text()
+    );
+    assert!(
+        out.contains("defib: verdict no-windows-found"),
+        "no verdict line:\n{}",
+        out.text()
+    );
+    let r = single_report(stick);
+    assert_eq!(r["schema"], 1);
+    assert_eq!(r["boot"]["firmware"], "uefi", "{r:#}");
+    assert_eq!(r["boot"]["secure_boot"], secure_boot, "{r:#}");
+    assert_eq!(r["boot"]["mode"], "auto", "{r:#}");
+    assert_eq!(r["boot"]["medium"], "usb", "{r:#}");
+    assert_eq!(r["verdict"], "no-windows-found", "{r:#}");
+    assert_eq!(r["machine"]["product_uuid"], UUID, "{r:#}");
+    let manifest = defib_builder::inspect::inspect(stick).unwrap().manifest;
+    assert_eq!(r["build_id"], manifest.build_id.as_str(), "{r:#}");
+    assert!(
+        r["modules"]["failed"]
+            .as_array()
+            .is_some_and(|f| f.is_empty()),
+        "modules failed to load: {:#}",
+        r["modules"]
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn secure_boot_enforcing_boots_the_rescue_and_reports_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot_stick(&stick, Firmware::UefiSb, dir.path(), BOOT_TIMEOUT);
+    assert_no_windows_report(&stick, &out, true);
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn plain_uefi_reports_secure_boot_false() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot_stick(&stick, Firmware::Uefi, dir.path(), BOOT_TIMEOUT);
+    assert_no_windows_report(&stick, &out, false);
+}
+
+/// Removes a PE image's Authenticode signature: zero the certificate table
+/// directory entry and cut the table off the end (PE/COFF spec, "The
+/// Attribute Certificate Table", data directory 4).
+fn strip_signature(pe: &[u8]) -> Vec<u8> {
+    let lfanew = u32::from_le_bytes(pe[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(&pe[lfanew..lfanew + 4], b"PE\0\0");
+    let opt = lfanew + 4 + 20;
+    assert_eq!(
+        u16::from_le_bytes([pe[opt], pe[opt + 1]]),
+        0x20b,
+        "expected PE32+"
+    );
+    let dir4 = opt + 112 + 4 * 8;
+    let off = u32::from_le_bytes(pe[dir4..dir4 + 4].try_into().unwrap()) as usize;
+    let size = u32::from_le_bytes(pe[dir4 + 4..dir4 + 8].try_into().unwrap()) as usize;
+    assert!(
+        off > 0 && size > 0,
+        "the loader is not signed to begin with"
+    );
+    let mut out = pe[..off].to_vec();
+    out[dir4..dir4 + 8].fill(0);
+    out
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn unsigned_loader_is_refused_under_secure_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = image_copy(dir.path());
+    let shim = UsbImage::open(&stick)
+        .unwrap()
+        .read_file("EFI/BOOT/BOOTX64.EFI")
+        .unwrap();
+    add_file_to_image(&stick, "EFI/BOOT/BOOTX64.EFI", &strip_signature(&shim)).unwrap();
+    let mut control = dir.path().join("control.img");
+    std::fs::copy(&stick, &control).unwrap();
+
+    // Secure Boot on: the firmware refuses the unsigned loader; the rescue
+    // never runs and the stick gets no report.
+    let mut b = defib_builder::qemu::Boot::new(Firmware::UefiSb, dir.path());
+    b.stick = Some(stick.clone());
+    b.timeout = Duration::from_secs(120);
+    b.stop_on = Some("No bootable option".into());
+    let out = defib_builder::qemu::run(&b).unwrap();
+    assert!(
+        out.contains("Access Denied"),
+        "OVMF did not refuse the unsigned loader:\n{}",
+        out.text()
+    );
+    assert!(
+        !out.contains("defib rescue"),
+        "the rescue ran from an unsigned loader:\n{}",
+        out.text()
+    );
+    let img = UsbImage::open(&stick).unwrap();
+    assert!(defib_builder::inspect::reports(&img).unwrap().is_empty());
+
+    // The same stripped loader with Secure Boot off boots to the rescue:
+    // the refusal above is Secure Boot's doing, not a broken binary.
+    control = control.canonicalize().unwrap();
+    let out = boot_stick(&control, Firmware::Uefi, dir.path(), BOOT_TIMEOUT);
+    assert!(
+        out.contains("defib rescue"),
+        "stripped shim did not boot with Secure Boot off:\n{}",
+        out.text()
+    );
+}

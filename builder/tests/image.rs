@@ -1,0 +1,182 @@
+//! The image scripts/build wrote, read back: every file matches the
+//! manifest, the initramfs holds our rescue as /init and the module closure
+//! in load order, the menu has its three entries; and two builds from the
+//! same inputs are byte-identical.
+
+mod common;
+
+use common::*;
+use defib_builder::cpio::{read_newc, Entry};
+use defib_builder::image::UsbImage;
+use defib_builder::sha256_hex;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+fn initramfs(img: &UsbImage, path: &str) -> BTreeMap<String, Entry> {
+    let z = img.read_file(path).unwrap();
+    let raw = zstd::decode_all(&z[..]).expect("initramfs segment is zstd");
+    read_newc(&raw)
+        .expect("initramfs is newc cpio")
+        .into_iter()
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the image from scripts/build: run through scripts/test"]
+fn image_matches_its_manifest() {
+    let path = image();
+    let img = UsbImage::open(&path).unwrap();
+    assert_eq!(img.fat_type().unwrap(), fatfs::FatType::Fat32);
+    assert!(img.cluster_count().unwrap() >= 65525);
+    let i = defib_builder::inspect::inspect(&path).unwrap();
+    let m = &i.manifest;
+    assert!(i.reports.is_empty(), "a fresh image carries no reports");
+    let names: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+    for want in [
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/grubx64.efi",
+        "EFI/debian/grub.cfg",
+        "defib/vmlinuz",
+        "defib/initrd.img",
+        "defib/payloads.img",
+    ] {
+        assert!(
+            names.contains(&want),
+            "{want} missing from the manifest: {names:?}"
+        );
+    }
+    for f in &m.files {
+        let data = img.read_file(&f.path).unwrap();
+        assert_eq!(data.len() as u64, f.size, "{}", f.path);
+        assert_eq!(
+            sha256_hex(&data),
+            f.sha256,
+            "{} differs from the manifest",
+            f.path
+        );
+    }
+    for p in ["shim-signed", "grub-efi-amd64-signed", "busybox-static"] {
+        assert!(m.parts.iter().any(|x| x.package == p), "{p} not recorded");
+    }
+    assert!(
+        m.kernel_release.starts_with("6.12."),
+        "{}",
+        m.kernel_release
+    );
+
+    let cfg = String::from_utf8(img.read_file("EFI/debian/grub.cfg").unwrap()).unwrap();
+    assert_eq!(cfg.matches("menuentry 'defib:").count(), 3, "{cfg}");
+    for mode in ["auto", "scan", "shell"] {
+        assert!(cfg.contains(&format!("defib.mode={mode}")), "{cfg}");
+    }
+
+    let rd = initramfs(&img, "defib/initrd.img");
+    let rescue = std::fs::read(env_file("DEFIB_RESCUE")).unwrap();
+    match &rd["init"] {
+        Entry::File { data, mode } => {
+            assert_eq!(data, &rescue, "/init is not the rescue binary");
+            assert_eq!(mode & 0o111, 0o111);
+        }
+        other => panic!("/init is {other:?}"),
+    }
+    assert_eq!(m.rescue.sha256, sha256_hex(&rescue));
+    let load_path = format!("lib/modules/{}/defib.load", m.kernel_release);
+    let Entry::File { data, .. } = &rd[&load_path] else {
+        panic!("no {load_path}")
+    };
+    let order: Vec<String> = String::from_utf8(data.clone())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(String::from)
+        .collect();
+    assert_eq!(order.len(), m.modules.loaded.len());
+    for rel in &order {
+        let p = format!("lib/modules/{}/{rel}", m.kernel_release);
+        assert!(
+            matches!(rd.get(&p), Some(Entry::File { .. })),
+            "{p} listed but not in the initramfs"
+        );
+    }
+    for needed in [
+        "ntfs3",
+        "vfat",
+        "usb_storage",
+        "xhci_pci",
+        "ahci",
+        "nvme",
+        "dm_crypt",
+        "efivarfs",
+    ] {
+        assert!(
+            m.modules.loaded.iter().any(|n| n == needed)
+                || m.modules.builtin.iter().any(|n| n == needed),
+            "{needed} neither loaded nor built in"
+        );
+    }
+    let pos = |n: &str| m.modules.loaded.iter().position(|x| x == n).unwrap();
+    assert!(
+        pos("dm_mod") < pos("dm_crypt"),
+        "dm_mod must load before dm_crypt"
+    );
+    assert!(matches!(rd.get("bin/busybox"), Some(Entry::File { .. })));
+    let Entry::File { data, .. } = &rd["etc/defib/build.json"] else {
+        panic!()
+    };
+    let b: serde_json::Value = serde_json::from_slice(data).unwrap();
+    assert_eq!(b["build_id"], m.build_id.as_str());
+
+    let pl = initramfs(&img, "defib/payloads.img");
+    assert!(
+        pl.keys()
+            .all(|k| k == "payloads" || k.starts_with("payloads/")),
+        "{:?}",
+        pl.keys()
+    );
+}
+
+fn build_into(out: &std::path::Path, payloads: &std::path::Path) -> std::process::Output {
+    Command::new(env_file("DEFIB_DEFIB"))
+        .args(["build", "--offline", "--json", "--out"])
+        .arg(out)
+        .arg("--payloads")
+        .arg(payloads)
+        .arg("--rescue")
+        .arg(env_file("DEFIB_RESCUE"))
+        .env("SOURCE_DATE_EPOCH", "1721366940")
+        .output()
+        .expect("running defib build")
+}
+
+#[test]
+#[ignore = "needs the fetched boot parts: run through scripts/test"]
+fn two_builds_from_the_same_inputs_are_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    for p in [&a, &b] {
+        let o = build_into(p, &payloads);
+        assert!(
+            o.status.success(),
+            "defib build failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(x == y, "two builds differ");
+
+    // A change to the payloads changes the build id and the bytes.
+    let changed = dir.path().join("payloads");
+    std::fs::create_dir_all(&changed).unwrap();
+    std::fs::write(changed.join("note.txt"), "changed").unwrap();
+    let c = dir.path().join("c.img");
+    let o = build_into(&c, &changed);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = |p: &std::path::Path| {
+        defib_builder::inspect::inspect(p)
+            .unwrap()
+            .manifest
+            .build_id
+    };
+    assert_ne!(id(&a), id(&c));
+}

@@ -1,0 +1,241 @@
+//! Kernel command line: the `defib.*` keys and `console=` entries the rescue
+//! obeys when it runs as PID 1.
+//!
+//! This is not a general kernel parameter parser: it splits the line the way
+//! the kernel does (whitespace, double quotes around values), keeps the few
+//! keys defib reads and ignores everything else. A bad value never stops a
+//! boot; it becomes a warning and the default is used.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the rescue does after probing (`defib.mode=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Probe, evaluate and (once the engine exists) repair; then reboot.
+    #[default]
+    Auto,
+    /// Probe and report only; nothing is written to any victim disk.
+    Scan,
+    /// Probe, then hand the technician a busybox shell.
+    Shell,
+}
+
+/// What happens at the end of a run (`defib.after=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum After {
+    #[default]
+    Reboot,
+    Poweroff,
+}
+
+/// How the image reached the machine, as hinted by the boot loader
+/// (`defib.medium=`). PXE menus pass `pxe` because there is no stick to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediumHint {
+    Usb,
+    Pxe,
+    Cdrom,
+}
+
+/// The default bound on waiting for block devices and the boot medium.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(15);
+
+/// Everything the rescue reads from `/proc/cmdline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootArgs {
+    pub mode: Mode,
+    pub after: After,
+    /// Upper bound on waiting for block devices and the boot medium.
+    pub wait: Duration,
+    pub medium: Option<MediumHint>,
+    /// Device nodes for every `console=` entry, in command line order,
+    /// without duplicates (`console=ttyS0,115200` -> `/dev/ttyS0`).
+    pub consoles: Vec<PathBuf>,
+    /// One line per bad value, for the screen and the report.
+    pub warnings: Vec<String>,
+}
+
+impl Default for BootArgs {
+    fn default() -> Self {
+        BootArgs {
+            mode: Mode::default(),
+            after: After::default(),
+            wait: DEFAULT_WAIT,
+            medium: None,
+            consoles: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl BootArgs {
+    /// Parses a kernel command line as found in `/proc/cmdline`.
+    pub fn parse(line: &str) -> BootArgs {
+        let mut args = BootArgs::default();
+        for word in split(line) {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, v),
+                None => (word.as_str(), ""),
+            };
+            match key {
+                "defib.mode" => match value {
+                    "auto" => args.mode = Mode::Auto,
+                    "scan" => args.mode = Mode::Scan,
+                    "shell" => args.mode = Mode::Shell,
+                    _ => args.bad(key, value, "auto"),
+                },
+                "defib.after" => match value {
+                    "reboot" => args.after = After::Reboot,
+                    "poweroff" => args.after = After::Poweroff,
+                    _ => args.bad(key, value, "reboot"),
+                },
+                "defib.wait" => match value.parse::<u64>() {
+                    // An hour is far beyond any USB enumeration; a larger
+                    // number is a typo, not a wish.
+                    Ok(secs) if secs <= 3600 => args.wait = Duration::from_secs(secs),
+                    _ => args.bad(key, value, "15"),
+                },
+                "defib.medium" => match value {
+                    "usb" => args.medium = Some(MediumHint::Usb),
+                    "pxe" => args.medium = Some(MediumHint::Pxe),
+                    "cdrom" => args.medium = Some(MediumHint::Cdrom),
+                    _ => args.bad(key, value, "none"),
+                },
+                "console" => {
+                    // The name ends at the first comma: `ttyS0,115200n8`.
+                    // Only plain device names are taken; anything with a
+                    // slash is not a node under /dev we should open.
+                    let name = value.split(',').next().unwrap_or("");
+                    if name.is_empty() || name.contains('/') || name == "null" {
+                        continue;
+                    }
+                    let path = PathBuf::from("/dev").join(name);
+                    if !args.consoles.contains(&path) {
+                        args.consoles.push(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+        args
+    }
+
+    fn bad(&mut self, key: &str, value: &str, default: &str) {
+        self.warnings
+            .push(format!("ignoring bad {key}={value:?}, using {default}"));
+    }
+}
+
+/// Splits like the kernel's `next_arg()`: whitespace separates words, and
+/// double quotes protect spaces (`key="a b"`); the quotes themselves go.
+fn split(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Scan => "scan",
+            Mode::Shell => "shell",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_nothing_given() {
+        let a = BootArgs::parse("BOOT_IMAGE=/vmlinuz quiet\n");
+        assert_eq!(a, BootArgs::default());
+        assert_eq!(a.wait, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let a = BootArgs::parse(
+            "quiet defib.mode=shell defib.after=poweroff defib.wait=40 defib.medium=pxe",
+        );
+        assert_eq!(a.mode, Mode::Shell);
+        assert_eq!(a.after, After::Poweroff);
+        assert_eq!(a.wait, Duration::from_secs(40));
+        assert_eq!(a.medium, Some(MediumHint::Pxe));
+        assert!(a.warnings.is_empty());
+    }
+
+    #[test]
+    fn scan_mode_and_zero_wait() {
+        let a = BootArgs::parse("defib.mode=scan defib.wait=0");
+        assert_eq!(a.mode, Mode::Scan);
+        assert_eq!(a.wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_values_warn_and_keep_defaults() {
+        let a = BootArgs::parse(
+            "defib.mode=fix defib.after=halt defib.wait=-3 defib.medium=floppy defib.wait=9999",
+        );
+        assert_eq!(a.mode, Mode::Auto);
+        assert_eq!(a.after, After::Reboot);
+        assert_eq!(a.wait, DEFAULT_WAIT);
+        assert_eq!(a.medium, None);
+        assert_eq!(a.warnings.len(), 5);
+        assert!(a.warnings[0].contains("defib.mode=\"fix\""));
+    }
+
+    #[test]
+    fn key_without_value_is_bad() {
+        let a = BootArgs::parse("defib.mode");
+        assert_eq!(a.mode, Mode::Auto);
+        assert_eq!(a.warnings.len(), 1);
+    }
+
+    #[test]
+    fn consoles_in_order_without_options_or_duplicates() {
+        let a = BootArgs::parse("console=tty0 console=ttyS0,115200n8 console=tty0 console=");
+        assert_eq!(
+            a.consoles,
+            vec![PathBuf::from("/dev/tty0"), PathBuf::from("/dev/ttyS0")]
+        );
+    }
+
+    #[test]
+    fn odd_consoles_are_skipped() {
+        let a = BootArgs::parse("console=../../etc/x console=null");
+        assert!(a.consoles.is_empty());
+    }
+
+    #[test]
+    fn quotes_protect_spaces() {
+        assert_eq!(
+            split(r#"a "b c"=d e="f g" h"#),
+            vec!["a", "b c=d", "e=f g", "h"]
+        );
+        let a = BootArgs::parse(r#"foo="x y" defib.mode="scan""#);
+        assert_eq!(a.mode, Mode::Scan);
+    }
+}

@@ -1,0 +1,575 @@
+//! The rescue as PID 1: a table of steps from mounting `/proc` to the
+//! reboot, each one logged on the consoles.
+//!
+//! This module is the thin, kernel-facing frame. The decisions live in the
+//! modules it calls (`cmdline`, `probe`, `medium`, `verdict`, `report`), which
+//! are tested on plain directories; this file is tested by booting the image.
+//! PID 1 must never exit or panic into a kernel panic: every error path ends
+//! in [`fatal`], which shows the error, waits, and reboots.
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::buildinfo::{read_build_info, BuildInfo};
+use crate::cmdline::{After, BootArgs, MediumHint, Mode};
+use crate::console::{self, Console};
+use crate::firmware::{self, SecureBoot};
+use crate::kmod::{self, LoadSummary};
+use crate::medium::{self, Found, KernelMounter, Mounter, Settle, SettleEnd};
+use crate::mounts;
+use crate::probe::{self, Probe};
+use crate::report::{self, Boot, Firmware, MediumKind, Modules, Report, Verdict};
+use crate::shell;
+use crate::verdict::{evaluate, Outcome};
+use crate::VERSION;
+
+/// How long block device names must stay unchanged to count as settled.
+const QUIET: Duration = Duration::from_millis(1500);
+/// Poll interval while waiting for devices.
+const POLL: Duration = Duration::from_millis(250);
+/// Countdown before a reboot, so the technician can read the verdict.
+const REBOOT_COUNTDOWN: u32 = 10;
+/// How long a fatal error stays on screen before the reboot.
+const FATAL_PAUSE: Duration = Duration::from_secs(30);
+
+/// The state of one run, filled in step by step.
+pub struct Run {
+    root: PathBuf,
+    console: Console,
+    start: Instant,
+    started: SystemTime,
+    run_id: String,
+    cmdline: String,
+    args: BootArgs,
+    kernel: String,
+    firmware: Firmware,
+    secure_boot: SecureBoot,
+    build: Option<BuildInfo>,
+    modules: LoadSummary,
+    medium: Option<Found>,
+    mounter: KernelMounter,
+    probe: Probe,
+    outcome: Option<Outcome>,
+    report_path: Option<String>,
+    messages: Vec<String>,
+}
+
+/// One step of the table.
+pub struct Step {
+    pub name: &'static str,
+    pub run: fn(&mut Run) -> Result<()>,
+    /// An error here means PID 1 cannot go on (no /proc, /sys or /dev).
+    pub fatal: bool,
+}
+
+/// The whole run, in order. Only the early mounts are fatal: everything
+/// after them degrades (no modules, no medium) and still ends in a verdict.
+pub const STEPS: &[Step] = &[
+    Step {
+        name: "mount",
+        run: mount_early,
+        fatal: true,
+    },
+    Step {
+        name: "banner",
+        run: banner,
+        fatal: false,
+    },
+    Step {
+        name: "modules",
+        run: load_modules,
+        fatal: false,
+    },
+    Step {
+        name: "efivarfs",
+        run: mount_late,
+        fatal: false,
+    },
+    Step {
+        name: "devices",
+        run: wait_devices,
+        fatal: false,
+    },
+    Step {
+        name: "medium",
+        run: find_medium,
+        fatal: false,
+    },
+    Step {
+        name: "probe",
+        run: probe_volumes,
+        fatal: false,
+    },
+    Step {
+        name: "evaluate",
+        run: decide,
+        fatal: false,
+    },
+    Step {
+        name: "report",
+        run: write_report,
+        fatal: false,
+    },
+    Step {
+        name: "verdict",
+        run: show_verdict,
+        fatal: false,
+    },
+    Step {
+        name: "shell",
+        run: shell_mode,
+        fatal: false,
+    },
+];
+
+impl Run {
+    fn new(root: &Path) -> Run {
+        let started = SystemTime::now();
+        Run {
+            root: root.to_path_buf(),
+            console: Console::pending(),
+            start: Instant::now(),
+            started,
+            run_id: report::run_id(started, report::random4()),
+            cmdline: String::new(),
+            args: BootArgs::default(),
+            kernel: String::new(),
+            firmware: Firmware::Bios,
+            secure_boot: SecureBoot {
+                on: false,
+                note: None,
+            },
+            build: None,
+            modules: LoadSummary::default(),
+            medium: None,
+            mounter: KernelMounter::new(root),
+            probe: Probe::default(),
+            outcome: None,
+            report_path: None,
+            messages: Vec::new(),
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        self.console.line(line);
+    }
+
+    /// A line for the screen that also goes into the report.
+    fn note(&mut self, line: String) {
+        self.console.line(&format!("warning: {line}"));
+        self.messages.push(line);
+    }
+
+    fn medium_kind(&self) -> MediumKind {
+        match (&self.medium, self.args.medium) {
+            (_, Some(MediumHint::Pxe)) => MediumKind::Pxe,
+            (Some(f), _) => medium::medium_kind(&f.dev.name, &f.dev.sysfs_path),
+            (None, _) => MediumKind::None,
+        }
+    }
+}
+
+/// Entry point when running as PID 1. Never returns.
+pub fn main() -> ! {
+    std::panic::set_hook(Box::new(|info| fatal(&format!("rescue panicked: {info}"))));
+    let mut run = Run::new(Path::new("/"));
+    for step in STEPS {
+        let t = Instant::now();
+        if let Err(e) = (step.run)(&mut run) {
+            if step.fatal {
+                fatal(&format!("step {} failed: {e:#}", step.name));
+            }
+            run.note(format!("step {} failed: {e:#}", step.name));
+        }
+        run.say(&format!(
+            "-- {} done in {:.2} s",
+            step.name,
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    finish(&mut run)
+}
+
+/// Shows a fatal error on every console, waits so a person can read or
+/// photograph it, and reboots. Used by the panic hook too.
+pub fn fatal(msg: &str) -> ! {
+    console::emergency(&format!(
+        "\n\x1b[1;31m==== DEFIB FAILED ====\x1b[0m\n{msg}\ndefib: verdict failed\n\
+         defib: rebooting in {} s\n",
+        FATAL_PAUSE.as_secs()
+    ));
+    std::thread::sleep(FATAL_PAUSE);
+    console::emergency("defib: rebooting\n");
+    reboot(After::Reboot)
+}
+
+/// Syncs and asks the kernel to restart or power off. If the kernel
+/// refuses, PID 1 sleeps rather than exit (exit would panic the kernel).
+fn reboot(after: After) -> ! {
+    rustix::fs::sync();
+    let cmd = match after {
+        After::Reboot => rustix::system::RebootCommand::Restart,
+        After::Poweroff => rustix::system::RebootCommand::PowerOff,
+    };
+    if let Err(e) = rustix::system::reboot(cmd) {
+        console::emergency(&format!(
+            "defib: reboot failed: {e}; power the machine off\n"
+        ));
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn mount_early(run: &mut Run) -> Result<()> {
+    for step in mounts::plan(&run.root, mounts::EARLY) {
+        match mounts::apply(&run.root, &step) {
+            Ok(()) => run.say(&format!("mounted {} on /{}", step.fstype, step.target)),
+            Err(e) if step.required => return Err(e),
+            Err(e) => run.note(format!("{e:#}")),
+        }
+    }
+    Ok(())
+}
+
+fn banner(run: &mut Run) -> Result<()> {
+    let cmdline_path = run.root.join("proc/cmdline");
+    run.cmdline = std::fs::read_to_string(&cmdline_path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    run.args = BootArgs::parse(&run.cmdline);
+    // The banner is the first line the rescue prints; boot benchmarks time it.
+    let failed = run.console.open(
+        &run.args.consoles,
+        &format!("defib rescue {VERSION} starting"),
+    );
+    for f in failed {
+        run.note(f);
+    }
+    run.kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    run.firmware = firmware::firmware(&run.root);
+    let (kernel, fw, a) = (run.kernel.clone(), run.firmware, run.args.clone());
+    run.say(&format!("kernel: {kernel}"));
+    run.say(&format!("firmware: {}", fw.as_str()));
+    run.say(&format!(
+        "mode: {} (after: {}, wait: {} s)",
+        a.mode.as_str(),
+        if a.after == After::Reboot {
+            "reboot"
+        } else {
+            "poweroff"
+        },
+        a.wait.as_secs()
+    ));
+    for w in a.warnings {
+        run.note(w);
+    }
+    match read_build_info(&run.root) {
+        Ok(b) => {
+            run.say(&format!(
+                "build: {} (defib {})",
+                b.build_id, b.defib_version
+            ));
+            if b.kernel != run.kernel {
+                run.note(format!(
+                    "image built for kernel {} but running {}",
+                    b.kernel, run.kernel
+                ));
+            }
+            run.build = Some(b);
+        }
+        Err(e) => run.note(format!("no build info: {e:#}")),
+    }
+    Ok(())
+}
+
+fn load_modules(run: &mut Run) -> Result<()> {
+    let dir = kmod::modules_dir(&run.root, &run.kernel);
+    let mut failures = Vec::new();
+    let res = kmod::load_all(&dir, &mut kmod::finit_module, &mut |l| {
+        failures.push(l.to_string())
+    });
+    for f in failures {
+        run.say(&f);
+    }
+    match res {
+        Ok(sum) => {
+            run.say(&sum.line());
+            run.modules = sum;
+        }
+        Err(e) => run.note(format!(
+            "no modules loaded: reading {}: {e}",
+            dir.join(kmod::LOAD_LIST).display()
+        )),
+    }
+    Ok(())
+}
+
+fn mount_late(run: &mut Run) -> Result<()> {
+    for step in mounts::plan(&run.root, mounts::AFTER_MODULES) {
+        match mounts::apply(&run.root, &step) {
+            Ok(()) => run.say(&format!("mounted {} on /{}", step.fstype, step.target)),
+            Err(e) => run.note(format!("{e:#}")),
+        }
+    }
+    run.secure_boot = firmware::secure_boot(&run.root, run.firmware);
+    let sb = run.secure_boot.clone();
+    run.say(&format!(
+        "secure boot: {}",
+        if sb.on { "on" } else { "off" }
+    ));
+    if let Some(n) = sb.note {
+        run.note(n);
+    }
+    Ok(())
+}
+
+fn wait_devices(run: &mut Run) -> Result<()> {
+    let want_medium = run.args.medium != Some(MediumHint::Pxe);
+    let mut settle = Settle::new(run.args.wait, QUIET);
+    let t = Instant::now();
+    let end = loop {
+        let names = medium::block_names(&run.root);
+        let found = want_medium && !medium::candidates(&run.root).is_empty();
+        if let Some(end) = settle.observe(t.elapsed(), names, found, want_medium) {
+            break end;
+        }
+        std::thread::sleep(POLL);
+    };
+    let n = medium::block_names(&run.root).len();
+    let secs = t.elapsed().as_secs_f64();
+    match end {
+        SettleEnd::Settled => run.say(&format!(
+            "devices: settled in {secs:.1} s ({n} block devices)"
+        )),
+        SettleEnd::TimedOut => run.say(&format!(
+            "devices: stopped waiting after {secs:.1} s ({n} block devices)"
+        )),
+    }
+    Ok(())
+}
+
+fn find_medium(run: &mut Run) -> Result<()> {
+    let cands = medium::candidates(&run.root);
+    let expected = run.build.as_ref().map(|b| b.build_id.clone());
+    let mut lines = Vec::new();
+    let found = medium::select(&cands, expected.as_deref(), &mut run.mounter, &mut |l| {
+        lines.push(l.to_string())
+    });
+    for l in lines {
+        run.note(l);
+    }
+    run.medium = found;
+    match &run.medium {
+        Some(f) => {
+            let (name, build, matches) = (f.dev.name.clone(), f.build_id.clone(), f.matches_build);
+            let kind = medium::medium_kind(&f.dev.name, &f.dev.sysfs_path);
+            run.say(&format!(
+                "medium: /dev/{name} ({}), build {build}",
+                kind.as_str()
+            ));
+            if !matches && expected.is_some() {
+                run.note(format!(
+                    "medium /dev/{name} is from build {build}, not this image's"
+                ));
+            }
+        }
+        None if run.args.medium == Some(MediumHint::Pxe) => {
+            run.say("medium: network boot, no stick; the report stays on screen only")
+        }
+        None => run.note("no defib boot medium found; the report will not be saved".into()),
+    }
+    Ok(())
+}
+
+fn probe_volumes(run: &mut Run) -> Result<()> {
+    let medium = run.medium.as_ref().map(|f| f.dev.name.clone());
+    run.probe = probe::probe(&run.root, medium.as_deref());
+    for m in run.probe.messages.clone() {
+        run.note(m);
+    }
+    for l in volume_lines(&run.probe) {
+        run.say(&l);
+    }
+    Ok(())
+}
+
+/// One line per volume for the screen.
+pub fn volume_lines(p: &Probe) -> Vec<String> {
+    if p.volumes.is_empty() {
+        return vec!["volumes: none".into()];
+    }
+    p.volumes
+        .iter()
+        .map(|v| {
+            format!(
+                "volume {:<12} {:>10} {:<9} {:<7}{}{}",
+                v.device,
+                human_size(v.size_bytes),
+                v.fs.as_str(),
+                v.bus.as_str(),
+                if v.removable { " removable" } else { "" },
+                if v.boot_medium { " defib-medium" } else { "" },
+            )
+        })
+        .collect()
+}
+
+/// Sizes in binary units with one decimal: `476.9 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn decide(run: &mut Run) -> Result<()> {
+    let o = evaluate(&run.probe, run.args.mode);
+    run.messages.extend(o.messages.iter().cloned());
+    run.outcome = Some(o);
+    Ok(())
+}
+
+fn build_report(run: &Run) -> Report {
+    let verdict = run.outcome.as_ref().map_or(Verdict::Failed, |o| o.verdict);
+    Report {
+        schema: report::SCHEMA,
+        defib_version: VERSION.to_string(),
+        run_id: run.run_id.clone(),
+        started: report::rfc3339(run.started),
+        finished: report::rfc3339(SystemTime::now()),
+        build_id: run.build.as_ref().map(|b| b.build_id.clone()),
+        machine: crate::dmi::read_machine(&run.root),
+        boot: Boot {
+            firmware: run.firmware,
+            secure_boot: run.secure_boot.on,
+            mode: run.args.mode,
+            medium: run.medium_kind(),
+            kernel: run.kernel.clone(),
+            cmdline: run.cmdline.clone(),
+        },
+        modules: Modules {
+            loaded: run.modules.loaded,
+            failed: run.modules.failed.clone(),
+        },
+        volumes: run.probe.volumes.clone(),
+        messages: run.messages.clone(),
+        verdict,
+    }
+}
+
+fn write_report(run: &mut Run) -> Result<()> {
+    let Some(found) = run.medium.clone() else {
+        run.say("report: no boot medium, not saved");
+        return Ok(());
+    };
+    let rep = build_report(run);
+    let dir = found.path.join("reports");
+    let res = std::fs::create_dir_all(&dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| report::write_atomic(&dir, &rep.file_name(), &rep.to_json()?));
+    // Unmount whatever happened: a clean FAT is worth more than the report.
+    let unmounted = run.mounter.unmount();
+    if let Err(e) = unmounted {
+        run.note(format!("{e:#}"));
+    }
+    let _ = res?;
+    let on_medium = format!("/reports/{}", rep.file_name());
+    run.say(&format!("report: saved to {on_medium} on the medium"));
+    run.report_path = Some(on_medium);
+    Ok(())
+}
+
+fn show_verdict(run: &mut Run) -> Result<()> {
+    let o = run.outcome.clone().unwrap_or_else(|| Outcome {
+        verdict: Verdict::Failed,
+        reason: "the rescue could not evaluate this machine".into(),
+        next_step: "read the warnings above".into(),
+        messages: Vec::new(),
+    });
+    let secs = run.start.elapsed().as_secs_f64();
+    run.say(&format!("run time: {secs:.1} s"));
+    run.console.verdict(o.verdict, &o.reason, &o.next_step);
+    let path = run.report_path.clone().unwrap_or_else(|| "none".into());
+    run.say(&format!("defib: report {path}"));
+    Ok(())
+}
+
+fn shell_mode(run: &mut Run) -> Result<()> {
+    if run.args.mode != Mode::Shell {
+        return Ok(());
+    }
+    shell::install_busybox(&run.root)?;
+    run.say("volumes found:");
+    for l in volume_lines(&run.probe) {
+        run.say(&format!("  {l}"));
+    }
+    if let Some(f) = &run.medium {
+        let name = f.dev.name.clone();
+        run.say(&format!(
+            "the defib stick is /dev/{name} (unmounted; mount -t vfat /dev/{name} /mnt)"
+        ));
+    }
+    let tty = shell::shell_tty(&run.args.consoles);
+    run.say(&format!("shell on {}; type exit to finish", tty.display()));
+    let status = shell::run_shell(&run.root, &tty);
+    shell::reap_orphans();
+    match status {
+        Ok(s) => run.say(&format!("shell exited ({s})")),
+        Err(e) => bail!(e),
+    }
+    Ok(())
+}
+
+fn finish(run: &mut Run) -> ! {
+    match run.args.after {
+        After::Reboot => {
+            run.console
+                .raw(&format!("defib: rebooting in {REBOOT_COUNTDOWN}"));
+            for n in (1..REBOOT_COUNTDOWN).rev() {
+                std::thread::sleep(Duration::from_secs(1));
+                run.console.raw(&format!(" {n}"));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            run.say("");
+            run.say("defib: rebooting");
+        }
+        After::Poweroff => run.say("defib: powering off"),
+    }
+    reboot(run.args.after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_table_starts_with_fatal_mounts_only() {
+        assert_eq!(STEPS[0].name, "mount");
+        assert!(STEPS[0].fatal);
+        assert!(STEPS[1..].iter().all(|s| !s.fatal));
+        let pos = |n| STEPS.iter().position(|s| s.name == n).unwrap();
+        // efivarfs is a module in Debian; Secure Boot is read after it.
+        assert!(pos("modules") < pos("efivarfs"));
+        assert!(pos("report") < pos("verdict"));
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1024 * 1024), "1.0 MiB");
+        assert_eq!(human_size(512_110_190_592), "476.9 GiB");
+    }
+}

@@ -1,0 +1,158 @@
+//! Kernel module loading from the builder's ordered list,
+//! `/lib/modules/<kver>/defib.load`.
+//!
+//! This is not modprobe: there is no dependency resolution, alias matching
+//! or parameter handling here. The builder already wrote the closure in load
+//! order; we hand each `.ko.xz` to the kernel, which decompresses it itself
+//! (MODULE_INIT_COMPRESSED_FILE) and checks its signature under lockdown.
+
+use crate::report::ModuleFailure;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The list file's name inside `/lib/modules/<kver>/`.
+pub const LOAD_LIST: &str = "defib.load";
+
+/// `finit_module` flag: the file is compressed and the kernel should
+/// decompress it (include/uapi/linux/module.h, Linux 6.4+).
+const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
+
+/// Parses `defib.load`: one path per line relative to the modules
+/// directory; blank lines and `#` comments are skipped. Paths that try to
+/// leave the directory are dropped (the list is input like any other).
+pub fn parse_load_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.starts_with('/') && !l.split('/').any(|c| c == ".."))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What loading did.
+#[derive(Debug, Clone, Default)]
+pub struct LoadSummary {
+    /// Loaded now, or already present (EEXIST).
+    pub loaded: u32,
+    pub failed: Vec<ModuleFailure>,
+    pub elapsed: Duration,
+}
+
+impl LoadSummary {
+    /// The one-line summary for the console.
+    pub fn line(&self) -> String {
+        format!(
+            "modules: {} loaded, {} failed, {:.1} s",
+            self.loaded,
+            self.failed.len(),
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// `<root>/lib/modules/<kver>`.
+pub fn modules_dir(root: &Path, kver: &str) -> PathBuf {
+    root.join("lib/modules").join(kver)
+}
+
+/// Loads every module in `defib.load` with `load`, in order. A failure is
+/// recorded and the next module tried: a missing NIC driver must not stop a
+/// disk repair. `log` receives one line per failure.
+pub fn load_all(
+    dir: &Path,
+    load: &mut dyn FnMut(&Path) -> std::io::Result<()>,
+    log: &mut dyn FnMut(&str),
+) -> std::io::Result<LoadSummary> {
+    let start = Instant::now();
+    let list = std::fs::read_to_string(dir.join(LOAD_LIST))?;
+    let mut sum = LoadSummary::default();
+    for rel in parse_load_list(&list) {
+        match load(&dir.join(&rel)) {
+            Ok(()) => sum.loaded += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => sum.loaded += 1,
+            Err(e) => {
+                log(&format!("module {rel}: {e}"));
+                sum.failed.push(ModuleFailure {
+                    module: rel,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    sum.elapsed = start.elapsed();
+    Ok(sum)
+}
+
+/// Hands one module file to the kernel with `finit_module(2)`.
+pub fn finit_module(path: &Path) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: the fd is open for the whole call and the parameter string is
+    // a NUL-terminated literal; finit_module reads both and keeps neither.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            MODULE_INIT_COMPRESSED_FILE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_list_with_comments_and_blanks() {
+        let text = "# storage first\nkernel/drivers/ata/libata.ko.xz\n\n  kernel/drivers/ata/ahci.ko.xz  # AHCI\n#x\n";
+        assert_eq!(
+            parse_load_list(text),
+            [
+                "kernel/drivers/ata/libata.ko.xz",
+                "kernel/drivers/ata/ahci.ko.xz"
+            ]
+        );
+    }
+
+    #[test]
+    fn drops_paths_that_escape() {
+        assert!(parse_load_list("/etc/passwd\n../x.ko\nkernel/../../y.ko\n").is_empty());
+    }
+
+    #[test]
+    fn failures_are_recorded_and_loading_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOAD_LIST), "a.ko.xz\nb.ko.xz\nc.ko.xz\n").unwrap();
+        let mut seen = Vec::new();
+        let mut load = |p: &Path| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            seen.push(name.clone());
+            match name.as_str() {
+                "a.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::EEXIST)),
+                "b.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::EKEYREJECTED)),
+                _ => Ok(()),
+            }
+        };
+        let mut logged = Vec::new();
+        let sum = load_all(dir.path(), &mut load, &mut |l| logged.push(l.to_string())).unwrap();
+        assert_eq!(seen, ["a.ko.xz", "b.ko.xz", "c.ko.xz"]);
+        assert_eq!(sum.loaded, 2);
+        assert_eq!(sum.failed.len(), 1);
+        assert_eq!(sum.failed[0].module, "b.ko.xz");
+        assert_eq!(logged.len(), 1);
+        assert!(sum.line().starts_with("modules: 2 loaded, 1 failed, "));
+    }
+
+    #[test]
+    fn missing_list_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_all(dir.path(), &mut |_| Ok(()), &mut |_| {}).is_err());
+    }
+}
