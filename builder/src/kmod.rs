@@ -120,6 +120,8 @@ fn split_names(v: &str, sep: char) -> Vec<String> {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Chosen {
     pub name: String,
+    /// Paths of the chosen modules it depends on (hard and soft).
+    pub deps: Vec<String>,
     /// Path relative to `/lib/modules/<release>/`.
     pub path: String,
     /// Why it is there: the list group, or `dependency of X`.
@@ -258,8 +260,15 @@ impl Walk<'_> {
         }
         self.onstack.remove(name);
         self.done.insert(name.to_string());
+        let deps = info
+            .depends
+            .iter()
+            .chain(&info.softdep_pre)
+            .filter_map(|d| self.km.files.get(d).map(|(p, _)| p.clone()))
+            .collect();
         self.out.push(Chosen {
             name: name.to_string(),
+            deps,
             path: path.clone(),
             reason: reason.to_string(),
         });
@@ -271,10 +280,15 @@ impl Walk<'_> {
 pub fn load_file(closure: &Closure, release: &str, list_version: u32) -> String {
     let mut s = format!(
         "# defib module load order for {release}, module list v{list_version}\n\
-         # one path per line, relative to /lib/modules/{release}/, dependencies first\n"
+         # per line: a module path relative to /lib/modules/{release}/, then the\n\
+         # paths of the modules it needs; every module comes after those it needs\n"
     );
     for m in &closure.modules {
         s.push_str(&m.path);
+        for d in &m.deps {
+            s.push(' ');
+            s.push_str(d);
+        }
         s.push('\n');
     }
     s
@@ -422,7 +436,7 @@ mod tests {
             paths,
             [
                 "kernel/drivers/md/dm-mod.ko.xz",
-                "kernel/drivers/md/dm-crypt.ko.xz"
+                "kernel/drivers/md/dm-crypt.ko.xz kernel/drivers/md/dm-mod.ko.xz"
             ]
         );
     }

@@ -133,7 +133,16 @@ pub fn command(b: &Boot) -> Result<Command> {
         "-nic",
         "none",
     ]);
-    c.args(["-m", &b.memory_mib.to_string(), "-smp", "1"]);
+    c.args([
+        "-m",
+        &b.memory_mib.to_string(),
+        "-smp",
+        "1",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+    ]);
     match b.firmware {
         Firmware::Bios => {
             c.args(["-machine", "pc"]);

@@ -21,6 +21,8 @@ static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
 /// The set of consoles output goes to.
 pub struct Console {
     sinks: Vec<Sink>,
+    /// The devices behind `sinks`, for [`Console::reopen`].
+    paths: Vec<PathBuf>,
     pending: Vec<String>,
     opened: bool,
 }
@@ -35,6 +37,7 @@ impl Console {
     pub fn pending() -> Console {
         Console {
             sinks: Vec::new(),
+            paths: Vec::new(),
             pending: Vec::new(),
             opened: false,
         }
@@ -44,6 +47,7 @@ impl Console {
     pub fn stdout() -> Console {
         Console {
             sinks: vec![Sink::Stdout],
+            paths: Vec::new(),
             pending: Vec::new(),
             opened: true,
         }
@@ -74,13 +78,32 @@ impl Console {
                 Err(_) => self.sinks.push(Sink::Stdout),
             }
         }
-        let _ = PATHS.set(opened_paths);
+        let _ = PATHS.set(opened_paths.clone());
+        self.paths = opened_paths;
         self.opened = true;
         self.line(first);
         for l in std::mem::take(&mut self.pending) {
             self.line(&l);
         }
         failed
+    }
+
+    /// Opens the consoles again. Needed after the shell: when a session
+    /// leader exits, the kernel hangs up its controlling tty, and every file
+    /// open on it (ours included) then fails writes with EIO.
+    pub fn reopen(&mut self) {
+        if self.paths.is_empty() {
+            return;
+        }
+        self.sinks = self
+            .paths
+            .iter()
+            .filter_map(|p| open_tty(p).ok())
+            .map(Sink::Tty)
+            .collect();
+        if self.sinks.is_empty() {
+            self.sinks.push(Sink::Stdout);
+        }
     }
 
     /// Writes one line to every console (or holds it until they are open).

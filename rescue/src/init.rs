@@ -463,6 +463,7 @@ fn build_report(run: &Run) -> Report {
         modules: Modules {
             loaded: run.modules.loaded,
             failed: run.modules.failed.clone(),
+            not_applicable: run.modules.not_applicable.clone(),
         },
         volumes: run.probe.volumes.clone(),
         messages: run.messages.clone(),
@@ -526,6 +527,7 @@ fn shell_mode(run: &mut Run) -> Result<()> {
     run.say(&format!("shell on {}; type exit to finish", tty.display()));
     let status = shell::run_shell(&run.root, &tty);
     shell::reap_orphans();
+    run.console.reopen();
     match status {
         Ok(s) => run.say(&format!("shell exited ({s})")),
         Err(e) => bail!(e),

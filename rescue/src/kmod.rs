@@ -19,15 +19,32 @@ pub const LOAD_LIST: &str = "defib.load";
 /// decompress it (include/uapi/linux/module.h, Linux 6.4+).
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 
-/// Parses `defib.load`: one path per line relative to the modules
-/// directory; blank lines and `#` comments are skipped. Paths that try to
+/// One line of `defib.load`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadEntry {
+    /// Path relative to the modules directory.
+    pub path: String,
+    /// Paths of the modules it depends on directly (listed earlier).
+    pub deps: Vec<String>,
+}
+
+/// Parses `defib.load`: per line a module path relative to the modules
+/// directory, then the paths of its direct dependencies, separated by
+/// spaces; blank lines and `#` comments are skipped. Paths that try to
 /// leave the directory are dropped (the list is input like any other).
-pub fn parse_load_list(text: &str) -> Vec<String> {
+pub fn parse_load_list(text: &str) -> Vec<LoadEntry> {
+    let safe = |p: &&str| !p.starts_with('/') && !p.split('/').any(|c| c == "..");
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
-        .filter(|l| !l.starts_with('/') && !l.split('/').any(|c| c == ".."))
-        .map(str::to_string)
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let path = words.next().filter(safe)?;
+            Some(LoadEntry {
+                path: path.to_string(),
+                deps: words.filter(safe).map(str::to_string).collect(),
+            })
+        })
         .collect()
 }
 
@@ -37,6 +54,9 @@ pub struct LoadSummary {
     /// Loaded now, or already present (EEXIST).
     pub loaded: u32,
     pub failed: Vec<ModuleFailure>,
+    /// Modules whose hardware is absent (ENODEV: no AES-NI, not on
+    /// Hyper-V or Xen, …) and those left out because one they need is.
+    pub not_applicable: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -44,8 +64,9 @@ impl LoadSummary {
     /// The one-line summary for the console.
     pub fn line(&self) -> String {
         format!(
-            "modules: {} loaded, {} failed, {:.1} s",
+            "modules: {} loaded, {} not for this hardware, {} failed, {:.1} s",
             self.loaded,
+            self.not_applicable.len(),
             self.failed.len(),
             self.elapsed.as_secs_f64()
         )
@@ -68,11 +89,34 @@ pub fn load_all(
     let start = Instant::now();
     let list = std::fs::read_to_string(dir.join(LOAD_LIST))?;
     let mut sum = LoadSummary::default();
-    for rel in parse_load_list(&list) {
+    let mut unavailable = std::collections::BTreeSet::new();
+    for LoadEntry { path: rel, deps } in parse_load_list(&list) {
+        if let Some(dep) = deps.iter().find(|d| unavailable.contains(*d)) {
+            // Loading it would only fail on unknown symbols.
+            if sum.not_applicable.contains(dep) {
+                sum.not_applicable.push(rel.clone());
+            } else {
+                log(&format!(
+                    "module {rel}: skipped, it needs {dep}, which failed"
+                ));
+                sum.failed.push(ModuleFailure {
+                    module: rel.clone(),
+                    error: format!("skipped: needs {dep}, which failed"),
+                });
+            }
+            unavailable.insert(rel);
+            continue;
+        }
         match load(&dir.join(&rel)) {
             Ok(()) => sum.loaded += 1,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => sum.loaded += 1,
+            // The module's init found nothing to drive: not a fault.
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                sum.not_applicable.push(rel.clone());
+                unavailable.insert(rel);
+            }
             Err(e) => {
+                unavailable.insert(rel.clone());
                 log(&format!("module {rel}: {e}"));
                 sum.failed.push(ModuleFailure {
                     module: rel,
@@ -112,8 +156,9 @@ mod tests {
     #[test]
     fn parses_list_with_comments_and_blanks() {
         let text = "# storage first\nkernel/drivers/ata/libata.ko.xz\n\n  kernel/drivers/ata/ahci.ko.xz  # AHCI\n#x\n";
+        let got: Vec<_> = parse_load_list(text).into_iter().map(|e| e.path).collect();
         assert_eq!(
-            parse_load_list(text),
+            got,
             [
                 "kernel/drivers/ata/libata.ko.xz",
                 "kernel/drivers/ata/ahci.ko.xz"
@@ -147,7 +192,33 @@ mod tests {
         assert_eq!(sum.failed.len(), 1);
         assert_eq!(sum.failed[0].module, "b.ko.xz");
         assert_eq!(logged.len(), 1);
-        assert!(sum.line().starts_with("modules: 2 loaded, 1 failed, "));
+        assert!(sum.line().starts_with("modules: 2 loaded, 0 not for this hardware, 1 failed, "));
+    }
+
+    #[test]
+    fn absent_hardware_is_not_a_failure_and_dependants_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(LOAD_LIST),
+            "hv_vmbus.ko.xz\nhv_storvsc.ko.xz hv_vmbus.ko.xz\nbad.ko.xz\nuser.ko.xz bad.ko.xz\nok.ko.xz\n",
+        )
+        .unwrap();
+        let mut tried = Vec::new();
+        let mut load = |p: &Path| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            tried.push(name.clone());
+            match name.as_str() {
+                "hv_vmbus.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::ENODEV)),
+                "bad.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::EKEYREJECTED)),
+                _ => Ok(()),
+            }
+        };
+        let sum = load_all(dir.path(), &mut load, &mut |_| {}).unwrap();
+        assert_eq!(tried, ["hv_vmbus.ko.xz", "bad.ko.xz", "ok.ko.xz"]);
+        assert_eq!(sum.not_applicable, ["hv_vmbus.ko.xz", "hv_storvsc.ko.xz"]);
+        let failed: Vec<_> = sum.failed.iter().map(|f| f.module.as_str()).collect();
+        assert_eq!(failed, ["bad.ko.xz", "user.ko.xz"]);
+        assert_eq!(sum.loaded, 1);
     }
 
     #[test]

@@ -114,6 +114,10 @@ pub struct Modules {
     pub loaded: u32,
     /// Modules the kernel refused, with the reason.
     pub failed: Vec<ModuleFailure>,
+    /// Modules for hardware this machine does not have (their init said
+    /// ENODEV), and those that depend on them.
+    #[serde(default)]
+    pub not_applicable: Vec<String>,
 }
 
 /// One module that did not load.
@@ -312,6 +316,7 @@ mod tests {
                     module: "kernel/drivers/net/e1000e.ko.xz".into(),
                     error: "Key was rejected by service".into(),
                 }],
+                not_applicable: vec!["kernel/arch/x86/crypto/aesni-intel.ko.xz".into()],
             },
             volumes: vec![Volume {
                 device: "sda1".into(),
