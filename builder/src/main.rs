@@ -55,10 +55,15 @@ struct FetchConfig {
     #[arg(long, value_name = "DIR")]
     dest: Option<PathBuf>,
     /// Debian mirror URL [default: the Debian mirror in the host's apt sources]
-    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR")]
+    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR", hide_env_values = true)]
     mirror: Option<String>,
     /// Debian security mirror URL, used with --mirror
-    #[arg(long, value_name = "URL", env = "DEFIB_SECURITY_MIRROR")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DEFIB_SECURITY_MIRROR",
+        hide_env_values = true
+    )]
     security_mirror: Option<String>,
     /// Print a JSON summary on stdout
     #[arg(long)]
@@ -77,7 +82,12 @@ struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     payloads: Option<PathBuf>,
     /// The static rescue binary [default: next to this defib build]
-    #[arg(long, value_name = "FILE", env = "DEFIB_RESCUE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "DEFIB_RESCUE",
+        hide_env_values = true
+    )]
     rescue: Option<PathBuf>,
     /// Free room on the stick for reports
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
@@ -92,7 +102,7 @@ struct BuildArgs {
     #[arg(long)]
     offline: bool,
     /// Debian mirror URL, if parts must be fetched
-    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR")]
+    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR", hide_env_values = true)]
     mirror: Option<String>,
     /// Print a JSON summary on stdout
     #[arg(long)]

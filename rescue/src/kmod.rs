@@ -192,7 +192,9 @@ mod tests {
         assert_eq!(sum.failed.len(), 1);
         assert_eq!(sum.failed[0].module, "b.ko.xz");
         assert_eq!(logged.len(), 1);
-        assert!(sum.line().starts_with("modules: 2 loaded, 0 not for this hardware, 1 failed, "));
+        assert!(sum
+            .line()
+            .starts_with("modules: 2 loaded, 0 not for this hardware, 1 failed, "));
     }
 
     #[test]
