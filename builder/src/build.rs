@@ -182,6 +182,7 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
     })?;
     check_static(&rescue, &cfg.rescue)?;
 
+    check_payloads(&cfg.payloads, log)?;
     let payloads = payload_archive(&cfg.payloads)?;
     let mut payload_cpio = Vec::new();
     payloads.write_newc(&mut payload_cpio, cfg.source_date_epoch as u32)?;
@@ -312,6 +313,37 @@ fn part(d: &Deb, from: &str, to: &str) -> Part {
             to: to.into(),
         }],
     }
+}
+
+/// Validates what the rescue will read from the payloads: every playbook
+/// parses and validates, and the store's index and objects verify. A bad
+/// payload stops the build here rather than a repair on a ward.
+pub fn check_payloads(dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let pb = dir.join("playbooks");
+    let playbooks = if pb.is_dir() {
+        defib_rescue::playbook::load_dir(&pb)?
+    } else {
+        Vec::new()
+    };
+    let store = defib_rescue::store::Store::open(&dir.join("store"))?;
+    let v = store.verify()?;
+    if !v.is_clean() {
+        bail!(
+            "the store in {} does not verify: {v:?}; run `defib store verify`",
+            dir.join("store").display()
+        );
+    }
+    log(&format!(
+        "payloads: {} playbooks ({}), store {} entries",
+        playbooks.len(),
+        playbooks
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        store.index.entries.len()
+    ));
+    Ok(())
 }
 
 /// The payload segment: `payloads/` as `/payloads/…` in its own cpio.

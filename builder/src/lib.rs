@@ -7,6 +7,7 @@ pub mod build;
 pub mod cpio;
 pub mod deb;
 pub mod fetch;
+pub mod fleet;
 pub mod image;
 pub mod inspect;
 pub mod kmod;
@@ -14,6 +15,7 @@ pub mod manifest;
 pub mod progress;
 pub mod qemu;
 pub mod size;
+pub mod store;
 
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {

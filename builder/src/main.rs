@@ -29,6 +29,36 @@ enum Cmd {
     Inspect(InspectConfig),
     /// Boot an image in QEMU (software emulation) and show its console
     Try(TryConfig),
+    /// Validate playbooks
+    #[command(subcommand)]
+    Playbook(PlaybookCmd),
+    /// Manage the known-good store of system files
+    #[command(subcommand)]
+    Store(defib_builder::store::StoreCmd),
+    /// Fleet table of the reports on used sticks or in folders
+    Reports(ReportsConfig),
+}
+
+#[derive(Subcommand)]
+enum PlaybookCmd {
+    /// Parse and validate playbooks; errors name the file and line
+    Check {
+        /// A playbooks folder or .toml files [default: payloads/playbooks]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ReportsConfig {
+    /// Images, stick devices, or folders of report .json files
+    #[arg(required = true)]
+    sources: Vec<PathBuf>,
+    /// Print CSV
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -125,6 +155,9 @@ fn main() {
         Cmd::Build(c) => cmd_build(c),
         Cmd::Inspect(c) => cmd_inspect(c),
         Cmd::Try(c) => cmd_try(c),
+        Cmd::Playbook(PlaybookCmd::Check { paths }) => cmd_playbook_check(paths),
+        Cmd::Store(c) => defib_builder::store::run(c),
+        Cmd::Reports(c) => cmd_reports(c),
     };
     if let Err(e) = r {
         eprintln!("defib: error: {e:#}");
@@ -287,6 +320,51 @@ fn cmd_inspect(c: InspectConfig) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&i)?);
     } else {
         print!("{}", inspect::render(&c.image, &i));
+    }
+    Ok(())
+}
+
+fn cmd_playbook_check(paths: Vec<PathBuf>) -> Result<()> {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("payloads/playbooks")]
+    } else {
+        paths
+    };
+    let mut n = 0;
+    for p in &paths {
+        let pbs = if p.is_dir() {
+            defib_rescue::playbook::load_dir(p)?
+        } else {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            vec![defib_rescue::playbook::Playbook::parse(
+                &text,
+                &p.display().to_string(),
+            )?]
+        };
+        for pb in pbs {
+            println!(
+                "ok  {:<28} {} ({} conditions, {} actions)",
+                pb.id,
+                pb.title,
+                pb.conditions.len(),
+                pb.actions.len()
+            );
+            n += 1;
+        }
+    }
+    println!("{n} playbook(s) valid");
+    Ok(())
+}
+
+fn cmd_reports(c: ReportsConfig) -> Result<()> {
+    let rows = defib_builder::fleet::collect(&c.sources)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if c.csv {
+        print!("{}", defib_builder::fleet::csv(&rows));
+    } else {
+        print!("{}", defib_builder::fleet::table(&rows));
     }
     Ok(())
 }

@@ -51,6 +51,8 @@ pub struct Run {
     mounter: KernelMounter,
     probe: Probe,
     outcome: Option<Outcome>,
+    windows: Vec<crate::repair::WindowsReport>,
+    volumes: crate::volumes::KernelVolumes,
     report_path: Option<String>,
     messages: Vec<String>,
 }
@@ -146,6 +148,8 @@ impl Run {
             mounter: KernelMounter::new(root),
             probe: Probe::default(),
             outcome: None,
+            windows: Vec::new(),
+            volumes: crate::volumes::KernelVolumes::new(root),
             report_path: None,
             messages: Vec::new(),
         }
@@ -436,10 +440,116 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 fn decide(run: &mut Run) -> Result<()> {
-    let o = evaluate(&run.probe, run.args.mode);
+    use crate::repair::{check_volume, Intent, Payloads};
+    let payload_dir = run.root.join("payloads");
+    let payloads = match Payloads::load(&payload_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            run.outcome = Some(Outcome {
+                verdict: Verdict::Failed,
+                reason: format!("the payloads in this image are unusable: {e:#}"),
+                next_step: "rebuild the image with `defib build` and check its output".into(),
+                messages: Vec::new(),
+            });
+            return Ok(());
+        }
+    };
+    let intent = match run.args.mode {
+        crate::cmdline::Mode::Auto => Intent::Repair,
+        _ => Intent::Scan,
+    };
+    run.say(&format!(
+        "playbooks: {} ({}), store: {} entries",
+        payloads.playbooks.len(),
+        payloads
+            .playbooks
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        payloads.store.index.entries.len()
+    ));
+    let candidates: Vec<(String, bool)> = run
+        .probe
+        .windows_candidates()
+        .filter(|v| !v.boot_medium)
+        .map(|v| (v.device.clone(), v.fs == crate::probe::FsKind::Bitlocker))
+        .collect();
+    for (dev, bitlocker) in candidates {
+        run.say(&format!("checking /dev/{dev}"));
+        let reports = check_volume(
+            &mut run.volumes,
+            &dev,
+            bitlocker,
+            &payloads,
+            intent,
+            &run.run_id,
+        );
+        if reports.is_empty() {
+            run.say(&format!(
+                "/dev/{dev}: no Windows installation (data volume)"
+            ));
+        }
+        for r in &reports {
+            let who = r.identity.as_ref().map(|i| {
+                format!(
+                    "{} build {} {} ({})",
+                    i.product_name.as_deref().unwrap_or("Windows"),
+                    i.build.map(|b| b.to_string()).unwrap_or_else(|| "?".into()),
+                    i.arch.as_deref().unwrap_or("?"),
+                    i.computer_name.as_deref().unwrap_or("no name")
+                )
+            });
+            run.say(&format!(
+                "/dev/{dev}: {}",
+                who.unwrap_or_else(|| "Windows volume".into())
+            ));
+            for p in &r.playbooks {
+                run.say(&format!("  {}: {:?} - {}", p.id, p.status, p.reason));
+                for a in &p.actions {
+                    run.say(&format!(
+                        "    {} {}: {:?} {}",
+                        a.kind, a.path, a.status, a.detail
+                    ));
+                }
+            }
+            run.say(&format!("  => {}: {}", r.verdict.as_str(), r.reason));
+        }
+        run.windows.extend(reports);
+    }
+    let o = overall(&run.probe, &run.windows);
     run.messages.extend(o.messages.iter().cloned());
     run.outcome = Some(o);
     Ok(())
+}
+
+/// The machine's verdict from every Windows volume's.
+fn overall(probe: &Probe, windows: &[crate::repair::WindowsReport]) -> Outcome {
+    if windows.is_empty() {
+        let mut o = evaluate(probe, crate::cmdline::Mode::Scan);
+        if o.verdict == Verdict::NeedsAttention {
+            // NTFS volumes, none holding Windows.
+            o = Outcome {
+                verdict: Verdict::NoWindowsFound,
+                reason: "NTFS volumes found, none with a Windows installation".into(),
+                next_step: "check the disk is the PC's system disk (RAID/VMD mode may hide it)"
+                    .into(),
+                messages: Vec::new(),
+            };
+        }
+        return o;
+    }
+    let worst = windows
+        .iter()
+        .find(|w| matches!(w.verdict, Verdict::NeedsAttention | Verdict::Failed))
+        .or_else(|| windows.iter().find(|w| w.verdict == Verdict::Repaired))
+        .unwrap_or(&windows[0]);
+    Outcome {
+        verdict: worst.verdict,
+        reason: format!("{}: {}", worst.volume, worst.reason),
+        next_step: worst.next_step.clone(),
+        messages: Vec::new(),
+    }
 }
 
 fn build_report(run: &Run) -> Report {
@@ -466,12 +576,40 @@ fn build_report(run: &Run) -> Report {
             not_applicable: run.modules.not_applicable.clone(),
         },
         volumes: run.probe.volumes.clone(),
+        windows: run.windows.clone(),
         messages: run.messages.clone(),
         verdict,
     }
 }
 
 fn write_report(run: &mut Run) -> Result<()> {
+    // First on each victim the run changed, then unmount them all.
+    let rep = build_report(run);
+    let mut victim_lines = Vec::new();
+    for w in &run.windows {
+        if let (Some(m), Some(_)) = (&w.mount, &w.run_dir) {
+            match crate::repair::write_victim_reports(m, &run.run_id, &rep) {
+                Ok(Some(d)) => victim_lines.push(format!(
+                    "report: saved on /dev/{} in \\defib\\{}",
+                    w.volume,
+                    d.file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                )),
+                Ok(None) => {}
+                Err(e) => victim_lines.push(format!(
+                    "warning: report on /dev/{} not saved: {e:#}",
+                    w.volume
+                )),
+            }
+        }
+    }
+    for l in victim_lines {
+        run.say(&l);
+    }
+    for e in run.volumes.umount_all() {
+        run.note(e);
+    }
     let Some(found) = run.medium.clone() else {
         run.say("report: no boot medium, not saved");
         return Ok(());

@@ -7,18 +7,31 @@
 //! engine is not in this crate yet; [`verdict::evaluate`] is where it goes.
 
 pub mod buildinfo;
+pub mod bup;
 pub mod cmdline;
 pub mod console;
 pub mod dmi;
+pub mod engine;
 pub mod firmware;
+pub mod host;
 pub mod init;
+pub mod journal;
 pub mod kmod;
 pub mod medium;
 pub mod mounts;
+pub mod pe;
+pub mod playbook;
 pub mod probe;
+pub mod repair;
 pub mod report;
 pub mod shell;
+pub mod store;
 pub mod verdict;
+pub mod volstate;
+pub mod volumes;
+pub mod windows;
+pub mod winpath;
+pub mod winreg;
 
 /// The rescue's version, printed in the banner and written in reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

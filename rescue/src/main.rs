@@ -1,51 +1,178 @@
-//! `rescue`: PID 1 of the defib rescue image, and a small host tool.
+//! `rescue`: PID 1 of the defib rescue image, and a host tool for a
+//! Windows volume attached to any Linux machine.
 
+use clap::{Args, Parser, Subcommand};
+use defib_rescue::host::{self, Target};
+use defib_rescue::repair::Intent;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: rescue --version
-       rescue probe      list this host's disks and filesystems as JSON
+/// defib's rescue. As /init in the defib image it runs unattended and takes
+/// its settings from the kernel command line (defib.mode=, defib.after=).
+/// On a Linux host it scans, repairs or undoes a repair of a Windows volume.
+#[derive(Parser)]
+#[command(name = "rescue", version, max_term_width = 80)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-As /init in the defib image (PID 1) it runs the rescue and takes its
-settings from the kernel command line (defib.mode=, defib.after=, ...).";
+#[derive(Subcommand)]
+enum Cmd {
+    /// Report what the playbooks find; change nothing
+    Scan(RunArgs),
+    /// Repair what the playbooks find (journalled, backed up, verified)
+    Fix(FixArgs),
+    /// Put a volume back as it was before a run
+    Undo(UndoArgs),
+    /// List this host's disks and filesystems as JSON
+    Probe,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A mounted Windows volume (or a folder shaped like one)
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "device",
+        required_unless_present = "device"
+    )]
+    root: Option<PathBuf>,
+    /// A disk or partition to detect and mount with ntfs3 (needs root)
+    #[arg(long, value_name = "DEV")]
+    device: Option<String>,
+    /// Playbooks and store [default: /payloads in the image, else ./payloads]
+    #[arg(long, value_name = "DIR")]
+    payloads: Option<PathBuf>,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct FixArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Plan the repair and report it; change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct UndoArgs {
+    /// The mounted Windows volume the run changed
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Which run [default: the latest not yet undone]
+    #[arg(long, value_name = "RUN_ID")]
+    run: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
 
 fn main() -> ExitCode {
     if rustix::process::getpid().is_init() {
         defib_rescue::init::main();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["--version"] | ["-V"] => {
-            println!("rescue {}", defib_rescue::VERSION);
-            ExitCode::SUCCESS
-        }
-        ["probe"] => probe(),
-        ["--help"] | ["-h"] | ["help"] => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("{USAGE}");
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Scan(a) => run(a, Intent::Scan),
+        Cmd::Fix(f) => run(
+            f.run,
+            if f.dry_run {
+                Intent::Scan
+            } else {
+                Intent::Repair
+            },
+        ),
+        Cmd::Undo(u) => undo(u),
+        Cmd::Probe => probe(),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rescue: error: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
+fn run(a: RunArgs, intent: Intent) -> anyhow::Result<ExitCode> {
+    let target = match (a.root, a.device) {
+        (Some(r), _) => Target::Root(r),
+        (None, Some(d)) => Target::Device(d),
+        (None, None) => anyhow::bail!("give --root DIR or --device DEV"),
+    };
+    let payloads = a.payloads.unwrap_or_else(host::default_payloads);
+    let rep = host::run(&target, &payloads, intent)?;
+    if a.json {
+        println!("{}", String::from_utf8_lossy(&rep.to_json()?));
+    } else {
+        print!("{}", defib_rescue::repair::render_text(&rep));
+    }
+    // Exit status for scripts: 0 repaired/clean, 1 needs attention, 3 no Windows.
+    Ok(match rep.verdict {
+        defib_rescue::report::Verdict::Repaired | defib_rescue::report::Verdict::Clean => {
+            ExitCode::SUCCESS
+        }
+        defib_rescue::report::Verdict::NoWindowsFound => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    })
+}
+
+fn undo(u: UndoArgs) -> anyhow::Result<ExitCode> {
+    let r = host::undo(&u.root, u.run.as_deref())?;
+    if u.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("undo of run {}:", r.run_id);
+        for p in &r.restored {
+            println!("  put back {p}");
+        }
+        for p in &r.problems {
+            println!("  PROBLEM: {p}");
+        }
+    }
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// Probes the host read-only and prints its volumes; unreadable devices
 /// (not root, empty drives) are listed on stderr.
-fn probe() -> ExitCode {
+fn probe() -> anyhow::Result<ExitCode> {
     let p = defib_rescue::probe::probe(std::path::Path::new("/"), None);
     for m in &p.messages {
         eprintln!("rescue: {m}");
     }
-    match serde_json::to_string_pretty(&p.volumes) {
-        Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
+    println!("{}", serde_json::to_string_pretty(&p.volumes)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed_and_fits_80_columns() {
+        Cli::command().debug_assert();
+        let mut cmd = Cli::command();
+        let mut texts = vec![cmd.render_long_help().to_string()];
+        for sub in cmd.get_subcommands_mut() {
+            texts.push(sub.render_long_help().to_string());
         }
-        Err(e) => {
-            eprintln!("rescue: serializing volumes: {e}");
-            ExitCode::from(2)
+        for t in texts {
+            for line in t.lines() {
+                assert!(
+                    line.chars().count() <= 80,
+                    "help line over 80 columns: {line:?}"
+                );
+            }
         }
     }
 }

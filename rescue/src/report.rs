@@ -45,6 +45,9 @@ pub struct Report {
     pub modules: Modules,
     /// Every disk and partition seen, in name order.
     pub volumes: Vec<Volume>,
+    /// Each Windows volume: identity, state, playbook findings, actions.
+    #[serde(default)]
+    pub windows: Vec<crate::repair::WindowsReport>,
     /// Warnings and notes for the technician, in the order they arose.
     pub messages: Vec<String>,
     /// The outcome of the run.
@@ -327,6 +330,7 @@ mod tests {
                 partition: true,
                 boot_medium: false,
             }],
+            windows: Vec::new(),
             messages: vec!["hello".into()],
             verdict: Verdict::NeedsAttention,
         }

@@ -1,0 +1,638 @@
+//! Engine tests on plain directories shaped like Windows volumes: every
+//! condition and action, case-insensitive paths, ambiguity, idempotence,
+//! undo to the exact bytes, and a corrupt store object refused.
+
+use super::*;
+use crate::pe::tests::build_pe;
+use crate::playbook::Playbook;
+use crate::repair::{evaluate_root, Intent, Payloads};
+use crate::winreg::tests::{make_hive, V};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// PE files are built once per test process (mingw takes a moment).
+fn pe(arch: Arch, version: [u16; 4]) -> Vec<u8> {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static CACHE: OnceLock<std::sync::Mutex<BTreeMap<String, Vec<u8>>>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let cache = CACHE.get_or_init(Default::default);
+    let key = format!("{}-{version:?}", arch.as_str());
+    let mut c = cache.lock().unwrap();
+    c.entry(key)
+        .or_insert_with(|| build_pe(dir.path(), arch, version))
+        .clone()
+}
+
+const XP: [u16; 4] = [5, 1, 2600, 5512];
+
+/// A good svchost.exe: a real PE with XP SP3's version and an extra tail so
+/// its hash is its own.
+fn good_svchost() -> Vec<u8> {
+    let mut p = pe(Arch::X86, XP);
+    p.extend_from_slice(b"svchost fixture");
+    p
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) -> PathBuf {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+/// An XP SP3 volume after DAT 5958: svchost.exe gone, DATs in place.
+fn xp_victim(root: &Path, dat: u32) {
+    std::fs::create_dir_all(root.join("WINDOWS/system32/config")).unwrap();
+    make_hive(
+        &root.join("WINDOWS/system32/config/SOFTWARE"),
+        &[
+            (
+                r"Microsoft\Windows NT\CurrentVersion",
+                &[
+                    ("ProductName", V::Sz("Microsoft Windows XP")),
+                    ("CurrentVersion", V::Sz("5.1")),
+                    ("CurrentBuildNumber", V::Sz("2600")),
+                    ("CSDVersion", V::Sz("Service Pack 3")),
+                ],
+            ),
+            (r"McAfee\AVEngine", &[("AVDatVersion", V::Dword(dat))]),
+        ],
+    );
+    write(root, "WINDOWS/system32/ntoskrnl.exe", &pe(Arch::X86, XP));
+    for d in ["avvscan.dat", "avvnames.dat", "avvclean.dat"] {
+        write(
+            root,
+            &format!("Program Files/Common Files/McAfee/Engine/{d}"),
+            format!("DAT 5958 {d}").as_bytes(),
+        );
+    }
+    write(
+        root,
+        "Documents and Settings/nurse/My Documents/chart.doc",
+        b"patient chart",
+    );
+}
+
+fn playbooks() -> Vec<Playbook> {
+    crate::playbook::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads/playbooks"))
+        .unwrap()
+}
+
+fn mcafee() -> Vec<Playbook> {
+    playbooks()
+        .into_iter()
+        .filter(|p| p.id == "mcafee-dat-5958")
+        .collect()
+}
+
+/// Every file under root except defib's own folder, with its hash.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == "defib" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, journal::sha256_file(&p).unwrap());
+            }
+        }
+    }
+    let mut m = BTreeMap::new();
+    walk(root, root, &mut m);
+    m
+}
+
+/// (drop-in name, path, content, build) for each store entry.
+type StoreEntry<'a> = (Option<&'a str>, &'a str, &'a [u8], Option<u32>);
+
+fn store_with(dir: &Path, entries: &[StoreEntry]) -> Store {
+    std::fs::create_dir_all(dir.join("objects")).unwrap();
+    let mut list = Vec::new();
+    for (name, path, data, build) in entries {
+        let h = journal::sha256_bytes(data);
+        std::fs::write(dir.join("objects").join(&h), data).unwrap();
+        list.push(serde_json::json!({
+            "name": name, "product": "Microsoft Windows XP", "build": build, "service_pack": build.map(|_| "Service Pack 3"),
+            "arch": "x86", "path": path, "sha256": h, "size": data.len(), "source": "test",
+        }));
+    }
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"schema": 1, "entries": list})).unwrap(),
+    )
+    .unwrap();
+    Store::open(dir).unwrap()
+}
+
+fn empty_store(dir: &Path) -> Store {
+    Store::open(&dir.join("no-store")).unwrap()
+}
+
+fn run_on(
+    root: &Path,
+    store: &Store,
+    pbs: &[Playbook],
+    mode: Mode,
+    run_id: &str,
+) -> Vec<PlaybookResult> {
+    let installs = crate::windows::find_installs(root).unwrap();
+    assert_eq!(installs.len(), 1, "{installs:?}");
+    let t = Target {
+        root,
+        install: &installs[0],
+        store,
+        mode,
+        run_id,
+    };
+    run(&t, pbs).unwrap()
+}
+
+fn svchost(root: &Path) -> Option<Vec<u8>> {
+    std::fs::read(root.join("WINDOWS/system32/svchost.exe")).ok()
+}
+
+#[test]
+fn mcafee_from_quarantine_neutralizes_dats_and_is_idempotent() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    let bup = crate::bup::write_bup(
+        r"C:\WINDOWS\system32\svchost.exe",
+        "W32/Wecorl.a",
+        &good_svchost(),
+    )
+    .unwrap();
+    write(&root, "Quarantine/4b2c1a0d.bup", &bup);
+    let store = empty_store(d.path());
+    let before = snapshot(&root);
+
+    let r = run_on(&root, &store, &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    assert_eq!(svchost(&root).unwrap(), good_svchost());
+    let restore = r[0].actions.iter().find(|a| a.kind == "restore").unwrap();
+    assert!(
+        restore
+            .source
+            .as_deref()
+            .unwrap()
+            .contains("McAfee quarantine"),
+        "{restore:?}"
+    );
+    assert_eq!(
+        restore.sha256_after.as_deref(),
+        Some(journal::sha256_bytes(&good_svchost()).as_str())
+    );
+    // No EXTRA.DAT in the store: the drop-in is skipped, the DATs go to the vault.
+    assert_eq!(r[0].actions[0].status, ActionStatus::Skipped);
+    let vault = root.join("defib/run1/vault/Program Files/Common Files/McAfee/Engine");
+    for dat in ["avvscan.dat", "avvnames.dat", "avvclean.dat"] {
+        assert!(!root
+            .join("Program Files/Common Files/McAfee/Engine")
+            .join(dat)
+            .exists());
+        assert_eq!(
+            std::fs::read(vault.join(dat)).unwrap(),
+            format!("DAT 5958 {dat}").as_bytes()
+        );
+    }
+    let steps = journal::read_journal(&root.join("defib/run1/journal.jsonl")).unwrap();
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.state == StepState::Intent)
+            .count(),
+        4
+    );
+    assert_eq!(
+        steps.iter().filter(|s| s.state == StepState::Done).count(),
+        4
+    );
+    // Every intent is on disk before its done line.
+    for s in steps.iter().filter(|s| s.state == StepState::Done) {
+        let i = steps
+            .iter()
+            .position(|x| x.seq == s.seq && x.state == StepState::Intent)
+            .unwrap();
+        let d = steps.iter().position(|x| x == s).unwrap();
+        assert!(i < d);
+    }
+    // Nothing else changed.
+    let after = snapshot(&root);
+    assert_eq!(
+        after.get("Documents and Settings/nurse/My Documents/chart.doc"),
+        before.get("Documents and Settings/nurse/My Documents/chart.doc")
+    );
+
+    // A second run finds nothing to do and writes nothing.
+    let r2 = run_on(&root, &store, &mcafee(), Mode::Fix, "run2");
+    assert_eq!(r2[0].status, Status::Clean, "{r2:#?}");
+    assert!(!root.join("defib/run2").exists());
+    assert_eq!(snapshot(&root), after);
+}
+
+#[test]
+fn undo_puts_back_the_exact_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    write(
+        &root,
+        "WINDOWS/system32/dllcache/svchost.exe",
+        &good_svchost(),
+    );
+    let before = snapshot(&root);
+    let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    assert_ne!(snapshot(&root), before);
+    let u = undo(&root, "run1").unwrap();
+    assert!(u.problems.is_empty(), "{u:?}");
+    assert_eq!(u.restored.len(), 4);
+    assert_eq!(
+        snapshot(&root),
+        before,
+        "undo must restore the volume exactly"
+    );
+    // The restored svchost.exe was moved aside, not deleted.
+    assert_eq!(
+        std::fs::read(root.join("defib/run1/undone/WINDOWS/system32/svchost.exe")).unwrap(),
+        good_svchost()
+    );
+    assert!(undo(&root, "run1").is_err(), "a run is undone once");
+}
+
+#[test]
+fn dllcache_then_store_and_wrong_copies_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    // A copy for the wrong architecture and one for another build are refused.
+    write(
+        &root,
+        "WINDOWS/system32/dllcache/svchost.exe",
+        &pe(Arch::X64, XP),
+    );
+    write(
+        &root,
+        "WINDOWS/ServicePackFiles/i386/svchost.exe",
+        &pe(Arch::X86, [5, 0, 2195, 6717]),
+    );
+    let store = store_with(
+        &d.path().join("store"),
+        &[(
+            None,
+            r"WINDOWS\system32\svchost.exe",
+            &good_svchost(),
+            Some(2600),
+        )],
+    );
+    let r = run_on(&root, &store, &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    let restore = r[0].actions.iter().find(|a| a.kind == "restore").unwrap();
+    assert!(
+        restore
+            .source
+            .as_deref()
+            .unwrap()
+            .starts_with("known-good store"),
+        "{restore:?}"
+    );
+    assert_eq!(svchost(&root).unwrap(), good_svchost());
+}
+
+#[test]
+fn no_verified_copy_means_needs_attention_and_no_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    write(
+        &root,
+        "WINDOWS/system32/dllcache/svchost.exe",
+        b"MZ not really a PE",
+    );
+    let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::NeedsAttention, "{r:#?}");
+    let restore = r[0].actions.iter().find(|a| a.kind == "restore").unwrap();
+    assert_eq!(restore.status, ActionStatus::Refused);
+    assert!(
+        restore.detail.contains("dllcache") && restore.detail.contains("store"),
+        "{}",
+        restore.detail
+    );
+    assert!(svchost(&root).is_none());
+}
+
+#[test]
+fn corrupt_store_object_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    let sdir = d.path().join("store");
+    let store = store_with(
+        &sdir,
+        &[(
+            None,
+            r"WINDOWS\system32\svchost.exe",
+            &good_svchost(),
+            Some(2600),
+        )],
+    );
+    let obj = sdir
+        .join("objects")
+        .join(journal::sha256_bytes(&good_svchost()));
+    let mut bytes = std::fs::read(&obj).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&obj, bytes).unwrap();
+    let r = run_on(&root, &store, &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::NeedsAttention, "{r:#?}");
+    assert!(
+        svchost(&root).is_none(),
+        "a corrupt object must never be written"
+    );
+}
+
+#[test]
+fn extra_dat_drop_in_replaces_the_neutralize() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    let store = store_with(
+        &d.path().join("store"),
+        &[
+            (
+                Some("mcafee-extra-dat-5958"),
+                r"Program Files\Common Files\McAfee\Engine\EXTRA.DAT",
+                b"EXTRA.DAT 5958 fix",
+                None,
+            ),
+            (
+                None,
+                r"WINDOWS\system32\svchost.exe",
+                &good_svchost(),
+                Some(2600),
+            ),
+        ],
+    );
+    let r = run_on(&root, &store, &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    assert_eq!(
+        std::fs::read(root.join("Program Files/Common Files/McAfee/Engine/EXTRA.DAT")).unwrap(),
+        b"EXTRA.DAT 5958 fix"
+    );
+    assert!(
+        root.join("Program Files/Common Files/McAfee/Engine/avvscan.dat")
+            .exists(),
+        "DATs stay when EXTRA.DAT is used"
+    );
+    assert_eq!(r[0].actions[1].status, ActionStatus::Skipped);
+}
+
+#[test]
+fn scan_mode_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    write(
+        &root,
+        "WINDOWS/system32/dllcache/svchost.exe",
+        &good_svchost(),
+    );
+    let before = snapshot(&root);
+    let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Scan, "run1");
+    assert_eq!(r[0].status, Status::Found, "{r:#?}");
+    assert!(r[0]
+        .actions
+        .iter()
+        .all(|a| a.status == ActionStatus::Planned || a.status == ActionStatus::Skipped));
+    assert_eq!(snapshot(&root), before);
+    assert!(!root.join("defib").exists());
+}
+
+#[test]
+fn registry_and_applicability_gate_the_playbook() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5959);
+    let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Clean);
+    assert!(
+        r[0].conditions[0].detail.contains("5959"),
+        "{:?}",
+        r[0].conditions[0]
+    );
+    // An x64 ntoskrnl makes XP-x86 playbooks not applicable.
+    write(&root, "WINDOWS/system32/ntoskrnl.exe", &pe(Arch::X64, XP));
+    let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run2");
+    assert_eq!(r[0].status, Status::NotApplicable, "{r:#?}");
+}
+
+#[test]
+fn names_differing_only_in_case_are_not_guessed() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    write(
+        &root,
+        "Program Files/Common Files/McAfee/ENGINE/avvscan.dat",
+        b"twin",
+    );
+    let before = snapshot(&root);
+    let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::NeedsAttention, "{r:#?}");
+    assert!(
+        r[0].conditions
+            .iter()
+            .any(|c| c.error && c.detail.contains("refusing to guess")),
+        "{r:#?}"
+    );
+    assert_eq!(snapshot(&root), before);
+}
+
+fn win10(root: &Path) {
+    std::fs::create_dir_all(root.join("Windows/System32/config")).unwrap();
+    make_hive(
+        &root.join("Windows/System32/config/SOFTWARE"),
+        &[(
+            r"Microsoft\Windows NT\CurrentVersion",
+            &[
+                ("ProductName", V::Sz("Windows 10 Pro")),
+                ("CurrentVersion", V::Sz("6.3")),
+                ("CurrentBuild", V::Sz("19045")),
+                ("UBR", V::Dword(4651)),
+            ],
+        )],
+    );
+    write(
+        root,
+        "Windows/System32/ntoskrnl.exe",
+        &pe(Arch::X64, [10, 0, 19045, 4651]),
+    );
+}
+
+fn set_mtime(p: &Path, rfc3339: &str) {
+    let t = humantime::parse_rfc3339(rfc3339).unwrap();
+    let f = std::fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+#[test]
+fn crowdstrike_bad_by_content_or_time_good_stays() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    win10(&root);
+    let cs = "Windows/System32/drivers/CrowdStrike";
+    let bad = write(
+        &root,
+        &format!("{cs}/C-00000291-00000000-00000032.sys"),
+        &[0xAA, 0xAA, 0xAA, 0xAA, 1, 0, 0x23, 1, 9, 9],
+    );
+    set_mtime(&bad, "2024-07-19T04:09:13Z");
+    let bad_time = write(
+        &root,
+        &format!("{cs}/c-00000291-00000000-00000031.SYS"),
+        b"other bytes",
+    );
+    set_mtime(&bad_time, "2024-07-19T04:09:40Z");
+    let good = write(
+        &root,
+        &format!("{cs}/C-00000291-00000000-00000033.sys"),
+        &[0xAA, 0xAA, 0xAA, 0xAA, 1, 0, 0x23, 1, 7],
+    );
+    set_mtime(&good, "2024-07-19T05:27:55Z");
+    let other = write(
+        &root,
+        &format!("{cs}/C-00000285-00000000-00000001.sys"),
+        &[0xAA, 0xAA, 0xAA, 0xAA, 1, 0, 0x23, 1],
+    );
+    set_mtime(&other, "2024-07-19T04:09:13Z");
+    let pbs: Vec<Playbook> = playbooks()
+        .into_iter()
+        .filter(|p| p.id == "crowdstrike-c00000291")
+        .collect();
+    let r = run_on(&root, &empty_store(d.path()), &pbs, Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    assert!(!bad.exists() && !bad_time.exists());
+    assert!(good.exists() && other.exists());
+    let v = root.join("defib/run1/vault").join(cs);
+    assert!(v.join("C-00000291-00000000-00000032.sys").exists());
+    assert!(v.join("c-00000291-00000000-00000031.SYS").exists());
+    // Idempotent.
+    let r2 = run_on(&root, &empty_store(d.path()), &pbs, Mode::Fix, "run2");
+    assert_eq!(r2[0].status, Status::Clean);
+    // And the McAfee playbook does not apply to Windows 10.
+    let r3 = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run3");
+    assert_eq!(r3[0].status, Status::NotApplicable);
+}
+
+#[test]
+fn winsxs_copy_for_the_installed_build_and_quarantine_condition() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    win10(&root);
+    let sxs = "Windows/WinSxS";
+    let right = pe(Arch::X64, [10, 0, 19045, 4651]);
+    write(&root, &format!("{sxs}/amd64_microsoft-windows-services-svchost_31bf3856ad364e35_10.0.19045.4651_none_aa/svchost.exe"), &right);
+    write(&root, &format!("{sxs}/amd64_microsoft-windows-services-svchost_31bf3856ad364e35_10.0.19045.9999_none_bb/svchost.exe"), &pe(Arch::X64, [10, 0, 19045, 9999]));
+    write(&root, &format!("{sxs}/x86_microsoft-windows-services-svchost_31bf3856ad364e35_10.0.19045.4651_none_cc/svchost.exe"), &pe(Arch::X86, [10, 0, 19045, 4651]));
+    let bup =
+        crate::bup::write_bup(r"C:\Windows\System32\svchost.exe", "Test", b"whatever").unwrap();
+    write(&root, "Quarantine/x.bup", &bup);
+    let pb = Playbook::parse(
+        r#"
+schema = 1
+id = "svchost-gone"
+title = "t"
+date = "2024-01-01"
+[[when]]
+kind = "missing"
+id = "gone"
+path = 'Windows\System32\svchost.exe'
+[[when]]
+kind = "quarantine"
+id = "q"
+vendor = "mcafee-bup"
+original = '*\system32\svchost.exe'
+[[action]]
+kind = "restore"
+path = 'Windows\System32\svchost.exe'
+sources = ["winsxs"]
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let r = run_on(&root, &empty_store(d.path()), &[pb], Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    assert!(r[0].conditions[1].held, "{:?}", r[0].conditions[1]);
+    assert_eq!(
+        std::fs::read(root.join("Windows/System32/svchost.exe")).unwrap(),
+        right,
+        "the copy for UBR 4651, not 9999, not x86"
+    );
+}
+
+#[test]
+fn two_windows_on_one_volume_is_reported_not_chosen() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    write(
+        &root,
+        "WINDOWS/system32/dllcache/svchost.exe",
+        &good_svchost(),
+    );
+    // A second install's folder.
+    std::fs::create_dir_all(root.join("WINNT2/system32/config")).unwrap();
+    std::fs::copy(
+        root.join("WINDOWS/system32/config/SOFTWARE"),
+        root.join("WINNT2/system32/config/SOFTWARE"),
+    )
+    .unwrap();
+    let before = snapshot(&root);
+    let payloads = Payloads {
+        playbooks: mcafee(),
+        store: empty_store(d.path()),
+    };
+    let r = evaluate_root(&root, "vol", &payloads, Intent::Repair, "run1").unwrap();
+    assert_eq!(r.len(), 2);
+    assert!(
+        r.iter()
+            .all(|w| w.verdict == crate::report::Verdict::NeedsAttention
+                && w.reason.contains("not choosing")),
+        "{r:#?}"
+    );
+    assert_eq!(snapshot(&root), before);
+}
+
+#[test]
+fn two_different_store_files_for_one_build_are_not_chosen_between() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    let mut german = good_svchost();
+    german.extend_from_slice(b" deu");
+    let store = store_with(
+        &d.path().join("store"),
+        &[
+            (
+                None,
+                r"WINDOWS\system32\svchost.exe",
+                &good_svchost(),
+                Some(2600),
+            ),
+            (None, r"WINDOWS\system32\svchost.exe", &german, Some(2600)),
+        ],
+    );
+    let r = run_on(&root, &store, &mcafee(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::NeedsAttention, "{r:#?}");
+    let restore = r[0].actions.iter().find(|a| a.kind == "restore").unwrap();
+    assert!(
+        restore.detail.contains("not choosing"),
+        "{}",
+        restore.detail
+    );
+    assert!(svchost(&root).is_none());
+}

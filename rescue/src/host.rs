@@ -1,0 +1,191 @@
+//! Host mode: the rescue run by hand on any Linux machine against a
+//! Windows volume that is already mounted (`--root`) or a disk it may mount
+//! itself (`--device`), e.g. a cloud VM's disk attached to a rescue VM.
+//!
+//! Same engine, same journal and vault, same report as the image; the
+//! report goes to stdout (text or `--json`) and, when something was
+//! changed, into the volume's `\defib\<run-id>\`.
+
+use crate::cmdline::Mode as BootMode;
+use crate::engine;
+use crate::repair::{self, check_volume, Intent, Payloads, WindowsReport};
+use crate::report::{self, Boot, MediumKind, Modules, Report, Verdict};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Where the volume is.
+pub enum Target {
+    Root(PathBuf),
+    Device(String),
+}
+
+/// The payloads folder: `/payloads` inside the image, else `./payloads`.
+pub fn default_payloads() -> PathBuf {
+    let image = Path::new("/payloads");
+    if image.join("playbooks").is_dir() {
+        image.to_path_buf()
+    } else {
+        PathBuf::from("payloads")
+    }
+}
+
+/// The machine's verdict from its Windows volumes.
+pub fn overall(windows: &[WindowsReport]) -> Verdict {
+    if windows.is_empty() {
+        return Verdict::NoWindowsFound;
+    }
+    if windows
+        .iter()
+        .any(|w| matches!(w.verdict, Verdict::NeedsAttention | Verdict::Failed))
+    {
+        return Verdict::NeedsAttention;
+    }
+    if windows.iter().any(|w| w.verdict == Verdict::Repaired) {
+        return Verdict::Repaired;
+    }
+    Verdict::Clean
+}
+
+fn partitions_of(dev: &str) -> Result<Vec<(String, bool)>> {
+    use crate::probe::{classify, first_sector, list_block, FsKind};
+    let root = Path::new("/");
+    let name = dev.trim_start_matches("/dev/").to_string();
+    let all = list_block(root).context("listing block devices")?;
+    let mut names: Vec<String> = all
+        .iter()
+        .filter(|b| b.parent.as_deref() == Some(name.as_str()))
+        .map(|b| b.name.clone())
+        .collect();
+    if names.is_empty() {
+        names.push(name);
+    }
+    let mut out = Vec::new();
+    for n in names {
+        let sector = first_sector(root, &n).with_context(|| format!("reading /dev/{n}"))?;
+        match classify(&sector) {
+            FsKind::Ntfs => out.push((n, false)),
+            FsKind::Bitlocker => out.push((n, true)),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Runs scan or fix; returns the report (already written to the victim
+/// when the run changed it).
+pub fn run(target: &Target, payloads: &Path, intent: Intent) -> Result<Report> {
+    let payloads = Payloads::load(payloads)?;
+    if payloads.playbooks.is_empty() {
+        bail!(
+            "no playbooks in {}/playbooks; pass --payloads DIR",
+            payloads
+                .store
+                .root()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+        );
+    }
+    let started = SystemTime::now();
+    let run_id = report::run_id(started, report::random4());
+    let mut messages = Vec::new();
+    let mut vols = crate::volumes::KernelVolumes::new(Path::new("/"));
+    let windows = match target {
+        Target::Root(root) => {
+            let (hib, blocks) = match crate::volstate::hiberfil_state(root) {
+                Ok(crate::volstate::Hibernation::Live) => ("live".to_string(), true),
+                Ok(h) => (format!("{h:?}").to_lowercase(), false),
+                Err(e) => (format!("unknown: {e:#}"), false),
+            };
+            let intent = if blocks {
+                messages.push("hiberfil.sys holds a live hibernation image: scanning only".into());
+                Intent::Scan
+            } else {
+                intent
+            };
+            let mut v = repair::evaluate_root(
+                root,
+                &root.display().to_string(),
+                &payloads,
+                intent,
+                &run_id,
+            )?;
+            for w in &mut v {
+                w.state.hibernation = hib.clone();
+            }
+            v
+        }
+        Target::Device(dev) => {
+            let mut v = Vec::new();
+            for (part, bitlocker) in partitions_of(dev)? {
+                v.extend(check_volume(
+                    &mut vols, &part, bitlocker, &payloads, intent, &run_id,
+                ));
+            }
+            v
+        }
+    };
+    let verdict = overall(&windows);
+    let rep = Report {
+        schema: report::SCHEMA,
+        defib_version: crate::VERSION.into(),
+        run_id: run_id.clone(),
+        started: report::rfc3339(started),
+        finished: report::rfc3339(SystemTime::now()),
+        build_id: None,
+        machine: Default::default(),
+        boot: Boot {
+            firmware: crate::firmware::firmware(Path::new("/")),
+            secure_boot: false,
+            mode: if intent == Intent::Repair {
+                BootMode::Auto
+            } else {
+                BootMode::Scan
+            },
+            medium: MediumKind::None,
+            kernel: rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+            cmdline: std::env::args().collect::<Vec<_>>().join(" "),
+        },
+        modules: Modules {
+            loaded: 0,
+            failed: Vec::new(),
+            not_applicable: Vec::new(),
+        },
+        volumes: Vec::new(),
+        windows: windows.clone(),
+        messages,
+        verdict,
+    };
+    for w in &windows {
+        if let (Some(m), Some(_)) = (&w.mount, &w.run_dir) {
+            repair::write_victim_reports(m, &run_id, &rep)?;
+        }
+    }
+    for e in vols.umount_all() {
+        eprintln!("rescue: {e}");
+    }
+    Ok(rep)
+}
+
+/// `rescue undo`: the latest run (or `run`) on the volume at `root`.
+pub fn undo(root: &Path, run: Option<&str>) -> Result<engine::UndoResult> {
+    let id = match run {
+        Some(r) => r.to_string(),
+        None => engine::runs(root)?
+            .into_iter()
+            .rev()
+            .find(|r| {
+                crate::journal::read_journal(
+                    &engine::run_dir(root, r).join(crate::journal::JOURNAL),
+                )
+                .map(|s| !s.iter().any(|x| x.op == crate::journal::Op::Undo))
+                .unwrap_or(false)
+            })
+            .with_context(|| format!("no run to undo under {}\\defib", root.display()))?,
+    };
+    engine::undo(root, &id)
+}

@@ -1,0 +1,522 @@
+//! From volumes to verdicts: for each NTFS or BitLocker volume, check its
+//! state, find the Windows installation on it, run the engine, and say
+//! what the technician should do.
+//!
+//! The order protects the victim: the volume is first mounted read-only and
+//! the playbooks evaluated; only when something needs repairing, the mode
+//! allows it, and the volume is safe to write (not BitLocker-locked, not
+//! hibernated, not dirty unless the playbook allows it) is it remounted
+//! read-write. A clean volume is never mounted read-write (a read-write
+//! ntfs3 mount replays `$LogFile`, which is itself a change).
+//!
+//! Kernel work (mounting, reading the raw device) is behind [`VolumeOps`],
+//! so all of this runs in tests on plain directories.
+
+use crate::engine::{self, Mode, PlaybookResult, Status};
+use crate::playbook::Playbook;
+use crate::report::Verdict;
+use crate::store::Store;
+use crate::windows::{self, WindowsInstall};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Playbooks and the known-good store, as carried in `/payloads`.
+pub struct Payloads {
+    pub playbooks: Vec<Playbook>,
+    pub store: Store,
+}
+
+impl Payloads {
+    /// Loads `<dir>/playbooks/*.toml` and `<dir>/store`.
+    pub fn load(dir: &Path) -> Result<Payloads> {
+        let pb = dir.join("playbooks");
+        let playbooks = if pb.is_dir() {
+            crate::playbook::load_dir(&pb)?
+        } else {
+            Vec::new()
+        };
+        let store = Store::open(&dir.join("store"))
+            .with_context(|| format!("opening the store in {}", dir.display()))?;
+        Ok(Payloads { playbooks, store })
+    }
+}
+
+/// What the raw volume says before anything is mounted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// BitLocker: locked (defib cannot unlock it yet); key protectors listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitlocker: Option<BitlockerState>,
+    /// The NTFS "dirty" flag ($Volume): Windows did not shut down cleanly
+    /// or chkdsk is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<bool>,
+    /// `hiberfil.sys` header: `none`, `live` (hibernated or Fast Startup),
+    /// `resumed`, or `unknown: …`.
+    #[serde(default)]
+    pub hibernation: String,
+    /// Mounted read-write and changed.
+    #[serde(default)]
+    pub written: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BitlockerState {
+    pub encryption_method: Option<String>,
+    /// `guid (kind)` of each key protector, e.g. `3fd7…4e0c (recovery-password)`.
+    pub key_protectors: Vec<String>,
+}
+
+/// The Windows identity, as the report records it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub windows_dir: String,
+    pub product_name: Option<String>,
+    pub version: Option<String>,
+    pub build: Option<u32>,
+    pub ubr: Option<u32>,
+    pub service_pack: Option<String>,
+    pub display_version: Option<String>,
+    pub arch: Option<String>,
+    pub computer_name: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl From<&WindowsInstall> for Identity {
+    fn from(w: &WindowsInstall) -> Identity {
+        Identity {
+            windows_dir: w.windows_dir.clone(),
+            product_name: w.product_name.clone(),
+            version: w.current_version.clone(),
+            build: w.build,
+            ubr: w.ubr,
+            service_pack: w.service_pack.clone(),
+            display_version: w.display_version.clone(),
+            arch: w.arch.map(|a| a.as_str().to_string()),
+            computer_name: w.computer_name.clone(),
+            notes: w.notes.clone(),
+        }
+    }
+}
+
+/// One Windows volume's part of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowsReport {
+    /// Device (`sda2`) or, in host mode, the root folder.
+    pub volume: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    pub state: VolumeState,
+    pub playbooks: Vec<PlaybookResult>,
+    /// `\defib\<run-id>` on this volume when the run changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub next_step: String,
+    /// Where the volume is mounted now (for the caller to write reports).
+    #[serde(skip)]
+    pub mount: Option<PathBuf>,
+}
+
+/// The kernel side of volume handling.
+pub trait VolumeOps {
+    /// Reads BitLocker metadata from the raw volume.
+    fn bitlocker(&mut self, dev: &str) -> Result<BitlockerState>;
+    /// Reads the NTFS dirty flag from the raw volume.
+    fn ntfs_dirty(&mut self, dev: &str) -> Result<bool>;
+    /// Mounts with ntfs3; `force` allows a dirty volume read-write.
+    fn mount(&mut self, dev: &str, rw: bool, force: bool) -> Result<PathBuf>;
+    fn umount(&mut self, dev: &str) -> Result<()>;
+}
+
+/// How a run may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Scan,
+    Repair,
+}
+
+fn attention(volume: &str, reason: String, next: &str) -> WindowsReport {
+    WindowsReport {
+        volume: volume.into(),
+        identity: None,
+        state: VolumeState::default(),
+        playbooks: Vec::new(),
+        run_dir: None,
+        verdict: Verdict::NeedsAttention,
+        reason,
+        next_step: next.into(),
+        mount: None,
+    }
+}
+
+/// Verdict for one installation from its playbook results.
+pub fn summarise(playbooks: &[PlaybookResult], intent: Intent) -> (Verdict, String, String) {
+    if let Some(p) = playbooks
+        .iter()
+        .find(|p| p.status == Status::NeedsAttention)
+    {
+        return (
+            Verdict::NeedsAttention,
+            format!("{}: {}", p.id, p.reason),
+            "see the report for what was tried; repair by hand or supply a known-good file in the store".into(),
+        );
+    }
+    let found: Vec<&str> = playbooks
+        .iter()
+        .filter(|p| p.status == Status::Found)
+        .map(|p| p.id.as_str())
+        .collect();
+    if !found.is_empty() {
+        let next = match intent {
+            Intent::Scan => "boot defib's 'Repair automatically' entry to repair it",
+            Intent::Repair => "the volume could not be written; see the reason",
+        };
+        return (
+            Verdict::NeedsAttention,
+            format!("affected by {} (nothing changed)", found.join(", ")),
+            next.into(),
+        );
+    }
+    let repaired: Vec<&str> = playbooks
+        .iter()
+        .filter(|p| p.status == Status::Repaired)
+        .map(|p| p.id.as_str())
+        .collect();
+    if !repaired.is_empty() {
+        return (
+            Verdict::Repaired,
+            format!("repaired: {}", repaired.join(", ")),
+            "remove the stick; Windows should start normally".into(),
+        );
+    }
+    (
+        Verdict::Clean,
+        "no playbook found damage".into(),
+        "nothing to do; look for another cause".into(),
+    )
+}
+
+/// Evaluates (and in repair mode fixes) the installation(s) at a mounted
+/// root. `may_write` is `Err(reason)` when the volume must not be written.
+pub fn evaluate_root(
+    root: &Path,
+    volume: &str,
+    payloads: &Payloads,
+    intent: Intent,
+    run_id: &str,
+) -> Result<Vec<WindowsReport>> {
+    let installs = windows::find_installs(root)?;
+    let mut out = Vec::new();
+    let ambiguous = installs.len() > 1;
+    for w in &installs {
+        let mode = if intent == Intent::Repair && !ambiguous {
+            Mode::Fix
+        } else {
+            Mode::Scan
+        };
+        let t = engine::Target {
+            root,
+            install: w,
+            store: &payloads.store,
+            mode,
+            run_id,
+        };
+        let playbooks = engine::run(&t, &payloads.playbooks)?;
+        let (mut verdict, mut reason, mut next) = summarise(&playbooks, intent);
+        if ambiguous {
+            verdict = Verdict::NeedsAttention;
+            reason = format!(
+                "{} Windows installations on one volume ({}); not choosing one",
+                installs.len(),
+                installs
+                    .iter()
+                    .map(|i| i.windows_dir.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            next = "use the rescue shell: rescue fix --root <mount> --windows <dir>".into();
+        }
+        let rd = engine::run_dir(root, run_id);
+        out.push(WindowsReport {
+            volume: volume.into(),
+            identity: Some(Identity::from(w)),
+            state: VolumeState {
+                written: rd.exists(),
+                ..Default::default()
+            },
+            playbooks,
+            run_dir: rd
+                .exists()
+                .then(|| format!("\\{}\\{run_id}", crate::journal::TOP)),
+            verdict,
+            reason,
+            next_step: next,
+            mount: Some(root.to_path_buf()),
+        });
+    }
+    Ok(out)
+}
+
+fn hibernation(root: &Path) -> (String, bool) {
+    match crate::volstate::hiberfil_state(root) {
+        Ok(crate::volstate::Hibernation::Live) => ("live".into(), true),
+        Ok(crate::volstate::Hibernation::None) => ("none".into(), false),
+        Ok(crate::volstate::Hibernation::Resumed) => ("resumed".into(), false),
+        Ok(crate::volstate::Hibernation::Unknown(s)) => (format!("unknown: {s}"), true),
+        Err(e) => (format!("unknown: {e:#}"), true),
+    }
+}
+
+/// One volume through the whole safe path. Leaves the volume mounted when a
+/// report names a mount (so the caller can write the victim-side reports),
+/// and unmounted otherwise. Returns no report for a volume without Windows.
+pub fn check_volume(
+    ops: &mut dyn VolumeOps,
+    dev: &str,
+    bitlocker: bool,
+    payloads: &Payloads,
+    intent: Intent,
+    run_id: &str,
+) -> Vec<WindowsReport> {
+    if bitlocker {
+        let mut r = attention(
+            dev,
+            "BitLocker-locked: defib cannot unlock it in this version; nothing was changed".into(),
+            "unlock with the recovery key (Windows RE: manage-bde -unlock) and repair from there, or suspend BitLocker",
+        );
+        match ops.bitlocker(dev) {
+            Ok(b) => r.state.bitlocker = Some(b),
+            Err(e) => r.reason.push_str(&format!(" (metadata unreadable: {e:#})")),
+        }
+        return vec![r];
+    }
+    let dirty = ops.ntfs_dirty(dev).ok();
+    let root = match ops.mount(dev, false, false) {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![attention(
+                dev,
+                format!("NTFS volume could not be mounted read-only: {e:#}"),
+                "check the disk (SMART, cabling); run chkdsk from Windows RE",
+            )]
+        }
+    };
+    let (hib, hib_blocks) = hibernation(&root);
+    let scan = match evaluate_root(&root, dev, payloads, Intent::Scan, run_id) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ops.umount(dev);
+            return vec![attention(
+                dev,
+                format!("reading Windows on {dev} failed: {e:#}"),
+                "repair by hand from the rescue shell",
+            )];
+        }
+    };
+    let set_state = |mut v: Vec<WindowsReport>, written: bool| {
+        for r in &mut v {
+            r.state.dirty = dirty;
+            r.state.hibernation = hib.clone();
+            r.state.written = written && r.run_dir.is_some();
+        }
+        v
+    };
+    let needs_fix = scan
+        .iter()
+        .any(|r| r.playbooks.iter().any(|p| p.status == Status::Found));
+    let ambiguous = scan.len() > 1;
+    if scan.is_empty() || intent == Intent::Scan || !needs_fix || ambiguous {
+        let _ = ops.umount(dev);
+        let mut v = set_state(scan, false);
+        for r in &mut v {
+            r.mount = None;
+        }
+        return v;
+    }
+    // Something to repair: is it safe to write?
+    let found: Vec<&PlaybookResult> = scan[0]
+        .playbooks
+        .iter()
+        .filter(|p| p.status == Status::Found)
+        .collect();
+    let blocked = if hib_blocks {
+        Some((
+            format!("Windows is hibernated or used Fast Startup (hiberfil.sys: {hib}); writing now would corrupt it; nothing was changed"),
+            "boot Windows RE and run `powercfg /h off`, or let Windows resume once, then boot defib again",
+        ))
+    } else if dirty == Some(true)
+        && !found.iter().all(|p| {
+            payloads
+                .playbooks
+                .iter()
+                .any(|pb| pb.id == p.id && pb.allow_dirty)
+        })
+    {
+        Some((
+            "the NTFS volume is marked dirty (unclean shutdown or chkdsk pending); nothing was changed".to_string(),
+            "run chkdsk /f from Windows RE, then boot defib again",
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, next)) = blocked {
+        let _ = ops.umount(dev);
+        let mut v = set_state(scan, false);
+        for r in &mut v {
+            r.verdict = Verdict::NeedsAttention;
+            r.reason = reason.clone();
+            r.next_step = next.into();
+            r.mount = None;
+        }
+        return v;
+    }
+    let _ = ops.umount(dev);
+    let root = match ops.mount(dev, true, dirty == Some(true)) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut v = set_state(scan, false);
+            for r in &mut v {
+                r.verdict = Verdict::NeedsAttention;
+                r.reason = format!(
+                    "the volume could not be mounted read-write: {e:#}; nothing was changed"
+                );
+                r.next_step = "run chkdsk /f from Windows RE, then boot defib again".into();
+                r.mount = None;
+            }
+            return v;
+        }
+    };
+    match evaluate_root(&root, dev, payloads, Intent::Repair, run_id) {
+        Ok(v) => set_state(v, true),
+        Err(e) => vec![attention(
+            dev,
+            format!("repair on {dev} failed: {e:#}"),
+            "see the journal in \\defib on the volume",
+        )],
+    }
+}
+
+/// The `report.txt` a person reads on the victim or the stick.
+pub fn render_text(r: &crate::report::Report) -> String {
+    let mut s = format!(
+        "defib {} report, run {}\nstarted {}  finished {}\nmachine: {} {} serial {} uuid {}\nboot: {} secure boot {} mode {} medium {}\n\nVERDICT: {}\n",
+        r.defib_version,
+        r.run_id,
+        r.started,
+        r.finished,
+        r.machine.sys_vendor.as_deref().unwrap_or("-"),
+        r.machine.product_name.as_deref().unwrap_or("-"),
+        r.machine.product_serial.as_deref().unwrap_or("-"),
+        r.machine.product_uuid.as_deref().unwrap_or("-"),
+        r.boot.firmware.as_str(),
+        if r.boot.secure_boot { "on" } else { "off" },
+        r.boot.mode.as_str(),
+        r.boot.medium.as_str(),
+        r.verdict.as_str().to_uppercase(),
+    );
+    for w in &r.windows {
+        s.push_str(&format!("\n== {} ==\n", w.volume));
+        if let Some(i) = &w.identity {
+            s.push_str(&format!(
+                "Windows: {} (version {} build {}{}{}) {} computer {}\n",
+                i.product_name.as_deref().unwrap_or("unknown"),
+                i.version.as_deref().unwrap_or("?"),
+                i.build.map(|b| b.to_string()).unwrap_or_else(|| "?".into()),
+                i.ubr.map(|u| format!(".{u}")).unwrap_or_default(),
+                i.service_pack
+                    .as_deref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default(),
+                i.arch.as_deref().unwrap_or("?"),
+                i.computer_name.as_deref().unwrap_or("?"),
+            ));
+            for n in &i.notes {
+                s.push_str(&format!("  note: {n}\n"));
+            }
+        }
+        s.push_str(&format!(
+            "state: dirty {} hibernation {} written {}\n",
+            w.state
+                .dirty
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            if w.state.hibernation.is_empty() {
+                "-"
+            } else {
+                &w.state.hibernation
+            },
+            w.state.written
+        ));
+        if let Some(b) = &w.state.bitlocker {
+            s.push_str(&format!(
+                "BitLocker: {} protectors {}\n",
+                b.encryption_method.as_deref().unwrap_or("?"),
+                b.key_protectors.join(", ")
+            ));
+        }
+        s.push_str(&format!(
+            "verdict: {} - {}\nnext: {}\n",
+            w.verdict.as_str(),
+            w.reason,
+            w.next_step
+        ));
+        for p in &w.playbooks {
+            s.push_str(&format!(
+                "  playbook {} [{:?}]: {}\n",
+                p.id, p.status, p.reason
+            ));
+            for c in &p.conditions {
+                s.push_str(&format!(
+                    "    when {} ({}): {} - {}\n",
+                    c.id,
+                    c.kind,
+                    if c.held { "holds" } else { "no" },
+                    c.detail
+                ));
+            }
+            for a in &p.actions {
+                s.push_str(&format!(
+                    "    {} {} [{:?}] {}{}{}\n",
+                    a.kind,
+                    a.path,
+                    a.status,
+                    a.detail,
+                    a.sha256_before
+                        .as_deref()
+                        .map(|h| format!(" before {h}"))
+                        .unwrap_or_default(),
+                    a.sha256_after
+                        .as_deref()
+                        .map(|h| format!(" after {h}"))
+                        .unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    if !r.messages.is_empty() {
+        s.push_str("\nmessages:\n");
+        for m in &r.messages {
+            s.push_str(&format!("  {m}\n"));
+        }
+    }
+    s
+}
+
+/// Writes `report.json` and `report.txt` into the victim's run folder, if
+/// the run made one there.
+pub fn write_victim_reports(
+    root: &Path,
+    run_id: &str,
+    r: &crate::report::Report,
+) -> Result<Option<PathBuf>> {
+    let dir = engine::run_dir(root, run_id);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    crate::report::write_atomic(&dir, "report.json", &r.to_json()?)?;
+    crate::report::write_atomic(&dir, "report.txt", render_text(r).as_bytes())?;
+    Ok(Some(dir))
+}
