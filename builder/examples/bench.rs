@@ -110,8 +110,15 @@ fn main() -> Result<()> {
     std::fs::write(&kernel, img.read_file("defib/vmlinuz")?)?;
     let initrd = a.work.join("initrd.img");
     std::fs::write(&initrd, img.read_file("defib/initrd.img")?)?;
-    let payloads = a.work.join("payloads.img");
-    std::fs::write(&payloads, img.read_file("defib/payloads.img")?)?;
+    // QEMU's -initrd takes one file; the kernel unpacks concatenated
+    // segments just as it does when GRUB loads two.
+    let mut both = std::fs::read(&initrd)?;
+    while both.len() % 4 != 0 {
+        both.push(0);
+    }
+    both.extend(img.read_file("defib/payloads.img")?);
+    let initrd_both = a.work.join("initrd-both.img");
+    std::fs::write(&initrd_both, both)?;
     let mut bare = Archive::new();
     bare.add_file("init", 0o755, std::fs::read(&a.bare_init)?)?;
     bare.add_dir("dev", 0o755)?;
@@ -134,7 +141,7 @@ fn main() -> Result<()> {
         let b = direct(vec![bare_rd.clone()], cmd.to_string());
         t_bare.push(timed_boot(&b, &["bare init up"])?[0]);
         let b = direct(
-            vec![initrd.clone(), payloads.clone()],
+            vec![initrd_both.clone()],
             // No stick here: bound the wait for a boot medium.
             format!("{cmd} defib.mode=scan defib.after=poweroff defib.wait=2"),
         );

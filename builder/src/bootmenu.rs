@@ -43,9 +43,9 @@ pub fn entries(after: After) -> Vec<BootEntry> {
         After::Poweroff => " defib.after=poweroff".to_string(),
     };
     [
-        ("auto", "Repair automatically"),
-        ("scan", "Scan only - change nothing"),
-        ("shell", "Rescue shell"),
+        ("auto", "Repair automatically [r]"),
+        ("scan", "Scan only - change nothing [s]"),
+        ("shell", "Rescue shell [h]"),
     ]
     .iter()
     .map(|(id, title)| BootEntry {
@@ -54,6 +54,16 @@ pub fn entries(after: After) -> Vec<BootEntry> {
         cmdline: format!("{base} defib.mode={id}{after_arg}"),
     })
     .collect()
+}
+
+/// The key that boots an entry straight from the menu (r, s, h): a
+/// technician types one letter; tests send it over the serial console.
+pub fn hotkey(id: &str) -> char {
+    match id {
+        "auto" => 'r',
+        "scan" => 's',
+        _ => 'h',
+    }
 }
 
 /// `\EFI\debian\grub.cfg` for Debian's signed GRUB. `$root` is already the
@@ -70,12 +80,16 @@ pub fn grub_cfg(entries: &[BootEntry], build_id: &str) -> String {
     );
     for e in entries {
         s.push_str(&format!(
-            "menuentry 'defib: {}' --id {} {{\n\
+            "menuentry 'defib: {}' --hotkey={} --id {} {{\n\
              \techo 'Loading defib ({})...'\n\
              \tlinux /{KERNEL} {}\n\
              \tinitrd /{INITRD} /{PAYLOADS}\n\
              }}\n\n",
-            e.title, e.id, e.id, e.cmdline
+            e.title,
+            hotkey(&e.id),
+            e.id,
+            e.id,
+            e.cmdline
         ));
     }
     s.push_str(
@@ -105,7 +119,9 @@ mod tests {
         let cfg = grub_cfg(&entries(After::Reboot), "abc");
         assert!(cfg.contains("set default=0\nset timeout=5\n"));
         let first = cfg.find("menuentry").unwrap();
-        assert!(cfg[first..].starts_with("menuentry 'defib: Repair automatically' --id auto"));
+        assert!(cfg[first..]
+            .starts_with("menuentry 'defib: Repair automatically [r]' --hotkey=r --id auto"));
+        assert!(cfg.contains("--hotkey=s --id scan"));
         assert!(cfg.contains("terminal_output console serial"));
         assert!(cfg.contains("initrd /defib/initrd.img /defib/payloads.img"));
     }

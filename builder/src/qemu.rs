@@ -54,6 +54,8 @@ pub struct Boot {
     pub uuid: Option<String>,
     /// Stop when a serial line contains this.
     pub stop_on: Option<String>,
+    /// Keys to type on the serial console (e.g. a GRUB menu hotkey).
+    pub keys: Vec<Keys>,
     pub timeout: Duration,
     /// Folder for the writable UEFI variable store copy.
     pub scratch: PathBuf,
@@ -70,12 +72,23 @@ impl Boot {
             kernel: None,
             uuid: None,
             stop_on: None,
+            keys: Vec::new(),
             timeout: Duration::from_secs(240),
             scratch: scratch.to_path_buf(),
             memory_mib: 1024,
             extra: Vec::new(),
         }
     }
+}
+
+/// Bytes typed on the serial console: from the first line containing
+/// `after`, every half second (firmware and GRUB drop input that arrives
+/// before they poll for it), until a line contains `until`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub after: String,
+    pub bytes: Vec<u8>,
+    pub until: String,
 }
 
 /// What the serial console said, and how the boot ended.
@@ -225,13 +238,19 @@ pub fn command(b: &Boot) -> Result<Command> {
 /// Boots and waits for power-off, the stop line, or the timeout.
 pub fn run(b: &Boot) -> Result<Outcome> {
     let mut cmd = command(b)?;
-    cmd.stdin(Stdio::null())
+    // Piped, not null: keys are typed there, and QEMU keeps the serial
+    // console's input open rather than seeing end-of-file.
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let stderr = child.stderr.take().context("qemu stderr")?;
+    let mut stdin = child.stdin.take();
+    let mut keys = b.keys.clone();
+    // (index into keys, last time typed) for keys being typed now.
+    let mut typing: Option<(usize, Instant)> = None;
     let (tx, rx) = mpsc::channel::<(Duration, String)>();
     let reader = std::thread::spawn(move || {
         // Serial output may carry ANSI colours and stray bytes: read bytes,
@@ -266,6 +285,17 @@ pub fn run(b: &Boot) -> Result<Outcome> {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(l) => {
                 let hit = b.stop_on.as_deref().is_some_and(|s| l.1.contains(s));
+                if let Some((i, _)) = typing {
+                    if l.1.contains(keys[i].until.as_str()) {
+                        keys.remove(i);
+                        typing = None;
+                    }
+                }
+                if typing.is_none() {
+                    if let Some(i) = keys.iter().position(|k| l.1.contains(k.after.as_str())) {
+                        typing = Some((i, start - Duration::from_secs(1)));
+                    }
+                }
                 lines.push(l);
                 if hit {
                     stopped = true;
@@ -274,6 +304,15 @@ pub fn run(b: &Boot) -> Result<Outcome> {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some((i, last)) = typing {
+            if last.elapsed() >= Duration::from_millis(500) {
+                if let Some(w) = stdin.as_mut() {
+                    use std::io::Write;
+                    let _ = w.write_all(&keys[i].bytes).and_then(|_| w.flush());
+                }
+                typing = Some((i, Instant::now()));
+            }
         }
         if start.elapsed() > b.timeout {
             timed_out = true;

@@ -124,6 +124,7 @@ pub fn run(t: &Target, playbooks: &[Playbook]) -> Result<Vec<PlaybookResult>> {
     let mut ctx = Ctx {
         t,
         run_dir: None,
+        writing: false,
         hives: BTreeMap::new(),
     };
     let mut out = Vec::new();
@@ -141,6 +142,8 @@ pub fn run_dir(root: &Path, run_id: &str) -> PathBuf {
 struct Ctx<'a> {
     t: &'a Target<'a>,
     run_dir: Option<RunDir>,
+    /// False while planning: actions report what they would do.
+    writing: bool,
     hives: BTreeMap<&'static str, std::result::Result<crate::winreg::Hive, String>>,
 }
 
@@ -304,12 +307,54 @@ impl Ctx<'_> {
             r.reason = format!("not affected: {} did not hold", failed.join(", "));
             return r;
         }
+        // Plan first, writing nothing: when any action would be refused
+        // (no verified copy, unreadable file), nothing is changed at all.
+        self.writing = false;
+        let (planned, ok) = self.actions(pb, &matched);
+        r.actions = planned;
+        if ok && self.t.mode == Mode::Fix {
+            self.writing = true;
+            let (done, all_done) = self.actions(pb, &matched);
+            self.writing = false;
+            r.actions = done;
+            r.status = if all_done {
+                Status::Repaired
+            } else {
+                Status::NeedsAttention
+            };
+        } else {
+            r.status = if ok {
+                Status::Found
+            } else {
+                Status::NeedsAttention
+            };
+        }
+        r.reason = match r.status {
+            Status::NeedsAttention => {
+                "an action could not be carried out safely; see actions".into()
+            }
+            Status::Found => {
+                "affected: boot 'Repair automatically' (or run rescue fix) to repair".into()
+            }
+            _ => "repaired and verified".into(),
+        };
+        r
+    }
+
+    /// Runs (or, when not writing, plans) a playbook's actions in order.
+    /// Returns the results and whether none was refused or failed.
+    fn actions(
+        &mut self,
+        pb: &Playbook,
+        matched: &BTreeMap<String, Vec<PathBuf>>,
+    ) -> (Vec<ActionResult>, bool) {
+        let mut out = Vec::new();
         let mut changed_by: BTreeSet<String> = BTreeSet::new();
         let mut ok = true;
         for a in &pb.actions {
             if let Some(u) = a.unless() {
                 if changed_by.contains(u) {
-                    r.actions.push(ActionResult {
+                    out.push(ActionResult {
                         kind: a.kind().into(),
                         path: String::new(),
                         status: ActionStatus::Skipped,
@@ -330,7 +375,7 @@ impl Ctx<'_> {
                     ActionStatus::Skipped => {}
                     ActionStatus::Refused | ActionStatus::Failed => ok = false,
                 }
-                r.actions.push(ar);
+                out.push(ar);
             }
             if did {
                 if let Some(id) = a.id() {
@@ -338,21 +383,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        r.status = match (ok, self.t.mode) {
-            (false, _) => Status::NeedsAttention,
-            (true, Mode::Scan) => Status::Found,
-            (true, Mode::Fix) => Status::Repaired,
-        };
-        r.reason = match r.status {
-            Status::NeedsAttention => {
-                "an action could not be carried out safely; see actions".into()
-            }
-            Status::Found => {
-                "affected: boot 'Repair automatically' (or run rescue fix) to repair".into()
-            }
-            _ => "repaired and verified".into(),
-        };
-        r
+        (out, ok)
     }
 
     fn windows_dir_parts(&self, parts: &[String]) -> Vec<String> {
@@ -618,7 +649,7 @@ impl Ctx<'_> {
             "would move into the vault",
         );
         r.sha256_before = Some(before.clone());
-        if self.t.mode == Mode::Scan {
+        if !self.writing {
             return r;
         }
         let relpath = p.strip_prefix(self.root()).unwrap_or(p).to_path_buf();
@@ -695,7 +726,7 @@ impl Ctx<'_> {
         let Some(v) = info.file_version else {
             return Err("it has no file version".into());
         };
-        if u32::from(v[2]) != build {
+        if !same_servicing(u32::from(v[2]), build) {
             return Err(format!(
                 "its version {} is not for build {build}",
                 crate::pe::version_string(v)
@@ -886,7 +917,7 @@ impl Ctx<'_> {
                 continue;
             };
             let v: Vec<u32> = ver.split('.').filter_map(|x| x.parse().ok()).collect();
-            if v.len() != 4 || v[2] != build {
+            if v.len() != 4 || !same_servicing(v[2], build) {
                 continue;
             }
             if w.ubr.is_some_and(|u| v[3] > u) {
@@ -1051,7 +1082,7 @@ impl Ctx<'_> {
         r.source = Some(source.clone());
         r.sha256_before = before.clone();
         r.sha256_after = Some(want.clone());
-        if self.t.mode == Mode::Scan {
+        if !self.writing {
             return r;
         }
         let relpath = target
@@ -1112,6 +1143,20 @@ impl Ctx<'_> {
         }
         r
     }
+}
+
+/// Whether a file built for `file_build` belongs to an installation that
+/// reports `build`. Windows 10 20H2–22H2 (19042–19045) are enablement
+/// packages over 19041 and keep 19041 in their files' versions; likewise
+/// Windows 11 23H2 (22631) over 22621 and 25H2 (26200) over 24H2 (26100).
+pub fn same_servicing(file_build: u32, build: u32) -> bool {
+    let base = |b: u32| match b {
+        19041..=19045 => 19041,
+        22621 | 22631 => 22621,
+        26100 | 26200 => 26100,
+        other => other,
+    };
+    base(file_build) == base(build)
 }
 
 /// `C:\WINDOWS\x` -> `WINDOWS\x`; also strips `\\?\` prefixes.

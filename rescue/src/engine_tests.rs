@@ -314,7 +314,11 @@ fn no_verified_copy_means_needs_attention_and_no_restore() {
         "WINDOWS/system32/dllcache/svchost.exe",
         b"MZ not really a PE",
     );
+    let before = snapshot(&root);
     let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run1");
+    // All or nothing: the DATs are not moved when svchost.exe cannot be restored.
+    assert_eq!(snapshot(&root), before);
+    assert!(!root.join("defib").exists());
     assert_eq!(r[0].status, Status::NeedsAttention, "{r:#?}");
     let restore = r[0].actions.iter().find(|a| a.kind == "restore").unwrap();
     assert_eq!(restore.status, ActionStatus::Refused);
@@ -635,4 +639,13 @@ fn two_different_store_files_for_one_build_are_not_chosen_between() {
         restore.detail
     );
     assert!(svchost(&root).is_none());
+}
+
+#[test]
+fn enablement_package_builds_share_their_base() {
+    assert!(same_servicing(19041, 19045));
+    assert!(same_servicing(22621, 22631));
+    assert!(!same_servicing(19041, 22621));
+    assert!(!same_servicing(2195, 2600));
+    assert!(same_servicing(2600, 2600));
 }

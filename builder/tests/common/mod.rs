@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod victim;
+
 use defib_builder::image::UsbImage;
 use defib_builder::inspect;
 use defib_builder::qemu::{self, Boot, Firmware, Outcome};

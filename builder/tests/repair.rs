@@ -1,0 +1,282 @@
+//! End to end: a real NTFS victim disk (mkntfs, filled through ntfs-3g,
+//! hives from hivexregedit, PE files from mingw) attached to QEMU booting
+//! the defib image under OVMF with Secure Boot enforcing. The rescue repairs
+//! it unattended; afterwards the host checks the disk with ntfs-3g and the
+//! stick's report.
+
+mod common;
+
+use common::victim::{self, McafeeSvchost, Victim};
+use common::*;
+use defib_builder::image::UsbImage;
+use defib_builder::qemu::{self, Boot, Bus, Firmware, Outcome};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(360);
+
+fn boot(stick: &Path, disk: &Path, bus: Bus, scratch: &Path, keys: Option<char>) -> Outcome {
+    let mut b = Boot::new(Firmware::UefiSb, scratch);
+    b.stick = Some(stick.to_path_buf());
+    b.disks = vec![(disk.to_path_buf(), bus)];
+    b.uuid = Some(UUID.to_string());
+    b.timeout = TIMEOUT;
+    if let Some(k) = keys {
+        b.keys = vec![qemu::Keys {
+            after: "Press enter to boot".into(),
+            bytes: vec![k as u8],
+            until: "Loading defib".into(),
+        }];
+    }
+    let out = qemu::run(&b).expect("running qemu");
+    assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
+    out
+}
+
+/// The victim's run folder (`defib\<run-id>`) named in the stick's report.
+fn run_id(report: &serde_json::Value) -> String {
+    report["run_id"].as_str().unwrap().to_string()
+}
+
+/// Builds an image whose payloads are the repo's playbooks plus a store
+/// holding XP SP3's svchost.exe, as an operator would.
+fn image_with_store(dir: &Path) -> PathBuf {
+    let payloads = dir.join("payloads");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads/playbooks");
+    std::fs::create_dir_all(payloads.join("playbooks")).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, payloads.join("playbooks").join(p.file_name().unwrap())).unwrap();
+    }
+    victim::store_payloads(&payloads).unwrap();
+    let out = dir.join("store.img");
+    let o = Command::new(env_file("DEFIB_DEFIB"))
+        .args(["build", "--offline", "--out"])
+        .arg(&out)
+        .arg("--payloads")
+        .arg(&payloads)
+        .arg("--rescue")
+        .arg(env_file("DEFIB_RESCUE"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "defib build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+fn check_mcafee_repaired(v: &Victim, stick: &Path, out: &Outcome, source: &str) {
+    assert!(
+        out.contains("defib: verdict repaired"),
+        "not repaired:\n{}",
+        out.text()
+    );
+    let r = single_report(stick);
+    assert_eq!(r["verdict"], "repaired", "{r:#}");
+    let w = &r["windows"][0];
+    assert_eq!(w["identity"]["computer_name"], "WARD3-PC07", "{w:#}");
+    assert_eq!(w["identity"]["build"], 2600);
+    assert_eq!(w["identity"]["arch"], "x86");
+    let pb = w["playbooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "mcafee-dat-5958")
+        .unwrap();
+    let restore = pb["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "restore")
+        .unwrap();
+    assert!(
+        restore["source"].as_str().unwrap().contains(source),
+        "{restore:#}"
+    );
+
+    // From the host, with ntfs-3g: svchost.exe is back with the right hash.
+    let want = v.expect.svchost_sha256.clone().unwrap();
+    assert_eq!(
+        victim::sha256_of(v, victim::XP_SVCHOST).unwrap().as_deref(),
+        Some(want.as_str())
+    );
+    assert_eq!(restore["sha256_after"], want.as_str());
+    // The DATs sit in the vault, not in place.
+    let run = run_id(&r);
+    for (path, sha) in &v.expect.dats {
+        assert_eq!(
+            victim::sha256_of(v, path).unwrap(),
+            None,
+            "{path} still in place"
+        );
+        let vaulted = format!(r"defib\{run}\vault\{path}");
+        assert_eq!(
+            victim::sha256_of(v, &vaulted).unwrap().as_deref(),
+            Some(sha.as_str()),
+            "{vaulted}"
+        );
+    }
+    // Journal and reports on the victim.
+    let files = victim::list_dir(v, &format!(r"defib\{run}")).unwrap();
+    for f in ["journal.jsonl", "report.json", "report.txt"] {
+        assert!(
+            files.iter().any(|x| x == f),
+            "{f} missing from defib\\{run}: {files:?}"
+        );
+    }
+    let victim_report: serde_json::Value = serde_json::from_slice(
+        &victim::read_file(v, &format!(r"defib\{run}\report.json"))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(victim_report["run_id"], r["run_id"]);
+    // Nothing else changed.
+    for (path, sha) in v.expect.must_stay() {
+        assert_eq!(
+            victim::sha256_of(v, &path).unwrap(),
+            Some(sha),
+            "{path} changed"
+        );
+    }
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn mcafee_svchost_from_the_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(dir.path(), McafeeSvchost::InBup).unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot(&stick, &v.disk, Bus::Ahci, dir.path(), None);
+    check_mcafee_repaired(&v, &stick, &out, "McAfee quarantine");
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn mcafee_svchost_from_dllcache() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(dir.path(), McafeeSvchost::InDllcache).unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot(&stick, &v.disk, Bus::Ahci, dir.path(), None);
+    check_mcafee_repaired(&v, &stick, &out, "dllcache");
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn mcafee_svchost_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(dir.path(), McafeeSvchost::InStore).unwrap();
+    let stick = image_with_store(dir.path());
+    let out = boot(&stick, &v.disk, Bus::Ahci, dir.path(), None);
+    check_mcafee_repaired(&v, &stick, &out, "known-good store");
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn mcafee_without_a_good_copy_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(dir.path(), McafeeSvchost::Nowhere).unwrap();
+    let before = victim::disk_sha256(&v).unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot(&stick, &v.disk, Bus::Ahci, dir.path(), None);
+    assert!(
+        out.contains("defib: verdict needs-attention"),
+        "{}",
+        out.text()
+    );
+    let r = single_report(&stick);
+    assert_eq!(r["verdict"], "needs-attention");
+    assert_eq!(
+        victim::disk_sha256(&v).unwrap(),
+        before,
+        "a refused repair must not touch the disk"
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn crowdstrike_channel_file_on_nvme() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_win10_crowdstrike(dir.path()).unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot(&stick, &v.disk, Bus::Nvme, dir.path(), None);
+    assert!(
+        out.contains("defib: verdict repaired"),
+        "not repaired:\n{}",
+        out.text()
+    );
+    let r = single_report(&stick);
+    assert_eq!(r["verdict"], "repaired", "{r:#}");
+    assert_eq!(
+        r["windows"][0]["identity"]["computer_name"],
+        "ICU-STATION-12"
+    );
+    let run = run_id(&r);
+    for (path, sha) in &v.expect.bad {
+        assert_eq!(
+            victim::sha256_of(&v, path).unwrap(),
+            None,
+            "{path} still in place"
+        );
+        let vaulted = format!(r"defib\{run}\vault\{path}");
+        assert_eq!(
+            victim::sha256_of(&v, &vaulted).unwrap().as_deref(),
+            Some(sha.as_str()),
+            "{vaulted}"
+        );
+    }
+    for (path, sha) in v.expect.must_stay() {
+        assert_eq!(
+            victim::sha256_of(&v, &path).unwrap(),
+            Some(sha),
+            "{path} changed"
+        );
+    }
+    assert!(victim::list_dir(&v, &format!(r"defib\{run}"))
+        .unwrap()
+        .iter()
+        .any(|f| f == "journal.jsonl"));
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn scan_only_leaves_the_victim_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(dir.path(), McafeeSvchost::InDllcache).unwrap();
+    let before = victim::disk_sha256(&v).unwrap();
+    let stick = image_copy(dir.path());
+    // The GRUB menu's hotkey for "Scan only", typed on the serial console.
+    let out = boot(
+        &stick,
+        &v.disk,
+        Bus::Ahci,
+        dir.path(),
+        Some(defib_builder::bootmenu::hotkey("scan")),
+    );
+    assert!(
+        out.contains("mode: scan"),
+        "the scan entry did not boot:\n{}",
+        out.text()
+    );
+    let r = single_report(&stick);
+    assert_eq!(r["boot"]["mode"], "scan");
+    assert_eq!(r["verdict"], "needs-attention", "{r:#}");
+    let pb = &r["windows"][0]["playbooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "mcafee-dat-5958")
+        .unwrap()
+        .clone();
+    assert_eq!(pb["status"], "found", "{pb:#}");
+    assert_eq!(
+        victim::disk_sha256(&v).unwrap(),
+        before,
+        "scan mode must not change a byte"
+    );
+    let img = UsbImage::open(&stick).unwrap();
+    assert_eq!(defib_builder::inspect::reports(&img).unwrap().len(), 1);
+}
