@@ -367,7 +367,7 @@ impl Ctx<'_> {
                     continue;
                 }
             }
-            let results = self.action(pb, a, &matched);
+            let results = self.action(pb, a, matched);
             let mut did = false;
             for ar in results {
                 match ar.status {
