@@ -1286,4 +1286,4 @@ pub fn undo(root: &Path, run_id: &str) -> Result<UndoResult> {
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -28,7 +28,7 @@ const XP: [u16; 4] = [5, 1, 2600, 5512];
 
 /// A good svchost.exe: a real PE with XP SP3's version and an extra tail so
 /// its hash is its own.
-fn good_svchost() -> Vec<u8> {
+pub(crate) fn good_svchost() -> Vec<u8> {
     let mut p = pe(Arch::X86, XP);
     p.extend_from_slice(b"svchost fixture");
     p
@@ -42,7 +42,7 @@ fn write(root: &Path, rel: &str, data: &[u8]) -> PathBuf {
 }
 
 /// An XP SP3 volume after DAT 5958: svchost.exe gone, DATs in place.
-fn xp_victim(root: &Path, dat: u32) {
+pub(crate) fn xp_victim(root: &Path, dat: u32) {
     std::fs::create_dir_all(root.join("WINDOWS/system32/config")).unwrap();
     make_hive(
         &root.join("WINDOWS/system32/config/SOFTWARE"),

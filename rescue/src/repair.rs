@@ -520,3 +520,174 @@ pub fn write_victim_reports(
     crate::report::write_atomic(&dir, "report.txt", render_text(r).as_bytes())?;
     Ok(Some(dir))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::{good_svchost, xp_victim};
+
+    /// Volumes are plain folders; records how they were mounted.
+    struct FakeOps {
+        dir: PathBuf,
+        dirty: bool,
+        mounts: Vec<(bool, bool)>,
+    }
+
+    impl VolumeOps for FakeOps {
+        fn bitlocker(&mut self, _dev: &str) -> Result<BitlockerState> {
+            Ok(BitlockerState {
+                encryption_method: Some("AES-XTS-128".into()),
+                key_protectors: vec![
+                    "3fd763f9-74c7-4e90-8fa2-1f6a2e2b4e0c (recovery-password)".into()
+                ],
+            })
+        }
+        fn ntfs_dirty(&mut self, _dev: &str) -> Result<bool> {
+            Ok(self.dirty)
+        }
+        fn mount(&mut self, _dev: &str, rw: bool, force: bool) -> Result<PathBuf> {
+            self.mounts.push((rw, force));
+            Ok(self.dir.clone())
+        }
+        fn umount(&mut self, _dev: &str) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, FakeOps, Payloads) {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("vol");
+        xp_victim(&root, 5958);
+        let p = root.join("WINDOWS/system32/dllcache/svchost.exe");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, good_svchost()).unwrap();
+        let payloads = Payloads {
+            playbooks: crate::playbook::load_dir(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads/playbooks"),
+            )
+            .unwrap(),
+            store: Store::open(&d.path().join("none")).unwrap(),
+        };
+        let ops = FakeOps {
+            dir: root,
+            dirty: false,
+            mounts: Vec::new(),
+        };
+        (d, ops, payloads)
+    }
+
+    #[test]
+    fn repair_mounts_read_write_only_when_needed() {
+        let (_d, mut ops, payloads) = setup();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        assert_eq!(ops.mounts, [(false, false), (true, false)]);
+        assert!(r[0].state.written && r[0].mount.is_some());
+        // Again: clean, and never mounted read-write.
+        ops.mounts.clear();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run2");
+        assert_eq!(r[0].verdict, Verdict::Clean, "{r:#?}");
+        assert_eq!(ops.mounts, [(false, false)]);
+        assert!(r[0].mount.is_none());
+    }
+
+    #[test]
+    fn hibernated_volume_is_not_written() {
+        let (_d, mut ops, payloads) = setup();
+        std::fs::write(ops.dir.join("hiberfil.sys"), b"HIBR\0\0\0\0rest").unwrap();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        assert_eq!(r[0].verdict, Verdict::NeedsAttention);
+        assert!(r[0].reason.contains("hibernated"), "{}", r[0].reason);
+        assert!(r[0].next_step.contains("powercfg"), "{}", r[0].next_step);
+        assert_eq!(ops.mounts, [(false, false)]);
+        assert!(!ops.dir.join("defib").exists());
+        // A resumed image ("wake") is fine to write.
+        std::fs::write(ops.dir.join("hiberfil.sys"), b"wake\0\0\0\0").unwrap();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run2");
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+    }
+
+    #[test]
+    fn dirty_volume_is_not_written_unless_the_playbook_allows() {
+        let (_d, mut ops, mut payloads) = setup();
+        ops.dirty = true;
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        assert_eq!(r[0].verdict, Verdict::NeedsAttention);
+        assert!(
+            r[0].reason.contains("dirty") && r[0].next_step.contains("chkdsk"),
+            "{r:#?}"
+        );
+        assert_eq!(r[0].state.dirty, Some(true));
+        assert!(!ops.dir.join("defib").exists());
+        for p in &mut payloads.playbooks {
+            p.allow_dirty = true;
+        }
+        ops.mounts.clear();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run2");
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        assert_eq!(
+            ops.mounts,
+            [(false, false), (true, true)],
+            "read-write with ntfs3 force"
+        );
+    }
+
+    #[test]
+    fn bitlocker_is_reported_with_protectors_and_never_mounted() {
+        let (_d, mut ops, payloads) = setup();
+        let r = check_volume(&mut ops, "sda3", true, &payloads, Intent::Repair, "run1");
+        assert_eq!(r[0].verdict, Verdict::NeedsAttention);
+        assert!(r[0].reason.contains("BitLocker"));
+        assert!(
+            r[0].state.bitlocker.as_ref().unwrap().key_protectors[0].contains("recovery-password")
+        );
+        assert!(ops.mounts.is_empty());
+    }
+
+    #[test]
+    fn scan_intent_never_writes() {
+        let (_d, mut ops, payloads) = setup();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Scan, "run1");
+        assert_eq!(r[0].verdict, Verdict::NeedsAttention);
+        assert!(r[0].reason.contains("nothing changed"), "{}", r[0].reason);
+        assert_eq!(ops.mounts, [(false, false)]);
+    }
+
+    #[test]
+    fn text_report_names_the_verdict_and_actions() {
+        let (_d, mut ops, payloads) = setup();
+        let w = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        let rep = crate::report::Report {
+            schema: 1,
+            defib_version: "t".into(),
+            run_id: "run1".into(),
+            started: "s".into(),
+            finished: "f".into(),
+            build_id: None,
+            machine: Default::default(),
+            boot: crate::report::Boot {
+                firmware: crate::report::Firmware::Uefi,
+                secure_boot: true,
+                mode: crate::cmdline::Mode::Auto,
+                medium: crate::report::MediumKind::Usb,
+                kernel: "k".into(),
+                cmdline: "c".into(),
+            },
+            modules: Default::default(),
+            volumes: Vec::new(),
+            windows: w,
+            messages: Vec::new(),
+            verdict: Verdict::Repaired,
+        };
+        let t = render_text(&rep);
+        assert!(t.contains("VERDICT: REPAIRED"), "{t}");
+        assert!(
+            t.contains(r"restore WINDOWS\system32\svchost.exe [Done]"),
+            "{t}"
+        );
+        let dir = write_victim_reports(&ops.dir, "run1", &rep)
+            .unwrap()
+            .unwrap();
+        assert!(dir.join("report.json").is_file() && dir.join("report.txt").is_file());
+    }
+}
