@@ -657,9 +657,8 @@ impl Ctx<'_> {
             let rd = self.run_dir()?;
             let vault = rd.vault_path(&relpath);
             let vrel = rd.rel_to_run(&vault);
-            let seq = rd.next_seq();
-            let mut step = Step {
-                seq,
+            let step = Step {
+                seq: 0,
                 state: StepState::Intent,
                 op: Op::Neutralize,
                 playbook: pb.id.clone(),
@@ -671,28 +670,15 @@ impl Ctx<'_> {
                 error: None,
                 time: utc_now(),
             };
-            rd.record(&step)?;
-            let res = journal::move_noreplace(p, &vault).and_then(|_| {
+            rd.step(step, || {
+                journal::move_noreplace(p, &vault)?;
                 let h = journal::sha256_file(&vault)?;
                 if h != before {
                     bail!("the vault copy reads back as {h}, expected {before}");
                 }
                 Ok(())
-            });
-            step.time = utc_now();
-            match res {
-                Ok(()) => {
-                    step.state = StepState::Done;
-                    rd.record(&step)?;
-                    Ok(vrel)
-                }
-                Err(e) => {
-                    step.state = StepState::Failed;
-                    step.error = Some(format!("{e:#}"));
-                    rd.record(&step)?;
-                    Err(e)
-                }
-            }
+            })?;
+            Ok(vrel)
         })();
         match outcome {
             Ok(v) => {
@@ -1093,9 +1079,8 @@ impl Ctx<'_> {
             let rd = self.run_dir()?;
             let vault = existing.as_ref().map(|_| rd.vault_path(&relpath));
             let vrel = vault.as_ref().map(|v| rd.rel_to_run(v));
-            let seq = rd.next_seq();
-            let mut step = Step {
-                seq,
+            let step = Step {
+                seq: 0,
                 state: StepState::Intent,
                 op,
                 playbook: pb.id.clone(),
@@ -1107,28 +1092,14 @@ impl Ctx<'_> {
                 error: None,
                 time: utc_now(),
             };
-            rd.record(&step)?;
-            let res = (|| -> Result<()> {
+            rd.step(step, || {
                 if let (Some(p), Some(v)) = (&existing, &vault) {
                     journal::move_noreplace(p, v)?;
                 }
                 journal::create_verified(&target, &data)?;
                 Ok(())
-            })();
-            step.time = utc_now();
-            match res {
-                Ok(()) => {
-                    step.state = StepState::Done;
-                    rd.record(&step)?;
-                    Ok(vrel)
-                }
-                Err(e) => {
-                    step.state = StepState::Failed;
-                    step.error = Some(format!("{e:#}"));
-                    rd.record(&step)?;
-                    Err(e)
-                }
-            }
+            })?;
+            Ok(vrel)
         })();
         match outcome {
             Ok(v) => {

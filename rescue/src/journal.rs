@@ -137,6 +137,26 @@ impl RunDir {
         Ok(())
     }
 
+    /// Carries out one step write-ahead: the `intent` line is on disk
+    /// before `act` runs; then a `done` line, or a `failed` line with the
+    /// error (which is also returned).
+    pub fn step(&mut self, mut step: Step, act: impl FnOnce() -> Result<()>) -> Result<()> {
+        step.seq = self.next_seq();
+        step.state = StepState::Intent;
+        self.record(&step)?;
+        let res = act();
+        step.time = crate::report::rfc3339(std::time::SystemTime::now());
+        match &res {
+            Ok(()) => step.state = StepState::Done,
+            Err(e) => {
+                step.state = StepState::Failed;
+                step.error = Some(format!("{e:#}"));
+            }
+        }
+        self.record(&step)?;
+        res
+    }
+
     /// Where the vault copy of a volume-relative path goes.
     pub fn vault_path(&self, rel: &Path) -> PathBuf {
         self.dir.join(VAULT).join(rel)
