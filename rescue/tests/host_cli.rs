@@ -1,0 +1,140 @@
+//! `rescue scan|fix|undo --root` as an admin runs it on a Linux host
+//! against a mounted Windows volume (here a folder shaped like one).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn corpus(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/corpora")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "corpus file {} is missing: the shared corpora must sit beside the repo",
+        p.display()
+    );
+    p
+}
+
+fn rescue(args: &[&str], root: &Path) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_rescue"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .arg("--payloads")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads"))
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// A Windows 10 volume whose SOFTWARE hive is unreadable, so the build
+/// comes from ntoskrnl.exe's version (a real Microsoft PE from the
+/// corpora), with CrowdStrike's bad channel file in place.
+fn victim(dir: &Path) -> PathBuf {
+    let root = dir.join("vol");
+    let sys = root.join("Windows/System32");
+    std::fs::create_dir_all(sys.join("config")).unwrap();
+    std::fs::write(sys.join("config/SOFTWARE"), b"not a hive").unwrap();
+    std::fs::copy(corpus("pe/kernel32.dll"), sys.join("ntoskrnl.exe")).unwrap();
+    let cs = sys.join("drivers/CrowdStrike");
+    std::fs::create_dir_all(&cs).unwrap();
+    let bad = cs.join("C-00000291-00000000-00000032.sys");
+    std::fs::write(&bad, [0xAA, 0xAA, 0xAA, 0xAA, 1, 0, 0x23, 1, 0]).unwrap();
+    // Stamped like the broken update (files from 05:27 UTC on are good).
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_721_362_153); // 2024-07-19T04:09:13Z
+    std::fs::File::options()
+        .write(true)
+        .open(&bad)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    std::fs::write(cs.join("C-00000285-00000000-00000001.sys"), b"keep").unwrap();
+    root
+}
+
+#[test]
+fn scan_fix_undo_on_a_mounted_volume() {
+    let d = tempfile::tempdir().unwrap();
+    let root = victim(d.path());
+    let bad = root.join("Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys");
+
+    let (code, out) = rescue(&["scan", "--json"], &root);
+    assert_eq!(code, 1, "scan finds damage: exit 1\n{out}");
+    let r: serde_json::Value = serde_json::from_str(&out[..out.rfind('}').unwrap() + 1]).unwrap();
+    assert_eq!(r["windows"][0]["playbooks"][0]["status"], "found", "{r:#}");
+    assert!(
+        r["windows"][0]["identity"]["notes"]
+            .to_string()
+            .contains("ntoskrnl"),
+        "{r:#}"
+    );
+    assert!(
+        bad.exists() && !root.join("defib").exists(),
+        "scan writes nothing"
+    );
+
+    let (code, out) = rescue(&["fix", "--dry-run"], &root);
+    assert_eq!(code, 1, "{out}");
+    assert!(bad.exists());
+
+    let (code, out) = rescue(&["fix"], &root);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("VERDICT: REPAIRED"), "{out}");
+    assert!(!bad.exists());
+    assert!(root
+        .join("Windows/System32/drivers/CrowdStrike/C-00000285-00000000-00000001.sys")
+        .exists());
+    let runs: Vec<_> = std::fs::read_dir(root.join("defib")).unwrap().collect();
+    assert_eq!(runs.len(), 1);
+    let run = runs[0].as_ref().unwrap().path();
+    for f in ["journal.jsonl", "report.json", "report.txt"] {
+        assert!(run.join(f).is_file(), "{f} missing in {}", run.display());
+    }
+
+    let (code, out) = rescue(&["fix"], &root);
+    assert_eq!(code, 0, "second run: nothing to do\n{out}");
+    assert_eq!(
+        std::fs::read_dir(root.join("defib")).unwrap().count(),
+        1,
+        "a clean run writes no run folder"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_rescue"))
+        .args(["undo", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        std::fs::read(&bad).unwrap(),
+        [0xAA, 0xAA, 0xAA, 0xAA, 1, 0, 0x23, 1, 0]
+    );
+}
+
+#[test]
+fn no_windows_exits_3_and_bad_payloads_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, out) = rescue(&["scan"], d.path());
+    assert_eq!(code, 3, "{out}");
+    let pb = d.path().join("p/playbooks");
+    std::fs::create_dir_all(&pb).unwrap();
+    std::fs::write(pb.join("bad.toml"), "schema = 1\nid = \"x\"\ntitle = \n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rescue"))
+        .args(["scan", "--root"])
+        .arg(d.path())
+        .arg("--payloads")
+        .arg(d.path().join("p"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.toml:3:"), "{err}");
+}
