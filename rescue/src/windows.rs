@@ -9,55 +9,17 @@
 
 use crate::pe;
 use crate::playbook::Arch;
-use crate::winreg::{eq_ci, Hive, RegData};
+use crate::winreg::{Hive, RegData};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Resolves a relative Windows path (components) under root, matching each
-/// component case-insensitively (NTFS names are case-insensitive, Linux's
-/// view of them is not). Two entries that differ only in case are an error
-/// naming both — ambiguity is never resolved silently, even when one of
-/// them matches exactly. `Ok(None)` when a component does not exist.
+/// Resolves a relative Windows path (components) under root without
+/// regard to case; see [`crate::winpath::resolve`] (two entries differing
+/// only in case are an error naming both). `Ok(None)` when a component
+/// does not exist.
 pub fn resolve_ci(root: &Path, rel: &[&str]) -> Result<Option<PathBuf>> {
-    let mut cur = root.to_path_buf();
-    for part in rel {
-        // Always list the directory, even when the exact name exists: a
-        // second entry differing only in case must be seen to be refused.
-        let wanted = cur.join(part);
-        let entries = match std::fs::read_dir(&cur) {
-            Ok(e) => e,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.kind() == std::io::ErrorKind::NotADirectory =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e).with_context(|| format!("listing {}", cur.display())),
-        };
-        let mut found: Vec<PathBuf> = Vec::new();
-        for entry in entries {
-            let entry = entry.with_context(|| format!("listing {}", cur.display()))?;
-            let name = entry.file_name();
-            if eq_ci(&name.to_string_lossy(), part) {
-                found.push(entry.path());
-            }
-        }
-        found.sort();
-        match found.len() {
-            0 => return Ok(None),
-            1 => cur = found.remove(0),
-            _ => bail!(
-                "ambiguous path: {} differ only in case (looking for {})",
-                found
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" and "),
-                wanted.display()
-            ),
-        }
-    }
-    Ok(Some(cur))
+    let parts: Vec<String> = rel.iter().map(|s| s.to_string()).collect();
+    crate::winpath::resolve(root, &parts)
 }
 
 /// One Windows installation and what we could learn about it.
