@@ -99,6 +99,55 @@ pub fn grub_cfg(entries: &[BootEntry], build_id: &str) -> String {
     s
 }
 
+/// The syslinux menu modules (BIOS, from `syslinux-common`) the config
+/// below needs beside it: `menu.c32` and the libraries it links against,
+/// and the two COM32 modules behind the Reboot and Power off entries.
+pub const SYSLINUX_MODULES: &[&str] = &[
+    "menu.c32",
+    "libutil.c32",
+    "libcom32.c32",
+    "reboot.c32",
+    "poweroff.c32",
+];
+
+/// `syslinux.cfg` (USB, BIOS) and `isolinux.cfg` (ISO, BIOS): the same
+/// entries and command lines as [`grub_cfg`], for syslinux 6's `menu.c32`.
+/// Paths are absolute from the root of the volume syslinux booted from.
+///
+/// Syntax: syslinux `doc/syslinux.txt` (SERIAL, TIMEOUT in tenths of a
+/// second, `INITRD a,b` for several initramfs segments) and `doc/menu.txt`
+/// (`^` in a MENU LABEL marks the entry's hotkey).
+pub fn syslinux_cfg(entries: &[BootEntry], build_id: &str) -> String {
+    let default = entries.first().map(|e| e.id.as_str()).unwrap_or("auto");
+    let mut s = format!(
+        "# defib boot menu, build {build_id}\n\
+         SERIAL 0 115200\n\
+         UI menu.c32\n\
+         PROMPT 0\n\
+         TIMEOUT {}\n\
+         DEFAULT {default}\n\
+         MENU TITLE defib\n\n",
+        TIMEOUT * 10
+    );
+    for e in entries {
+        let key = hotkey(&e.id);
+        let title = e.title.replace(&format!("[{key}]"), &format!("[^{key}]"));
+        s.push_str(&format!(
+            "LABEL {}\n\
+             \tMENU LABEL defib: {title}\n\
+             \tLINUX /{KERNEL}\n\
+             \tINITRD /{INITRD},/{PAYLOADS}\n\
+             \tAPPEND {}\n\n",
+            e.id, e.cmdline
+        ));
+    }
+    s.push_str(
+        "LABEL reboot\n\tMENU LABEL Reboot\n\tCOM32 reboot.c32\n\n\
+         LABEL poweroff\n\tMENU LABEL Power off\n\tCOM32 poweroff.c32\n",
+    );
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +173,28 @@ mod tests {
         assert!(cfg.contains("--hotkey=s --id scan"));
         assert!(cfg.contains("terminal_output console serial"));
         assert!(cfg.contains("initrd /defib/initrd.img /defib/payloads.img"));
+    }
+
+    #[test]
+    fn syslinux_cfg_matches_the_grub_menu() {
+        let e = entries(After::Poweroff);
+        let cfg = syslinux_cfg(&e, "abc");
+        assert!(cfg.contains("SERIAL 0 115200\nUI menu.c32\n"));
+        assert!(cfg.contains("TIMEOUT 50\nDEFAULT auto\n"));
+        let first = cfg.find("LABEL ").unwrap();
+        assert!(cfg[first..].starts_with("LABEL auto\n"));
+        for (entry, key) in e.iter().zip(['r', 's', 'h']) {
+            assert!(cfg.contains(&format!("\tAPPEND {}\n", entry.cmdline)));
+            let label = format!("LABEL {}\n\tMENU LABEL defib: ", entry.id);
+            let at = cfg.find(&label).unwrap() + label.len();
+            let line = cfg[at..].lines().next().unwrap();
+            assert!(line.ends_with(&format!("[^{key}]")), "{line}");
+        }
+        assert_eq!(
+            cfg.matches("\tINITRD /defib/initrd.img,/defib/payloads.img\n")
+                .count(),
+            3
+        );
+        assert!(cfg.contains("COM32 reboot.c32"));
     }
 }

@@ -396,7 +396,13 @@ pub fn payload_archive(dir: &Path) -> Result<Archive> {
 /// Builds the USB image.
 pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummary> {
     let mut staged = stage(cfg, log)?;
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // Legacy BIOS: syslinux on the same FAT32, the same menu as GRUB's.
+    let syslinux = crate::bios::Syslinux::load(&crate::deb::scan_dir(&cfg.debs)?, &cfg.debs)?;
+    staged.manifest.parts.extend(syslinux.parts.iter().cloned());
+    let mut files: BTreeMap<String, Vec<u8>> = syslinux.esp_files(&bootmenu::syslinux_cfg(
+        &staged.manifest.boot_entries,
+        &staged.manifest.build_id,
+    ));
     files.insert("EFI/BOOT/BOOTX64.EFI".into(), staged.shim.clone());
     files.insert("EFI/BOOT/grubx64.efi".into(), staged.grub.clone());
     files.insert(
@@ -431,7 +437,20 @@ pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummar
         legacy_bios_bootable: true,
     };
     log(&format!("writing {}", cfg.out.display()));
-    let summary = write_usb_image(&spec, &cfg.out)?;
+    // Written under a temp name, made BIOS-bootable, then renamed: a failed
+    // syslinux install leaves no half-bootable image at `out`.
+    let tmp = bios_tmp_path(&cfg.out)?;
+    let summary = write_usb_image(&spec, &tmp)?;
+    log("installing syslinux (legacy BIOS boot)");
+    if let Err(e) = syslinux.install(&tmp, summary.esp_offset, cfg.source_date_epoch) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!(
+            "making {} bootable on legacy BIOS",
+            cfg.out.display()
+        )));
+    }
+    std::fs::rename(&tmp, &cfg.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), cfg.out.display()))?;
     Ok(BuildSummary {
         image: cfg.out.clone(),
         image_size: summary.size,
@@ -442,6 +461,15 @@ pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummar
         modules: staged.manifest.modules.loaded.len(),
         manifest: staged.manifest,
     })
+}
+
+/// `.<name>.bios-<pid>` beside `out`.
+fn bios_tmp_path(out: &Path) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a file path", out.display()))?
+        .to_string_lossy();
+    Ok(out.with_file_name(format!(".{name}.bios-{}", std::process::id())))
 }
 
 #[cfg(test)]

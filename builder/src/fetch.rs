@@ -32,6 +32,10 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
     "syslinux",
     "syslinux-common",
+    // isolinux.bin and isohdpfx.bin for the hybrid ISO's BIOS boot.
+    "isolinux",
+    // iPXE for PXE trees: undionly.kpxe (BIOS) and snponly.efi (UEFI).
+    "ipxe",
 ];
 
 /// Debian release code names a host may be on; their suites map to ours.

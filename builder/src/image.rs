@@ -879,6 +879,126 @@ fn replace_file<T: fatfs::ReadWriteSeek>(
     Ok(())
 }
 
+/// Puts back what an outside tool changed on the ESP of the image at
+/// `path` (syslinux's mtools-based installer stamps the files it writes
+/// with the current time): every file's created, modified and accessed
+/// stamps become `epoch`, and the FAT32 backup boot sector (fatgen103
+/// §3.3, BPB_BkBootSec) becomes a copy of the boot sector the tool
+/// rewrote, so the image is reproducible and `fsck.fat` sees them agree.
+pub fn restamp_esp(path: &Path, epoch: u64) -> Result<()> {
+    let img = UsbImage::open(path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {} for writing", path.display()))?;
+    {
+        let slice = StreamSlice::new(&mut file, img.esp_offset, img.esp_offset + img.esp_size)
+            .with_context(|| format!("seeking to the ESP of {}", path.display()))?;
+        let mut disk = BufStream::new(slice);
+        let mut boot = [0u8; SECTOR as usize];
+        disk.seek(SeekFrom::Start(0))
+            .and_then(|_| disk.read_exact(&mut boot))
+            .context("reading the ESP's boot sector")?;
+        disk.seek(SeekFrom::Start(BACKUP_BOOT_SECTOR * SECTOR))
+            .and_then(|_| disk.write_all(&boot))
+            .context("writing the ESP's backup boot sector")?;
+        disk.seek(SeekFrom::Start(0)).context("rewinding the ESP")?;
+        {
+            let fs = FileSystem::new(&mut disk, fs_options(epoch))
+                .with_context(|| format!("mounting the ESP of {}", path.display()))?;
+            stamp_tree(&fs.root_dir(), "", fixed_date_time(epoch))?;
+            fs.unmount()
+                .with_context(|| format!("unmounting the ESP of {}", path.display()))?;
+        }
+        disk.flush().context("flushing the ESP")?;
+    }
+    fix_dirs(&mut file, img.esp_offset, img.esp_size)?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Sets every file's stamps under `dir` (named `path`, for errors) to `when`.
+fn stamp_tree<T: fatfs::ReadWriteSeek>(
+    dir: &fatfs::Dir<T>,
+    path: &str,
+    when: DateTime,
+) -> Result<()> {
+    let entries: Vec<_> = dir
+        .iter()
+        .collect::<io::Result<_>>()
+        .with_context(|| format!("listing /{path}"))?;
+    for e in entries {
+        let name = e.file_name();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let child = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}/{name}")
+        };
+        if e.is_dir() {
+            stamp_tree(&e.to_dir(), &child, when)?;
+        } else {
+            let mut f = e.to_file();
+            #[allow(deprecated)]
+            {
+                f.set_created(when);
+                f.set_modified(when);
+                f.set_accessed(when.date);
+            }
+            f.flush().with_context(|| format!("stamping /{child}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A bare FAT volume (no partition table) holding `spec.files` and
+/// `spec.dirs`, with `spec.free_space` left over: the EFI boot image of
+/// the hybrid ISO (El Torito, UEFI 2.10 §13.3.2.1). Unlike the USB ESP the
+/// FAT type follows the size, so a few MiB come out FAT12 or FAT16, which
+/// is what such images usually are and what every UEFI FAT driver reads.
+/// `spec.seed` gives the volume id, `spec.mtime` every stamp.
+pub fn fat_image(spec: &EspSpec) -> Result<Vec<u8>> {
+    check_label(&spec.label)?;
+    for path in spec.files.keys().chain(&spec.dirs) {
+        check_fat_path(path)?;
+    }
+    // Size for the worst cluster fatfs may pick for a small volume (4 KiB),
+    // plus the FATs, root directory and a margin, in whole 64 KiB.
+    let content = content_bytes(spec, 4096)?;
+    let size = round_up(
+        content + spec.free_space + content / 16 + 256 * 1024,
+        64 * 1024,
+    );
+    let sectors = u32::try_from(size / SECTOR)
+        .map_err(|_| anyhow!("FAT image of {size} bytes is too big"))?;
+    let mut buf = io::Cursor::new(vec![0u8; size as usize]);
+    let mut label = [b' '; 11];
+    label[..spec.label.len()].copy_from_slice(spec.label.as_bytes());
+    fatfs::format_volume(
+        &mut buf,
+        FormatVolumeOptions::new()
+            .bytes_per_sector(SECTOR as u16)
+            .total_sectors(sectors)
+            .volume_id(Ids::from_seed(&spec.seed).volume_id)
+            .volume_label(label),
+    )
+    .context("formatting the FAT image")?;
+    buf.set_position(0);
+    {
+        let fs = FileSystem::new(&mut buf, fs_options(spec.mtime))
+            .context("mounting the new FAT image")?;
+        write_tree(&fs, spec)?;
+        fs.unmount().context("unmounting the FAT image")?;
+    }
+    // No `dotfix` pass: it handles FAT32 only. The "." and ".." entries
+    // fatfs writes are odd but harmless to the UEFI FAT driver reading
+    // \EFI\BOOT by name.
+    Ok(buf.into_inner())
+}
+
 // `#[path]` so the submodules resolve the same whether this file is
 // reached as `image.rs` or included from elsewhere.
 #[path = "image/dotfix.rs"]

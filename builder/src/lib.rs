@@ -2,6 +2,7 @@
 //! binary and the payloads into a bootable USB image, and reads used images
 //! back.
 
+pub mod bios;
 pub mod bootmenu;
 pub mod build;
 pub mod cpio;
@@ -10,9 +11,11 @@ pub mod fetch;
 pub mod fleet;
 pub mod image;
 pub mod inspect;
+pub mod iso;
 pub mod kmod;
 pub mod manifest;
 pub mod progress;
+pub mod pxe;
 pub mod qemu;
 pub mod size;
 pub mod store;

@@ -25,6 +25,8 @@ enum Cmd {
     Fetch(FetchConfig),
     /// Build the USB image (fetches the boot parts first if needed)
     Build(BuildArgs),
+    /// Write a PXE/HTTP network boot tree (folder or .zip) of the same build
+    Pxe(PxeConfig),
     /// Show an image's manifest and the reports left on a used stick
     Inspect(InspectConfig),
     /// Boot an image in QEMU (software emulation) and show its console
@@ -63,7 +65,7 @@ struct ReportsConfig {
 
 #[derive(Args)]
 struct TryConfig {
-    /// The image to boot, attached as a USB stick
+    /// The image to boot: a USB stick, or a CD-ROM if it ends in .iso
     image: PathBuf,
     /// Firmware to boot with
     #[arg(long, value_enum, default_value = "uefi-sb")]
@@ -102,9 +104,13 @@ struct FetchConfig {
 
 #[derive(Args)]
 struct BuildArgs {
-    /// Where to write the image
-    #[arg(long, value_name = "FILE", default_value = "out/defib.img")]
-    out: PathBuf,
+    /// Where to write the image [default: out/defib.img, or out/defib.iso]
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// usb: GPT + FAT32 disk image (UEFI and BIOS); iso: hybrid ISO (CD,
+    /// virtual media, or written to a stick)
+    #[arg(long, value_enum, default_value = "usb")]
+    format: Format,
     /// Take the .deb files from this folder (offline, air-gapped builds)
     #[arg(long, value_name = "DIR")]
     debs: Option<PathBuf>,
@@ -140,6 +146,55 @@ struct BuildArgs {
 }
 
 #[derive(Args)]
+struct PxeConfig {
+    /// Where to write the tree: a folder, or a FILE.zip
+    #[arg(long, value_name = "DIR|FILE.zip", default_value = "out/pxe")]
+    out: PathBuf,
+    /// Base URL serving the tree, for boot-http.ipxe (big files over HTTP)
+    #[arg(long, value_name = "URL")]
+    http_base: Option<String>,
+    /// Extra kernel arguments, e.g. 'defib.report=http://10.0.0.5/reports/'
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    append: Option<String>,
+    /// Take the .deb files from this folder (offline, air-gapped builds)
+    #[arg(long, value_name = "DIR")]
+    debs: Option<PathBuf>,
+    /// Payloads folder (playbooks, known-good store) [default: ./payloads]
+    #[arg(long, value_name = "DIR")]
+    payloads: Option<PathBuf>,
+    /// The static rescue binary [default: next to this defib build]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "DEFIB_RESCUE",
+        hide_env_values = true
+    )]
+    rescue: Option<PathBuf>,
+    /// Kernel module list (TOML) [default: the built-in list]
+    #[arg(long, value_name = "FILE")]
+    modules: Option<PathBuf>,
+    /// What the rescue does after its verdict
+    #[arg(long, value_enum, default_value = "reboot")]
+    after: After,
+    /// Never download: fail if the boot parts are not in the cache
+    #[arg(long)]
+    offline: bool,
+    /// Debian mirror URL, if parts must be fetched
+    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR", hide_env_values = true)]
+    mirror: Option<String>,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// The medium `defib build` writes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Usb,
+    Iso,
+}
+
+#[derive(Args)]
 struct InspectConfig {
     /// A defib image file or the block device of a used stick
     image: PathBuf,
@@ -153,6 +208,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Fetch(c) => cmd_fetch(c),
         Cmd::Build(c) => cmd_build(c),
+        Cmd::Pxe(c) => cmd_pxe(c),
         Cmd::Inspect(c) => cmd_inspect(c),
         Cmd::Try(c) => cmd_try(c),
         Cmd::Playbook(PlaybookCmd::Check { paths }) => cmd_playbook_check(paths),
@@ -281,7 +337,12 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
             None => default_rescue()?,
         },
         payloads: c.payloads.unwrap_or_else(|| PathBuf::from("payloads")),
-        out: c.out,
+        out: c.out.clone().unwrap_or_else(|| {
+            PathBuf::from(match c.format {
+                Format::Usb => "out/defib.img",
+                Format::Iso => "out/defib.iso",
+            })
+        }),
         free_space: c.free_space,
         source_date_epoch: source_date_epoch()?,
         modules: ModuleList::parse(&modules_text, &origin)?,
@@ -292,7 +353,10 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let s = build(&cfg, &mut |m| p.step(m))?;
+    let s = match c.format {
+        Format::Usb => build(&cfg, &mut |m| p.step(m))?,
+        Format::Iso => defib_builder::iso::build_iso(&cfg, &mut |m| p.step(m))?,
+    };
     p.finish();
     if c.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -310,6 +374,71 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
             "write it to a stick with: sudo dd if={} of=/dev/sdX bs=4M conv=fsync",
             s.image.display()
         );
+    }
+    Ok(())
+}
+
+fn cmd_pxe(c: PxeConfig) -> Result<()> {
+    let mut p = Progress::new(c.json);
+    let debs = match &c.debs {
+        Some(d) => d.clone(),
+        None => {
+            let d = fetch::default_debs_dir()?;
+            let have = fetch::describe(&d).unwrap_or_default();
+            if !fetch::PACKAGES
+                .iter()
+                .all(|n| have.iter().any(|f| f.package == *n))
+            {
+                if c.offline {
+                    anyhow::bail!(
+                        "boot parts missing in {} and --offline given; run `defib fetch` first",
+                        d.display()
+                    );
+                }
+                p.step("boot parts not cached yet: fetching");
+                run_fetch(&d, c.mirror.as_deref(), None, &mut p)?;
+            }
+            d
+        }
+    };
+    let (modules_text, origin) = match &c.modules {
+        Some(f) => (
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            f.display().to_string(),
+        ),
+        None => (DEFAULT_LIST.to_string(), "built-in module list".to_string()),
+    };
+    let cfg = BuildConfig {
+        debs,
+        rescue: match c.rescue {
+            Some(r) => r,
+            None => default_rescue()?,
+        },
+        payloads: c.payloads.unwrap_or_else(|| PathBuf::from("payloads")),
+        out: c.out.clone(),
+        free_space: 0,
+        source_date_epoch: source_date_epoch()?,
+        modules: ModuleList::parse(&modules_text, &origin)?,
+        modules_text,
+        after: c.after,
+    };
+    let opts = defib_builder::pxe::PxeOptions {
+        http_base: c.http_base,
+        append: c.append,
+    };
+    let s = defib_builder::pxe::build_pxe(&cfg, &c.out, &opts, &mut |m| p.step(m))?;
+    p.finish();
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{}: PXE tree of build {}, {} files, {} MiB",
+            s.out.display(),
+            s.build_id,
+            s.files.len() + 1,
+            s.files.iter().map(|f| f.size).sum::<u64>() >> 20
+        );
+        println!("next: see README.txt there, or docs/pxe.md");
     }
     Ok(())
 }
@@ -372,7 +501,15 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
 fn cmd_try(c: TryConfig) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("defib-try-{}", std::process::id()));
     let mut b = qemu::Boot::new(c.firmware, &scratch);
-    b.stick = Some(c.image.clone());
+    // An .iso goes in as a CD-ROM, anything else as a USB stick.
+    if c.image
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("iso"))
+    {
+        b.cdrom = Some(c.image.clone());
+    } else {
+        b.stick = Some(c.image.clone());
+    }
     b.disks = c.disk.iter().map(|d| (d.clone(), c.bus)).collect();
     b.timeout = std::time::Duration::from_secs(c.timeout);
     eprintln!(

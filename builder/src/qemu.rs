@@ -46,6 +46,8 @@ pub struct Boot {
     pub firmware: Firmware,
     /// Image attached as a USB stick on xHCI (boot device).
     pub stick: Option<PathBuf>,
+    /// ISO attached as an IDE/SATA CD-ROM drive (boot device).
+    pub cdrom: Option<PathBuf>,
     /// Disks attached as internal drives.
     pub disks: Vec<(PathBuf, Bus)>,
     /// Direct kernel boot instead of firmware boot: kernel, initrds, cmdline.
@@ -61,6 +63,26 @@ pub struct Boot {
     pub scratch: PathBuf,
     pub memory_mib: u32,
     pub extra: Vec<String>,
+    /// A NIC on QEMU's user-mode network (its TFTP server serves a folder);
+    /// without one the machine has no network (`-nic none`).
+    pub net: Option<Net>,
+}
+
+/// A NIC on QEMU's user-mode network: the guest sees a DHCP server, the
+/// host as 10.0.2.2, and TFTP serving `tftp`.
+#[derive(Debug, Clone)]
+pub struct Net {
+    /// Folder served over TFTP.
+    pub tftp: PathBuf,
+    /// DHCP boot file name, relative to `tftp`.
+    pub bootfile: String,
+    /// `e1000`, `virtio-net-pci`…
+    pub model: String,
+    /// `Some("")` disables the NIC's iPXE option ROM (`romfile=`), so
+    /// OVMF's own PXE runs; `None` keeps QEMU's default ROM.
+    pub romfile: Option<String>,
+    /// Boot from the network first.
+    pub boot_first: bool,
 }
 
 impl Boot {
@@ -68,6 +90,7 @@ impl Boot {
         Boot {
             firmware,
             stick: None,
+            cdrom: None,
             disks: Vec::new(),
             kernel: None,
             uuid: None,
@@ -77,6 +100,7 @@ impl Boot {
             scratch: scratch.to_path_buf(),
             memory_mib: 1024,
             extra: Vec::new(),
+            net: None,
         }
     }
 }
@@ -143,9 +167,30 @@ pub fn command(b: &Boot) -> Result<Command> {
         "-serial",
         "stdio",
         "-no-reboot",
-        "-nic",
-        "none",
     ]);
+    match &b.net {
+        None => {
+            c.args(["-nic", "none"]);
+        }
+        Some(n) => {
+            c.arg("-netdev").arg(format!(
+                "user,id=n0,tftp={},bootfile={}",
+                n.tftp.display(),
+                n.bootfile
+            ));
+            let mut dev = format!("{},netdev=n0", n.model);
+            if n.boot_first {
+                dev.push_str(",bootindex=0");
+            }
+            if let Some(rom) = &n.romfile {
+                dev.push_str(&format!(",romfile={rom}"));
+            }
+            c.args(["-device", &dev]);
+            if n.boot_first && b.firmware == Firmware::Bios {
+                c.args(["-boot", "n"]);
+            }
+        }
+    }
     c.args([
         "-m",
         &b.memory_mib.to_string(),
@@ -190,12 +235,22 @@ pub fn command(b: &Boot) -> Result<Command> {
             "if=none,id=stick,format=raw,file={}",
             stick.display()
         ));
-        c.args([
-            "-device",
-            "qemu-xhci,id=xhci",
-            "-device",
-            "usb-storage,bus=xhci.0,drive=stick,bootindex=0",
-        ]);
+        // With -kernel, QEMU's own linuxboot ROM holds boot index 0; the
+        // stick is then only a medium for the report.
+        let dev = if b.kernel.is_some() {
+            "usb-storage,bus=xhci.0,drive=stick"
+        } else {
+            "usb-storage,bus=xhci.0,drive=stick,bootindex=0"
+        };
+        c.args(["-device", "qemu-xhci,id=xhci", "-device", dev]);
+    }
+    if let Some(iso) = &b.cdrom {
+        // ide-cd lands on the PIIX IDE bus (pc) or the ICH9 AHCI (q35).
+        c.arg("-drive").arg(format!(
+            "if=none,id=cd,media=cdrom,format=raw,readonly=on,file={}",
+            iso.display()
+        ));
+        c.args(["-device", "ide-cd,drive=cd,bootindex=0"]);
     }
     for (i, (disk, bus)) in b.disks.iter().enumerate() {
         let id = format!("victim{i}");
@@ -373,6 +428,43 @@ mod tests {
     #[test]
     fn ansi_is_stripped() {
         assert_eq!(strip_ansi("\u{1b}[1;32mREPAIRED\u{1b}[0m\r"), "REPAIRED");
+    }
+
+    #[test]
+    fn network_boot_arguments() {
+        let d = tempfile::tempdir().unwrap();
+        let args = |b: &Boot| -> String {
+            command(b)
+                .unwrap()
+                .get_args()
+                .map(|a| a.to_string_lossy().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut b = Boot::new(Firmware::Bios, d.path());
+        assert!(args(&b).contains("-nic none"));
+        b.net = Some(Net {
+            tftp: PathBuf::from("/srv/t"),
+            bootfile: "boot.ipxe".into(),
+            model: "e1000".into(),
+            romfile: None,
+            boot_first: true,
+        });
+        let a = args(&b);
+        assert!(!a.contains("-nic none"));
+        assert!(a.contains("-netdev user,id=n0,tftp=/srv/t,bootfile=boot.ipxe"));
+        assert!(a.contains("-device e1000,netdev=n0,bootindex=0 -boot n"));
+        let mut b = Boot::new(Firmware::UefiSb, d.path());
+        b.net = Some(Net {
+            tftp: PathBuf::from("/srv/t"),
+            bootfile: "shimx64.efi".into(),
+            model: "virtio-net-pci".into(),
+            romfile: Some(String::new()),
+            boot_first: true,
+        });
+        let a = args(&b);
+        assert!(a.contains("-device virtio-net-pci,netdev=n0,bootindex=0,romfile= "));
+        assert!(!a.contains("-boot n"));
     }
 
     #[test]

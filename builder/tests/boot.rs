@@ -15,6 +15,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 fn assert_no_windows_report(
     stick: &std::path::Path,
     out: &defib_builder::qemu::Outcome,
+    firmware: &str,
     secure_boot: bool,
 ) {
     assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
@@ -30,7 +31,7 @@ fn assert_no_windows_report(
     );
     let r = single_report(stick);
     assert_eq!(r["schema"], 1);
-    assert_eq!(r["boot"]["firmware"], "uefi", "{r:#}");
+    assert_eq!(r["boot"]["firmware"], firmware, "{r:#}");
     assert_eq!(r["boot"]["secure_boot"], secure_boot, "{r:#}");
     assert_eq!(r["boot"]["mode"], "auto", "{r:#}");
     assert_eq!(r["boot"]["medium"], "usb", "{r:#}");
@@ -53,7 +54,7 @@ fn secure_boot_enforcing_boots_the_rescue_and_reports_true() {
     let dir = tempfile::tempdir().unwrap();
     let stick = image_copy(dir.path());
     let out = boot_stick(&stick, Firmware::UefiSb, dir.path(), BOOT_TIMEOUT);
-    assert_no_windows_report(&stick, &out, true);
+    assert_no_windows_report(&stick, &out, "uefi", true);
 }
 
 #[test]
@@ -62,7 +63,85 @@ fn plain_uefi_reports_secure_boot_false() {
     let dir = tempfile::tempdir().unwrap();
     let stick = image_copy(dir.path());
     let out = boot_stick(&stick, Firmware::Uefi, dir.path(), BOOT_TIMEOUT);
-    assert_no_windows_report(&stick, &out, false);
+    assert_no_windows_report(&stick, &out, "uefi", false);
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn seabios_boots_the_usb_image_through_syslinux() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot_stick(&stick, Firmware::Bios, dir.path(), BOOT_TIMEOUT);
+    assert!(
+        out.contains("SYSLINUX 6.04"),
+        "not booted through syslinux:\n{}",
+        out.text()
+    );
+    assert_no_windows_report(&stick, &out, "bios", false);
+}
+
+/// Boots the ISO as a CD-ROM with an XP McAfee victim attached. The CD is
+/// read-only, so the report is read back from the victim's run folder.
+fn iso_cdrom_repairs(firmware: Firmware, loader: &str, want_firmware: &str, secure_boot: bool) {
+    use common::victim::{self, McafeeSvchost};
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(dir.path(), McafeeSvchost::InDllcache).unwrap();
+    let mut b = defib_builder::qemu::Boot::new(firmware, dir.path());
+    b.cdrom = Some(iso());
+    b.disks = vec![(v.disk.clone(), defib_builder::qemu::Bus::Ahci)];
+    b.uuid = Some(UUID.to_string());
+    b.timeout = Duration::from_secs(360);
+    let out = defib_builder::qemu::run(&b).unwrap();
+    assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
+    assert!(
+        out.contains(loader),
+        "{loader} did not boot:\n{}",
+        out.text()
+    );
+    assert!(
+        out.contains("defib: verdict repaired"),
+        "no verdict line:\n{}",
+        out.text()
+    );
+    assert!(
+        out.contains("read-only ISO"),
+        "the rescue did not say the CD is read-only:\n{}",
+        out.text()
+    );
+    let runs: Vec<String> = victim::list_dir(&v, "defib")
+        .unwrap()
+        .into_iter()
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let r: serde_json::Value = serde_json::from_slice(
+        &victim::read_file(&v, &format!(r"defib\{}\report.json", runs[0]))
+            .unwrap()
+            .expect("no report.json on the victim"),
+    )
+    .unwrap();
+    assert_eq!(r["boot"]["medium"], "cdrom", "{r:#}");
+    assert_eq!(r["boot"]["firmware"], want_firmware, "{r:#}");
+    assert_eq!(r["boot"]["secure_boot"], secure_boot, "{r:#}");
+    assert_eq!(r["verdict"], "repaired", "{r:#}");
+    assert_eq!(r["machine"]["product_uuid"], UUID, "{r:#}");
+    assert_eq!(
+        victim::sha256_of(&v, victim::XP_SVCHOST).unwrap(),
+        v.expect.svchost_sha256,
+        "svchost.exe not restored"
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn iso_as_cdrom_under_seabios_repairs() {
+    iso_cdrom_repairs(Firmware::Bios, "ISOLINUX 6.04", "bios", false);
+}
+
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn iso_as_cdrom_under_secure_boot_repairs() {
+    iso_cdrom_repairs(Firmware::UefiSb, "GNU GRUB", "uefi", true);
 }
 
 /// Removes a PE image's Authenticode signature: zero the certificate table

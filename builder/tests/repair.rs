@@ -17,7 +17,18 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(360);
 
 fn boot(stick: &Path, disk: &Path, bus: Bus, scratch: &Path, keys: Option<char>) -> Outcome {
-    let mut b = Boot::new(Firmware::UefiSb, scratch);
+    boot_with(Firmware::UefiSb, stick, disk, bus, scratch, keys)
+}
+
+fn boot_with(
+    firmware: Firmware,
+    stick: &Path,
+    disk: &Path,
+    bus: Bus,
+    scratch: &Path,
+    keys: Option<char>,
+) -> Outcome {
+    let mut b = Boot::new(firmware, scratch);
     b.stick = Some(stick.to_path_buf());
     b.disks = vec![(disk.to_path_buf(), bus)];
     b.uuid = Some(UUID.to_string());
@@ -162,6 +173,27 @@ fn mcafee_svchost_from_dllcache() {
     let stick = image_copy(dir.path());
     let out = boot(&stick, &v.disk, Bus::Ahci, dir.path(), None);
     check_mcafee_repaired(&v, &stick, &out, "dllcache");
+}
+
+/// The 2010 victims were legacy-BIOS PCs: the same stick boots them through
+/// gptmbr.bin and syslinux.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn mcafee_repaired_through_bios_usb() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(dir.path(), McafeeSvchost::InDllcache).unwrap();
+    let stick = image_copy(dir.path());
+    let out = boot_with(Firmware::Bios, &stick, &v.disk, Bus::Ahci, dir.path(), None);
+    assert!(
+        out.contains("SYSLINUX"),
+        "not booted through syslinux:\n{}",
+        out.text()
+    );
+    check_mcafee_repaired(&v, &stick, &out, "dllcache");
+    let r = single_report(&stick);
+    assert_eq!(r["boot"]["firmware"], "bios", "{r:#}");
+    assert_eq!(r["boot"]["secure_boot"], false, "{r:#}");
+    assert_eq!(r["boot"]["medium"], "usb", "{r:#}");
 }
 
 #[test]

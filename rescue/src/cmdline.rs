@@ -58,6 +58,12 @@ pub struct BootArgs {
     pub consoles: Vec<PathBuf>,
     /// One line per bad value, for the screen and the report.
     pub warnings: Vec<String>,
+    /// `defib.report=`: where to PUT the report (checked by `net`).
+    pub report_url: Option<String>,
+    /// The kernel's `ip=`, as the boot loader passed it (parsed by `net`).
+    pub ip: Option<String>,
+    /// `BOOTIF=`: the MAC address of the NIC the machine booted from.
+    pub bootif: Option<String>,
 }
 
 impl Default for BootArgs {
@@ -69,6 +75,9 @@ impl Default for BootArgs {
             medium: None,
             consoles: Vec::new(),
             warnings: Vec::new(),
+            report_url: None,
+            ip: None,
+            bootif: None,
         }
     }
 }
@@ -106,6 +115,9 @@ impl BootArgs {
                     "cdrom" => args.medium = Some(MediumHint::Cdrom),
                     _ => args.bad(key, value, "none"),
                 },
+                "defib.report" if !value.is_empty() => args.report_url = Some(value.into()),
+                "ip" => args.ip = Some(value.into()),
+                "BOOTIF" => args.bootif = Some(value.into()),
                 "console" => {
                     // The name ends at the first comma: `ttyS0,115200n8`.
                     // Only plain device names are taken; anything with a
@@ -227,6 +239,18 @@ mod tests {
     fn odd_consoles_are_skipped() {
         let a = BootArgs::parse("console=../../etc/x console=null");
         assert!(a.consoles.is_empty());
+    }
+
+    #[test]
+    fn network_keys() {
+        let a = BootArgs::parse(
+            "ip=10.0.2.15::10.0.2.2:255.255.255.0 BOOTIF=01-52-54-00-12-34-56 \
+             defib.report=http://10.0.2.2:8080/r/",
+        );
+        assert_eq!(a.ip.as_deref(), Some("10.0.2.15::10.0.2.2:255.255.255.0"));
+        assert_eq!(a.bootif.as_deref(), Some("01-52-54-00-12-34-56"));
+        assert_eq!(a.report_url.as_deref(), Some("http://10.0.2.2:8080/r/"));
+        assert_eq!(BootArgs::parse("defib.report=").report_url, None);
     }
 
     #[test]

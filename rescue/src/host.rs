@@ -159,6 +159,7 @@ pub fn run(target: &Target, payloads: &Path, intent: Intent) -> Result<Report> {
         windows: windows.clone(),
         messages,
         verdict,
+        network: None,
     };
     for w in &windows {
         if let (Some(m), Some(_)) = (&w.mount, &w.run_dir) {

@@ -55,6 +55,7 @@ pub struct Run {
     volumes: crate::volumes::KernelVolumes,
     report_path: Option<String>,
     messages: Vec<String>,
+    network: Option<crate::net::Network>,
 }
 
 /// One step of the table.
@@ -114,6 +115,11 @@ pub const STEPS: &[Step] = &[
         fatal: false,
     },
     Step {
+        name: "network",
+        run: send_report,
+        fatal: false,
+    },
+    Step {
         name: "verdict",
         run: show_verdict,
         fatal: false,
@@ -152,6 +158,7 @@ impl Run {
             volumes: crate::volumes::KernelVolumes::new(root),
             report_path: None,
             messages: Vec::new(),
+            network: None,
         }
     }
 
@@ -579,6 +586,7 @@ fn build_report(run: &Run) -> Report {
         windows: run.windows.clone(),
         messages: run.messages.clone(),
         verdict,
+        network: run.network.clone(),
     }
 }
 
@@ -614,6 +622,17 @@ fn write_report(run: &mut Run) -> Result<()> {
         run.say("report: no boot medium, not saved");
         return Ok(());
     };
+    // The ISO (a CD, virtual media, or written to a stick) is read-only:
+    // never try to write it.
+    if medium::is_defib_iso(&run.root, &found.dev.name) {
+        if let Err(e) = run.mounter.unmount() {
+            run.note(format!("{e:#}"));
+        }
+        run.say(
+            "report: the boot medium is a read-only ISO; the report is on the victim disk only",
+        );
+        return Ok(());
+    }
     let rep = build_report(run);
     let dir = found.path.join("reports");
     let res = std::fs::create_dir_all(&dir)
@@ -628,6 +647,126 @@ fn write_report(run: &mut Run) -> Result<()> {
     let on_medium = format!("/reports/{}", rep.file_name());
     run.say(&format!("report: saved to {on_medium} on the medium"));
     run.report_path = Some(on_medium);
+    Ok(())
+}
+
+/// Brings up the network and PUTs the report to `defib.report=`, when
+/// given. Nothing here changes the verdict: a failure is a screen message.
+fn send_report(run: &mut Run) -> Result<()> {
+    use crate::net::{self, IpArg, Network, ReportUrl};
+    let Some(raw) = run.args.report_url.clone() else {
+        if run.args.medium == Some(MediumHint::Pxe) {
+            run.say("report: no defib.report= URL on the kernel command line; not sent");
+        }
+        return Ok(());
+    };
+    let on_victim = run
+        .windows
+        .iter()
+        .any(|w| w.mount.is_some() && w.run_dir.is_some());
+    let fallback = if on_victim {
+        "it is on the victim disk"
+    } else if run.report_path.is_some() {
+        "it is on the boot medium"
+    } else {
+        "it is only on this screen"
+    };
+    let mut n = Network {
+        report_url: Some(raw.clone()),
+        ..Network::default()
+    };
+    let url = match ReportUrl::parse(&raw) {
+        Ok(u) => u,
+        Err(e) => {
+            run.note(format!(
+                "report: could not deliver to {raw}: {e}; {fallback}"
+            ));
+            n.error = Some(e);
+            run.network = Some(n);
+            return Ok(());
+        }
+    };
+    let ip = match net::parse_ip(run.args.ip.as_deref().unwrap_or("")) {
+        Ok(ip) => ip,
+        Err(e) => {
+            run.note(format!("{e}; asking DHCP instead"));
+            IpArg::Dhcp
+        }
+    };
+    let mac = match run.args.bootif.as_deref() {
+        Some(b) => {
+            let m = net::parse_mac(b);
+            if m.is_none() {
+                run.note(format!("ignoring bad BOOTIF={b:?}"));
+            }
+            m
+        }
+        None => None,
+    };
+    let mut lines = Vec::new();
+    let up = net::bring_up(
+        &run.root,
+        &ip,
+        mac.as_deref(),
+        Duration::from_secs(15),
+        &mut |l| lines.push(l),
+    );
+    for l in lines {
+        run.say(&l);
+    }
+    let up = match up {
+        Ok(u) => u,
+        Err(e) => {
+            let target = url.url_of("");
+            run.note(format!(
+                "report: could not deliver to {target}: {e}; {fallback}"
+            ));
+            n.error = Some(e);
+            run.network = Some(n);
+            return Ok(());
+        }
+    };
+    let address = format!(
+        "{}/{}",
+        up.config.address,
+        net::prefix_len(up.config.netmask)
+    );
+    run.say(&format!(
+        "network: {} {} {address} ({}{})",
+        up.iface.name,
+        up.iface.mac,
+        up.how,
+        up.config
+            .gateway
+            .map(|g| format!(", gateway {g}"))
+            .unwrap_or_default()
+    ));
+    n.interface = Some(up.iface.name.clone());
+    n.mac = Some(up.iface.mac.clone());
+    n.address = Some(address);
+    n.config = Some(up.how.to_string());
+    // The copy the server receives is the delivered one.
+    let name = build_report(run).file_name();
+    let target = url.url_of(&name);
+    n.report_url = Some(target.clone());
+    n.delivered = true;
+    run.network = Some(n.clone());
+    let body = build_report(run).to_json()?;
+    let d = net::deliver(&url, &name, &body, net::RETRY, &mut std::thread::sleep);
+    if d.delivered {
+        run.say(&format!("report: delivered to {target}"));
+        if run.report_path.is_none() {
+            run.report_path = Some(target);
+        }
+    } else {
+        let e = d.error.unwrap_or_default();
+        run.note(format!(
+            "report: could not deliver to {target}: {e}; {fallback}"
+        ));
+        n.delivered = false;
+        n.error = Some(e);
+        run.network = Some(n);
+    }
     Ok(())
 }
 
@@ -657,8 +796,13 @@ fn shell_mode(run: &mut Run) -> Result<()> {
     }
     if let Some(f) = &run.medium {
         let name = f.dev.name.clone();
+        let fs = if medium::is_defib_iso(&run.root, &name) {
+            "iso9660 -o ro"
+        } else {
+            "vfat"
+        };
         run.say(&format!(
-            "the defib stick is /dev/{name} (unmounted; mount -t vfat /dev/{name} /mnt)"
+            "the defib medium is /dev/{name} (unmounted; mount -t {fs} /dev/{name} /mnt)"
         ));
     }
     let tty = shell::shell_tty(&run.args.consoles);
@@ -704,6 +848,8 @@ mod tests {
         // efivarfs is a module in Debian; Secure Boot is read after it.
         assert!(pos("modules") < pos("efivarfs"));
         assert!(pos("report") < pos("verdict"));
+        // The report is on the victim before the network is tried.
+        assert!(pos("report") < pos("network") && pos("network") < pos("verdict"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod kmod;
 pub mod medium;
 pub mod mounts;
+pub mod net;
 pub mod pe;
 pub mod playbook;
 pub mod probe;

@@ -76,6 +76,16 @@ fn main() -> ExitCode {
     if rustix::process::getpid().is_init() {
         defib_rescue::init::main();
     }
+    // busybox udhcpc runs the rescue as its script, through a symlink.
+    let mut argv = std::env::args();
+    if argv
+        .next()
+        .is_some_and(|a| a.ends_with(defib_rescue::net::HOOK_NAME))
+    {
+        let event = argv.next().unwrap_or_default();
+        let code = defib_rescue::net::udhcpc_hook(&event, std::path::Path::new("/"));
+        return ExitCode::from(code as u8);
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Scan(a) => run(a, Intent::Scan),

@@ -1,6 +1,7 @@
 //! The boot medium: the defib stick's FAT32 partition (GPT name `DEFIB`,
 //! FAT label `DEFIB`) that carries `defib/manifest.json` and collects
-//! `reports/`.
+//! `reports/`; or the defib ISO (ISO 9660 volume id `DEFIB`) on a CD
+//! drive (`sr*`) or written to a stick, which is read-only.
 //!
 //! This module finds it among the block devices, waits a bounded time for
 //! slow USB enumeration, picks the right stick when several are attached,
@@ -36,21 +37,58 @@ pub fn medium_kind(name: &str, sysfs_path: &str) -> MediumKind {
 }
 
 /// Partitions that claim to be the medium: GPT name `DEFIB`, or (if the
-/// stick was rewritten by a tool that lost GPT names) a FAT label `DEFIB`.
+/// stick was rewritten by a tool that lost GPT names) a FAT label `DEFIB`;
+/// and disks or partitions holding the defib ISO (a CD in an `sr` drive,
+/// or the hybrid ISO written to a stick, where the whole disk and its
+/// first partition both start with the ISO).
 pub fn candidates(root: &Path) -> Vec<BlockDev> {
     let Ok(devs) = list_block(root) else {
         return Vec::new();
     };
     devs.into_iter()
-        .filter(|d| d.partition)
         .filter(|d| {
-            d.partname.as_deref() == Some(LABEL)
-                || first_sector(root, &d.name)
-                    .ok()
-                    .and_then(|s| fat_label(&s))
-                    .is_some_and(|l| l.eq_ignore_ascii_case(LABEL))
+            (d.partition
+                && (d.partname.as_deref() == Some(LABEL)
+                    || first_sector(root, &d.name)
+                        .ok()
+                        .and_then(|s| fat_label(&s))
+                        .is_some_and(|l| l.eq_ignore_ascii_case(LABEL))))
+                || is_defib_iso(root, &d.name)
         })
         .collect()
+}
+
+/// ECMA-119 §8.4 (ISO 9660): the Primary Volume Descriptor is logical
+/// sector 16 of 2048 bytes; byte 0 is the type (1), bytes 1..6 the
+/// standard identifier "CD001", bytes 40..72 the volume identifier
+/// (padded with spaces).
+const ISO_PVD_OFFSET: u64 = 16 * 2048;
+const ISO_PVD_TYPE: u8 = 1;
+const ISO_STANDARD_ID: &[u8] = b"CD001";
+const ISO_VOLUME_ID: std::ops::Range<usize> = 40..72;
+
+/// The volume identifier of an ISO 9660 Primary Volume Descriptor, or
+/// `None` if `pvd` is not one.
+pub fn iso_volume_id(pvd: &[u8]) -> Option<String> {
+    if pvd.first() != Some(&ISO_PVD_TYPE) || pvd.get(1..6) != Some(ISO_STANDARD_ID) {
+        return None;
+    }
+    let id = pvd.get(ISO_VOLUME_ID)?;
+    Some(String::from_utf8_lossy(id).trim_end().to_string())
+}
+
+/// `<root>/dev/<name>` holds an ISO 9660 volume with id `DEFIB`.
+pub fn is_defib_iso(root: &Path, name: &str) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut pvd = [0u8; 80];
+    std::fs::File::open(crate::probe::dev_path(root, name))
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(ISO_PVD_OFFSET))?;
+            f.read_exact(&mut pvd)
+        })
+        .ok()
+        .and_then(|_| iso_volume_id(&pvd))
+        .is_some_and(|id| id.eq_ignore_ascii_case(LABEL))
 }
 
 /// Mounting, behind a trait so selection is testable without a kernel.
@@ -196,7 +234,7 @@ pub fn block_names(root: &Path) -> BTreeSet<String> {
 }
 
 /// Mounts the medium with the kernel: vfat, read-write (reports are
-/// written), never executable.
+/// written), or the ISO read-only as iso9660; never executable.
 pub struct KernelMounter {
     pub root: PathBuf,
     mounted: Option<PathBuf>,
@@ -218,11 +256,16 @@ impl Mounter for KernelMounter {
         std::fs::create_dir_all(&target)
             .with_context(|| format!("creating {}", target.display()))?;
         let source = self.root.join("dev").join(dev);
+        let (fs, extra) = if is_defib_iso(&self.root, dev) {
+            ("iso9660", MountFlags::RDONLY)
+        } else {
+            ("vfat", MountFlags::empty())
+        };
         mount(
             &source,
             &target,
-            "vfat",
-            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            fs,
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | extra,
             None,
         )
         .with_context(|| format!("mounting {} on {}", source.display(), target.display()))?;
@@ -292,6 +335,51 @@ mod tests {
         t.part(USB, "sdb", "sdb1", "DEFIB", &fat32(b"DEFIB      "));
         t.disk(USB2, "sdc", true, &[0u8; 512]);
         t.part(USB2, "sdc", "sdc1", "", &fat32(b"DEFIB      "));
+    }
+
+    fn iso_pvd(id: &str) -> Vec<u8> {
+        let mut pvd = vec![0u8; 2048];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[6] = 1;
+        pvd[40..72].fill(b' ');
+        pvd[40..40 + id.len()].copy_from_slice(id.as_bytes());
+        pvd
+    }
+
+    #[test]
+    fn iso_volume_id_from_the_primary_volume_descriptor() {
+        assert_eq!(iso_volume_id(&iso_pvd("DEFIB")).as_deref(), Some("DEFIB"));
+        let mut bad = iso_pvd("DEFIB");
+        bad[1] = b'X';
+        assert_eq!(iso_volume_id(&bad), None);
+        assert_eq!(iso_volume_id(&[1, b'C', b'D']), None);
+    }
+
+    #[test]
+    fn finds_the_iso_on_a_cd_drive_and_on_a_stick() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        tree(root);
+        let t = FakeDisk { root };
+        let sata = "pci0000:00/0000:00:1f.2/ata2/host1/target1:0:0/1:0:0:0";
+        t.disk(sata, "sr0", true, &[0u8; 512]);
+        t.disk(sata, "sr1", true, &[0u8; 512]);
+        t.disk(USB2, "sdd", true, &[0u8; 512]);
+        t.part(USB2, "sdd", "sdd1", "ISOHybrid", &[0u8; 512]);
+        let with_pvd = |name: &str, id: &str| {
+            let mut img = vec![0u8; 16 * 2048];
+            img.extend(iso_pvd(id));
+            std::fs::write(root.join("dev").join(name), img).unwrap();
+        };
+        with_pvd("sr0", "DEFIB");
+        with_pvd("sr1", "UBUNTU");
+        with_pvd("sdd", "DEFIB");
+        with_pvd("sdd1", "DEFIB");
+        let names: Vec<_> = candidates(root).into_iter().map(|d| d.name).collect();
+        assert_eq!(names, ["sdb1", "sdc1", "sdd", "sdd1", "sr0"]);
+        assert!(is_defib_iso(root, "sr0"));
+        assert!(!is_defib_iso(root, "sdb1"));
     }
 
     #[test]

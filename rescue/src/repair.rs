@@ -678,6 +678,7 @@ mod tests {
             windows: w,
             messages: Vec::new(),
             verdict: Verdict::Repaired,
+            network: None,
         };
         let t = render_text(&rep);
         assert!(t.contains("VERDICT: REPAIRED"), "{t}");

@@ -52,6 +52,11 @@ pub struct Report {
     pub messages: Vec<String>,
     /// The outcome of the run.
     pub verdict: Verdict,
+    /// Network and report delivery (`defib.report=`); absent when the
+    /// rescue did not use the network, and in copies written before it did
+    /// (the victim disk's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::Network>,
 }
 
 /// DMI identity (`/sys/class/dmi/id`). Placeholder strings that vendors leave
@@ -333,6 +338,7 @@ mod tests {
             windows: Vec::new(),
             messages: vec!["hello".into()],
             verdict: Verdict::NeedsAttention,
+            network: None,
         }
     }
 

@@ -33,6 +33,11 @@ pub fn image() -> PathBuf {
     env_file("DEFIB_IMAGE")
 }
 
+/// The hybrid ISO scripts/build writes beside the image.
+pub fn iso() -> PathBuf {
+    env_file("DEFIB_ISO")
+}
+
 /// A private copy of the image a test may boot and write to.
 pub fn image_copy(dir: &Path) -> PathBuf {
     let dst = dir.join("stick.img");
