@@ -211,3 +211,47 @@ fn unsigned_loader_is_refused_under_secure_boot() {
         out.text()
     );
 }
+
+/// The menu's "Rescue shell" entry: the volumes are listed, busybox's shell
+/// runs on the serial console with the payloads in reach, and the machine
+/// still ends with a report once the shell exits.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn rescue_shell_lists_volumes_and_runs_commands() {
+    use defib_builder::qemu::{self, Keys};
+    let dir = tempfile::tempdir().unwrap();
+    let stick = image_copy(dir.path());
+    let mut b = qemu::Boot::new(Firmware::UefiSb, dir.path());
+    b.stick = Some(stick.clone());
+    b.timeout = BOOT_TIMEOUT;
+    let hotkey = defib_builder::bootmenu::hotkey("shell");
+    b.keys = vec![
+        Keys {
+            after: "Press enter to boot".into(),
+            bytes: vec![hotkey as u8],
+            until: "Loading defib".into(),
+        },
+        Keys {
+            after: "type exit to finish".into(),
+            bytes: b"ls /payloads/playbooks\n".to_vec(),
+            until: "mcafee-dat-5958.toml".into(),
+        },
+        Keys {
+            after: "mcafee-dat-5958.toml".into(),
+            bytes: b"exit\n".to_vec(),
+            until: "shell exited".into(),
+        },
+    ];
+    let out = qemu::run(&b).unwrap();
+    assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
+    assert!(out.contains("mode: shell"), "{}", out.text());
+    assert!(out.contains("volumes found:"), "{}", out.text());
+    assert!(
+        out.contains("mcafee-dat-5958.toml"),
+        "the shell did not run the command:\n{}",
+        out.text()
+    );
+    assert!(out.contains("shell exited"), "{}", out.text());
+    let r = single_report(&stick);
+    assert_eq!(r["boot"]["mode"], "shell", "{r:#}");
+}

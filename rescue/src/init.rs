@@ -594,16 +594,22 @@ fn write_report(run: &mut Run) -> Result<()> {
     // First on each victim the run changed, then unmount them all.
     let rep = build_report(run);
     let mut victim_lines = Vec::new();
+    let mut on_victim = None;
     for w in &run.windows {
         if let (Some(m), Some(_)) = (&w.mount, &w.run_dir) {
             match crate::repair::write_victim_reports(m, &run.run_id, &rep) {
-                Ok(Some(d)) => victim_lines.push(format!(
-                    "report: saved on /dev/{} in \\defib\\{}",
-                    w.volume,
-                    d.file_name()
+                Ok(Some(d)) => {
+                    let dir = d
+                        .file_name()
                         .map(|f| f.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                )),
+                        .unwrap_or_default();
+                    victim_lines.push(format!(
+                        "report: saved on /dev/{} in \\defib\\{dir}",
+                        w.volume
+                    ));
+                    on_victim
+                        .get_or_insert(format!("/dev/{}:\\defib\\{dir}\\report.json", w.volume));
+                }
                 Ok(None) => {}
                 Err(e) => victim_lines.push(format!(
                     "warning: report on /dev/{} not saved: {e:#}",
@@ -615,6 +621,8 @@ fn write_report(run: &mut Run) -> Result<()> {
     for l in victim_lines {
         run.say(&l);
     }
+    // Where the verdict line points when the medium gets no copy.
+    run.report_path = on_victim;
     for e in run.volumes.umount_all() {
         run.note(e);
     }
