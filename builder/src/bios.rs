@@ -142,15 +142,18 @@ impl Syslinux {
     /// MBR, and resets every FAT timestamp to `epoch`.
     pub fn install(&self, image: &Path, esp_offset: u64, epoch: u64) -> Result<()> {
         for tool in ["mcopy", "mattrib"] {
-            if !on_path(tool) {
+            if !crate::on_path(tool) {
                 bail!(
                     "`{tool}` not found: syslinux's installer needs mtools on the build \
                      host; install Debian's mtools package (scripts/setup does)"
                 );
             }
         }
-        let tmp = TempDir::new()?;
-        let bin = tmp.0.join("syslinux");
+        let tmp = tempfile::Builder::new()
+            .prefix("defib-syslinux-")
+            .tempdir()
+            .context("creating a temporary folder for syslinux")?;
+        let bin = tmp.path().join("syslinux");
         {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
@@ -170,7 +173,7 @@ impl Syslinux {
             .arg(image)
             // mtools reads its own config from these; keep the host's out.
             .env_remove("MTOOLSRC")
-            .env("TMPDIR", &tmp.0)
+            .env("TMPDIR", tmp.path())
             .output()
             .with_context(|| format!("running syslinux's installer ({})", bin.display()))?;
         if !out.status.success() {
@@ -202,29 +205,6 @@ fn write_mbr_code(image: &Path, code: &[u8]) -> Result<()> {
 }
 
 /// A private folder under the system temp dir, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("defib-syslinux-{}", std::process::id()));
-        // A stale one from a crashed run with the same pid goes first.
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

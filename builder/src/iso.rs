@@ -28,7 +28,7 @@ use crate::manifest::FileEntry;
 use crate::sha256_hex;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// ISO 9660 volume identifier, which the rescue looks for.
@@ -207,7 +207,7 @@ fn write_iso(
     epoch: u64,
     out: &Path,
 ) -> Result<u64> {
-    if !on_path("xorriso") {
+    if !crate::on_path("xorriso") {
         bail!("`xorriso` not found: install Debian's xorriso package (scripts/setup does)");
     }
     let name = out
@@ -215,9 +215,16 @@ fn write_iso(
         .with_context(|| format!("{}: not a file path", out.display()))?
         .to_string_lossy()
         .into_owned();
-    let work = Scratch(out.with_file_name(format!(".{name}.work-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&work.0);
-    let tree = work.0.join("tree");
+    // Beside the output, so the finished ISO is renamed, not copied.
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".{name}.work-"))
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a work folder in {}", parent.display()))?;
+    let tree = work.path().join("tree");
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
     let mut dirs = std::collections::BTreeSet::new();
     for (path, data) in files {
@@ -237,9 +244,9 @@ fn write_iso(
     for d in &dirs {
         set_time(d, when)?;
     }
-    let mbr = work.0.join("isohdpfx.bin");
+    let mbr = work.path().join("isohdpfx.bin");
     std::fs::write(&mbr, isohdpfx).with_context(|| format!("writing {}", mbr.display()))?;
-    let tmp = work.0.join("out.iso");
+    let tmp = work.path().join("out.iso");
     let o = Command::new("xorriso")
         .args(xorriso_args(&tree, &mbr, &tmp))
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
@@ -272,19 +279,6 @@ fn set_time(p: &Path, when: std::time::SystemTime) -> Result<()> {
 }
 
 /// The staging folder, removed when done or on error.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

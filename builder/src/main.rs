@@ -111,35 +111,11 @@ struct BuildArgs {
     /// virtual media, or written to a stick)
     #[arg(long, value_enum, default_value = "usb")]
     format: Format,
-    /// Take the .deb files from this folder (offline, air-gapped builds)
-    #[arg(long, value_name = "DIR")]
-    debs: Option<PathBuf>,
-    /// Payloads folder (playbooks, known-good store) [default: ./payloads]
-    #[arg(long, value_name = "DIR")]
-    payloads: Option<PathBuf>,
-    /// The static rescue binary [default: next to this defib build]
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "DEFIB_RESCUE",
-        hide_env_values = true
-    )]
-    rescue: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: Inputs,
     /// Free room on the stick for reports
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     free_space: u64,
-    /// Kernel module list (TOML) [default: the built-in list]
-    #[arg(long, value_name = "FILE")]
-    modules: Option<PathBuf>,
-    /// What the rescue does after its verdict
-    #[arg(long, value_enum, default_value = "reboot")]
-    after: After,
-    /// Never download: fail if the boot parts are not in the cache
-    #[arg(long)]
-    offline: bool,
-    /// Debian mirror URL, if parts must be fetched
-    #[arg(long, value_name = "URL", env = "DEFIB_MIRROR", hide_env_values = true)]
-    mirror: Option<String>,
     /// Print a JSON summary on stdout
     #[arg(long)]
     json: bool,
@@ -156,6 +132,16 @@ struct PxeConfig {
     /// Extra kernel arguments, e.g. 'defib.report=http://10.0.0.5/reports/'
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     append: Option<String>,
+    #[command(flatten)]
+    inputs: Inputs,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// What goes into an image or PXE tree, shared by `build` and `pxe`.
+#[derive(Args)]
+struct Inputs {
     /// Take the .deb files from this folder (offline, air-gapped builds)
     #[arg(long, value_name = "DIR")]
     debs: Option<PathBuf>,
@@ -182,9 +168,6 @@ struct PxeConfig {
     /// Debian mirror URL, if parts must be fetched
     #[arg(long, value_name = "URL", env = "DEFIB_MIRROR", hide_env_values = true)]
     mirror: Option<String>,
-    /// Print a JSON summary on stdout
-    #[arg(long)]
-    json: bool,
 }
 
 /// The medium `defib build` writes.
@@ -300,9 +283,10 @@ fn source_date_epoch() -> Result<u64> {
     }
 }
 
-fn cmd_build(c: BuildArgs) -> Result<()> {
-    let mut p = Progress::new(c.json);
-    let debs = match &c.debs {
+/// The build configuration from the shared inputs, fetching the boot parts
+/// first when the cache lacks them (unless `--offline`).
+fn build_config(i: Inputs, out: PathBuf, free_space: u64, p: &mut Progress) -> Result<BuildConfig> {
+    let debs = match &i.debs {
         Some(d) => d.clone(),
         None => {
             let d = fetch::default_debs_dir()?;
@@ -311,44 +295,50 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
                 .iter()
                 .all(|n| have.iter().any(|f| f.package == *n));
             if !complete {
-                if c.offline {
+                if i.offline {
                     anyhow::bail!(
                         "boot parts missing in {} and --offline given; run `defib fetch` first",
                         d.display()
                     );
                 }
                 p.step("boot parts not cached yet: fetching");
-                run_fetch(&d, c.mirror.as_deref(), None, &mut p)?;
+                run_fetch(&d, i.mirror.as_deref(), None, p)?;
             }
             d
         }
     };
-    let (modules_text, origin) = match &c.modules {
+    let (modules_text, origin) = match &i.modules {
         Some(f) => (
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
             f.display().to_string(),
         ),
         None => (DEFAULT_LIST.to_string(), "built-in module list".to_string()),
     };
-    let cfg = BuildConfig {
+    Ok(BuildConfig {
         debs,
-        rescue: match c.rescue {
+        rescue: match i.rescue {
             Some(r) => r,
             None => default_rescue()?,
         },
-        payloads: c.payloads.unwrap_or_else(|| PathBuf::from("payloads")),
-        out: c.out.clone().unwrap_or_else(|| {
-            PathBuf::from(match c.format {
-                Format::Usb => "out/defib.img",
-                Format::Iso => "out/defib.iso",
-            })
-        }),
-        free_space: c.free_space,
+        payloads: i.payloads.unwrap_or_else(|| PathBuf::from("payloads")),
+        out,
+        free_space,
         source_date_epoch: source_date_epoch()?,
         modules: ModuleList::parse(&modules_text, &origin)?,
         modules_text,
-        after: c.after,
-    };
+        after: i.after,
+    })
+}
+
+fn cmd_build(c: BuildArgs) -> Result<()> {
+    let mut p = Progress::new(c.json);
+    let out = c.out.clone().unwrap_or_else(|| {
+        PathBuf::from(match c.format {
+            Format::Usb => "out/defib.img",
+            Format::Iso => "out/defib.iso",
+        })
+    });
+    let cfg = build_config(c.inputs, out, c.free_space, &mut p)?;
     if let Some(parent) = cfg.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -380,48 +370,7 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
 
 fn cmd_pxe(c: PxeConfig) -> Result<()> {
     let mut p = Progress::new(c.json);
-    let debs = match &c.debs {
-        Some(d) => d.clone(),
-        None => {
-            let d = fetch::default_debs_dir()?;
-            let have = fetch::describe(&d).unwrap_or_default();
-            if !fetch::PACKAGES
-                .iter()
-                .all(|n| have.iter().any(|f| f.package == *n))
-            {
-                if c.offline {
-                    anyhow::bail!(
-                        "boot parts missing in {} and --offline given; run `defib fetch` first",
-                        d.display()
-                    );
-                }
-                p.step("boot parts not cached yet: fetching");
-                run_fetch(&d, c.mirror.as_deref(), None, &mut p)?;
-            }
-            d
-        }
-    };
-    let (modules_text, origin) = match &c.modules {
-        Some(f) => (
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            f.display().to_string(),
-        ),
-        None => (DEFAULT_LIST.to_string(), "built-in module list".to_string()),
-    };
-    let cfg = BuildConfig {
-        debs,
-        rescue: match c.rescue {
-            Some(r) => r,
-            None => default_rescue()?,
-        },
-        payloads: c.payloads.unwrap_or_else(|| PathBuf::from("payloads")),
-        out: c.out.clone(),
-        free_space: 0,
-        source_date_epoch: source_date_epoch()?,
-        modules: ModuleList::parse(&modules_text, &origin)?,
-        modules_text,
-        after: c.after,
-    };
+    let cfg = build_config(c.inputs, c.out.clone(), 0, &mut p)?;
     let opts = defib_builder::pxe::PxeOptions {
         http_base: c.http_base,
         append: c.append,
