@@ -312,3 +312,73 @@ fn scan_only_leaves_the_victim_byte_identical() {
     let img = UsbImage::open(&stick).unwrap();
     assert_eq!(defib_builder::inspect::reports(&img).unwrap().len(), 1);
 }
+
+/// A BitLocker volume made by Windows 10 (AES-XTS, from cryptsetup's test
+/// corpus): reported as locked with its key protectors, never written.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn bitlocker_volume_is_reported_with_its_protectors_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/bitlocker");
+    let tarball = corpora.join("bitlk-images.tar.xz");
+    assert!(
+        tarball.is_file(),
+        "{} missing: the shared corpora must sit beside the repo",
+        tarball.display()
+    );
+    let name = "bitlk-aes-xts-128.img";
+    let st = Command::new("tar")
+        .arg("xJSf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(dir.path())
+        .arg(name)
+        .status()
+        .unwrap();
+    assert!(st.success(), "extracting {name}");
+    let disk = dir.path().join(name);
+    // The expected key protector GUIDs, as Windows wrote them.
+    let conf = std::fs::read_to_string(corpora.join("images.conf")).unwrap();
+    let section = conf
+        .split("[bitlk-aes-xts-128]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    let guid = |key: &str| {
+        section
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .trim()
+            .to_lowercase()
+    };
+    let (pw, rp) = (guid("PW_VMK_GUID"), guid("RP_VMK_GUID"));
+    let before = victim::sha256_hex(&std::fs::read(&disk).unwrap());
+
+    let stick = image_copy(dir.path());
+    let out = boot(&stick, &disk, Bus::Virtio, dir.path(), None);
+    assert!(
+        out.contains("defib: verdict needs-attention"),
+        "{}",
+        out.text()
+    );
+    let r = single_report(&stick);
+    let w = &r["windows"][0];
+    assert!(w["reason"].as_str().unwrap().contains("BitLocker"), "{w:#}");
+    let protectors = w["state"]["bitlocker"]["key_protectors"].to_string();
+    assert!(
+        protectors.contains(&format!("{pw} (password)")),
+        "{protectors}"
+    );
+    assert!(
+        protectors.contains(&format!("{rp} (recovery-password)")),
+        "{protectors}"
+    );
+    assert_eq!(
+        victim::sha256_hex(&std::fs::read(&disk).unwrap()),
+        before,
+        "a locked volume must not be touched"
+    );
+}
