@@ -108,6 +108,18 @@ fn check_mcafee_repaired(v: &Victim, stick: &Path, out: &Outcome, source: &str) 
         "{restore:#}"
     );
 
+    // The admin's fleet table off the used stick.
+    let rows = defib_builder::fleet::collect(&[stick.to_path_buf()]).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].computer.as_str(), rows[0].verdict.as_str()),
+        ("WARD3-PC07", "repaired")
+    );
+    assert_eq!(rows[0].uuid, UUID);
+    assert!(rows[0].changes >= 4, "{rows:?}");
+    assert!(defib_builder::fleet::csv(&rows)
+        .contains(",WARD3-PC07,Microsoft Windows XP 2600,repaired,"));
+
     // From the host, with ntfs-3g: svchost.exe is back with the right hash.
     let want = v.expect.svchost_sha256.clone().unwrap();
     assert_eq!(
