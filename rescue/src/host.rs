@@ -8,8 +8,8 @@
 
 use crate::cmdline::Mode as BootMode;
 use crate::engine;
-use crate::repair::{self, check_volume, Intent, Payloads, WindowsReport};
-use crate::report::{self, Boot, MediumKind, Modules, Report, Verdict};
+use crate::repair::{self, check_volume, Intent, Payloads};
+use crate::report::{self, Boot, MediumKind, Modules, Report};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -28,23 +28,6 @@ pub fn default_payloads() -> PathBuf {
     } else {
         PathBuf::from("payloads")
     }
-}
-
-/// The machine's verdict from its Windows volumes.
-pub fn overall(windows: &[WindowsReport]) -> Verdict {
-    if windows.is_empty() {
-        return Verdict::NoWindowsFound;
-    }
-    if windows
-        .iter()
-        .any(|w| matches!(w.verdict, Verdict::NeedsAttention | Verdict::Failed))
-    {
-        return Verdict::NeedsAttention;
-    }
-    if windows.iter().any(|w| w.verdict == Verdict::Repaired) {
-        return Verdict::Repaired;
-    }
-    Verdict::Clean
 }
 
 fn partitions_of(dev: &str) -> Result<Vec<(String, bool)>> {
@@ -126,7 +109,7 @@ pub fn run(target: &Target, payloads: &Path, intent: Intent) -> Result<Report> {
             v
         }
     };
-    let verdict = overall(&windows);
+    let verdict = crate::verdict::decide(&Default::default(), &windows).verdict;
     let rep = Report {
         schema: report::SCHEMA,
         defib_version: crate::VERSION.into(),

@@ -21,7 +21,7 @@ use crate::mounts;
 use crate::probe::{self, Probe};
 use crate::report::{self, Boot, Firmware, MediumKind, Modules, Report, Verdict};
 use crate::shell;
-use crate::verdict::{evaluate, Outcome};
+use crate::verdict::{self, Outcome};
 use crate::VERSION;
 
 /// How long block device names must stay unchanged to count as settled.
@@ -524,39 +524,10 @@ fn decide(run: &mut Run) -> Result<()> {
         }
         run.windows.extend(reports);
     }
-    let o = overall(&run.probe, &run.windows);
+    let o = verdict::decide(&run.probe, &run.windows);
     run.messages.extend(o.messages.iter().cloned());
     run.outcome = Some(o);
     Ok(())
-}
-
-/// The machine's verdict from every Windows volume's.
-fn overall(probe: &Probe, windows: &[crate::repair::WindowsReport]) -> Outcome {
-    if windows.is_empty() {
-        let mut o = evaluate(probe, crate::cmdline::Mode::Scan);
-        if o.verdict == Verdict::NeedsAttention {
-            // NTFS volumes, none holding Windows.
-            o = Outcome {
-                verdict: Verdict::NoWindowsFound,
-                reason: "NTFS volumes found, none with a Windows installation".into(),
-                next_step: "check the disk is the PC's system disk (RAID/VMD mode may hide it)"
-                    .into(),
-                messages: Vec::new(),
-            };
-        }
-        return o;
-    }
-    let worst = windows
-        .iter()
-        .find(|w| matches!(w.verdict, Verdict::NeedsAttention | Verdict::Failed))
-        .or_else(|| windows.iter().find(|w| w.verdict == Verdict::Repaired))
-        .unwrap_or(&windows[0]);
-    Outcome {
-        verdict: worst.verdict,
-        reason: format!("{}: {}", worst.volume, worst.reason),
-        next_step: worst.next_step.clone(),
-        messages: Vec::new(),
-    }
 }
 
 fn build_report(run: &Run) -> Report {

@@ -1,10 +1,11 @@
 //! defib's rescue: the library behind the `rescue` binary.
 //!
 //! As PID 1 in the rescue image, [`init::main`] mounts the kernel's
-//! filesystems, loads drivers, finds the boot medium and the disks, decides a
-//! verdict and writes a report. The formats the builder shares
-//! ([`report::Report`], [`buildinfo::BuildInfo`]) live here too. The repair
-//! engine is not in this crate yet; [`verdict::evaluate`] is where it goes.
+//! filesystems, loads drivers, finds the boot medium and the disks, repairs
+//! each Windows volume through [`repair`] and [`engine`], decides a verdict
+//! and writes the reports. [`host`] runs the same engine on a Linux host.
+//! The formats the builder shares ([`report::Report`],
+//! [`buildinfo::BuildInfo`], [`playbook`], [`store`]) live here too.
 
 pub mod buildinfo;
 pub mod bup;

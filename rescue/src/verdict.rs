@@ -1,12 +1,12 @@
-//! The seam where the repair engine plugs in: from what the probe found to
-//! a verdict, a reason and the technician's next step.
+//! The machine's verdict: from what the probe saw and what each Windows
+//! volume's repair concluded, one verdict, one reason and the technician's
+//! next step.
 //!
-//! Today there is no engine: any NTFS or BitLocker volume means a person
-//! must look. The engine will replace the body of [`evaluate`], not its
-//! signature's role.
+//! Not the per-volume logic (that is `repair::summarise`); this only picks
+//! which volume's news the screen leads with: worst first.
 
-use crate::cmdline::Mode;
 use crate::probe::Probe;
+use crate::repair::WindowsReport;
 use crate::report::Verdict;
 
 /// What a run concluded.
@@ -22,28 +22,32 @@ pub struct Outcome {
 }
 
 /// Decides the verdict for this machine.
-pub fn evaluate(probe: &Probe, _mode: Mode) -> Outcome {
-    let windows: Vec<String> = probe
-        .windows_candidates()
-        .filter(|v| !v.boot_medium)
-        .map(|v| format!("{} ({})", v.device, v.fs.as_str()))
-        .collect();
+pub fn decide(probe: &Probe, windows: &[WindowsReport]) -> Outcome {
     if windows.is_empty() {
+        let ntfs = probe.windows_candidates().any(|v| !v.boot_medium);
         return Outcome {
             verdict: Verdict::NoWindowsFound,
-            reason: "no NTFS or BitLocker volume on any disk".into(),
-            next_step: "check the disk is connected and visible in firmware setup (RAID/VMD mode may hide it)".into(),
+            reason: if ntfs {
+                "NTFS volumes found, none with a Windows installation".into()
+            } else {
+                "no NTFS or BitLocker volume on any disk".into()
+            },
+            next_step: "check the disk is connected and visible in firmware setup (RAID/VMD mode may hide it)"
+                .into(),
             messages: Vec::new(),
         };
     }
+    // Needs-attention (or failed) first: a person must act; then repaired.
+    let lead = windows
+        .iter()
+        .find(|w| matches!(w.verdict, Verdict::NeedsAttention | Verdict::Failed))
+        .or_else(|| windows.iter().find(|w| w.verdict == Verdict::Repaired))
+        .unwrap_or(&windows[0]);
     Outcome {
-        verdict: Verdict::NeedsAttention,
-        reason: format!(
-            "Windows volume(s) found: {}; this build has no repair engine yet",
-            windows.join(", ")
-        ),
-        next_step: "repair by hand, or boot a defib build with the repair engine".into(),
-        messages: vec!["repair engine not in this build: nothing was changed".into()],
+        verdict: lead.verdict,
+        reason: format!("{}: {}", lead.volume, lead.reason),
+        next_step: lead.next_step.clone(),
+        messages: Vec::new(),
     }
 }
 
@@ -51,6 +55,7 @@ pub fn evaluate(probe: &Probe, _mode: Mode) -> Outcome {
 mod tests {
     use super::*;
     use crate::probe::{Bus, FsKind, Volume};
+    use crate::repair::VolumeState;
 
     fn vol(name: &str, fs: FsKind, boot_medium: bool) -> Volume {
         Volume {
@@ -64,38 +69,67 @@ mod tests {
         }
     }
 
+    fn win(volume: &str, verdict: Verdict) -> WindowsReport {
+        WindowsReport {
+            volume: volume.into(),
+            identity: None,
+            state: VolumeState::default(),
+            playbooks: Vec::new(),
+            run_dir: None,
+            verdict,
+            reason: format!("{verdict:?}"),
+            next_step: "next".into(),
+            mount: None,
+        }
+    }
+
     #[test]
     fn no_windows_without_ntfs_or_bitlocker() {
         let p = Probe {
             volumes: vec![
                 vol("sda1", FsKind::Fat, false),
-                vol("sdb1", FsKind::Fat, true),
+                vol("sdb", FsKind::Ntfs, true),
             ],
             messages: vec![],
         };
-        assert_eq!(evaluate(&p, Mode::Auto).verdict, Verdict::NoWindowsFound);
+        let o = decide(&p, &[]);
+        assert_eq!(o.verdict, Verdict::NoWindowsFound);
+        assert!(
+            o.reason.starts_with("no NTFS"),
+            "NTFS on the stick itself is not Windows: {}",
+            o.reason
+        );
     }
 
     #[test]
-    fn windows_needs_attention_for_now() {
+    fn ntfs_without_windows_is_said_so() {
         let p = Probe {
-            volumes: vec![
-                vol("sda3", FsKind::Ntfs, false),
-                vol("sda4", FsKind::Bitlocker, false),
-            ],
+            volumes: vec![vol("sda2", FsKind::Ntfs, false)],
             messages: vec![],
         };
-        let o = evaluate(&p, Mode::Scan);
+        let o = decide(&p, &[]);
+        assert_eq!(o.verdict, Verdict::NoWindowsFound);
+        assert!(o.reason.contains("none with a Windows installation"));
+    }
+
+    #[test]
+    fn the_worst_news_leads() {
+        let p = Probe::default();
+        let o = decide(
+            &p,
+            &[
+                win("sda2", Verdict::Repaired),
+                win("sdb3", Verdict::NeedsAttention),
+            ],
+        );
         assert_eq!(o.verdict, Verdict::NeedsAttention);
-        assert!(o.reason.contains("sda3 (ntfs), sda4 (bitlocker)"));
-    }
-
-    #[test]
-    fn ntfs_on_the_boot_medium_is_not_windows() {
-        let p = Probe {
-            volumes: vec![vol("sdb", FsKind::Ntfs, true)],
-            messages: vec![],
-        };
-        assert_eq!(evaluate(&p, Mode::Auto).verdict, Verdict::NoWindowsFound);
+        assert!(o.reason.starts_with("sdb3: "));
+        let o = decide(
+            &p,
+            &[win("sda2", Verdict::Clean), win("sdb3", Verdict::Repaired)],
+        );
+        assert_eq!(o.verdict, Verdict::Repaired);
+        let o = decide(&p, &[win("sda2", Verdict::Clean)]);
+        assert_eq!(o.verdict, Verdict::Clean);
     }
 }
