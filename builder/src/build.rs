@@ -412,14 +412,7 @@ pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummar
     files.insert(bootmenu::KERNEL.into(), staged.kernel.clone());
     files.insert(bootmenu::INITRD.into(), staged.initramfs.clone());
     files.insert(bootmenu::PAYLOADS.into(), staged.payloads.clone());
-    staged.manifest.files = files
-        .iter()
-        .map(|(p, d)| FileEntry {
-            path: p.clone(),
-            size: d.len() as u64,
-            sha256: sha256_hex(d),
-        })
-        .collect();
+    staged.manifest.files = crate::manifest::file_entries(&files);
     files.insert(
         "defib/manifest.json".into(),
         serde_json::to_vec_pretty(&staged.manifest)?,

@@ -24,7 +24,6 @@ use crate::bios::{bios_modules, deb, part};
 use crate::bootmenu;
 use crate::build::{self, BuildConfig, BuildSummary};
 use crate::image::{fat_image, EspSpec};
-use crate::manifest::FileEntry;
 use crate::sha256_hex;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -128,14 +127,7 @@ pub fn build_iso(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSu
             })
             .collect(),
     ));
-    m.files = files
-        .iter()
-        .map(|(p, d)| FileEntry {
-            path: p.clone(),
-            size: d.len() as u64,
-            sha256: sha256_hex(d),
-        })
-        .collect();
+    m.files = crate::manifest::file_entries(&files);
     files.insert(
         "defib/manifest.json".into(),
         serde_json::to_vec_pretty(&staged.manifest)?,

@@ -44,6 +44,19 @@ pub struct Taken {
     pub to: String,
 }
 
+/// The manifest's `files`: every file placed on the medium, with its size
+/// and SHA-256, in path order.
+pub fn file_entries(files: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<FileEntry> {
+    files
+        .iter()
+        .map(|(p, d)| FileEntry {
+            path: p.clone(),
+            size: d.len() as u64,
+            sha256: crate::sha256_hex(d),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileEntry {
     pub path: String,
