@@ -321,15 +321,7 @@ fn write_tree<T: fatfs::ReadWriteSeek>(fs: &FileSystem<T>, spec: &EspSpec) -> Re
     {
         // Every directory once, parents first (a path sorts before the
         // paths it prefixes), then every file in path order.
-        let mut dirs = BTreeSet::new();
-        for path in spec.files.keys() {
-            dirs.extend(fat_parents(path));
-        }
-        for d in &spec.dirs {
-            dirs.extend(fat_parents(d));
-            dirs.insert(d.trim_matches('/'));
-        }
-        for d in &dirs {
+        for d in &spec_dirs(spec) {
             root.create_dir(d)
                 .with_context(|| format!("creating directory {d}"))?;
         }
@@ -412,15 +404,7 @@ fn content_bytes(spec: &EspSpec, cluster: u64) -> Result<u64> {
         *dirs.entry(parent).or_insert(2 * DIR_ENTRY) += DIR_ENTRY * (1 + lfn);
     }
     let mut dirs: BTreeMap<&str, u64> = BTreeMap::from([("", DIR_ENTRY)]);
-    let mut all_dirs = BTreeSet::new();
-    for path in spec.files.keys() {
-        all_dirs.extend(fat_parents(path));
-    }
-    for d in &spec.dirs {
-        all_dirs.extend(fat_parents(d));
-        all_dirs.insert(d.trim_matches('/'));
-    }
-    for d in &all_dirs {
+    for d in &spec_dirs(spec) {
         dirs.entry(d).or_insert(2 * DIR_ENTRY);
         add(d, &mut dirs);
     }
@@ -439,6 +423,20 @@ fn content_bytes(spec: &EspSpec, cluster: u64) -> Result<u64> {
 
 fn round_up(n: u64, to: u64) -> u64 {
     n.div_ceil(to) * to
+}
+
+/// Every directory the ESP holds: the parents of every file, and the extra
+/// dirs with their parents. Sorted, so parents come before their children.
+fn spec_dirs(spec: &EspSpec) -> BTreeSet<&str> {
+    let mut dirs = BTreeSet::new();
+    for path in spec.files.keys() {
+        dirs.extend(fat_parents(path));
+    }
+    for d in &spec.dirs {
+        dirs.extend(fat_parents(d));
+        dirs.insert(d.trim_matches('/'));
+    }
+    dirs
 }
 
 /// Proper ancestors of a FAT path: "EFI/BOOT/X" -> "EFI", "EFI/BOOT".

@@ -1489,29 +1489,4 @@ mod tests {
         );
         assert!(parse_manifest(&extra, "sample").is_err());
     }
-
-    #[test]
-    fn help_lines_fit_80_columns() {
-        use clap::{CommandFactory, Parser};
-        #[derive(Parser)]
-        #[command(name = "defib store", max_term_width = 80)]
-        struct Cli {
-            #[command(subcommand)]
-            cmd: StoreCmd,
-        }
-        let mut cmd = Cli::command();
-        cmd.build();
-        let mut texts = vec![cmd.render_long_help().to_string()];
-        for sub in cmd.get_subcommands_mut() {
-            texts.push(sub.render_long_help().to_string());
-        }
-        for t in texts {
-            for line in t.lines() {
-                assert!(
-                    line.chars().count() <= 80,
-                    "help line over 80 columns: {line:?}"
-                );
-            }
-        }
-    }
 }
