@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 // The victim-disk maker the end-to-end tests use (mkntfs + ntfs-3g).
 #[allow(dead_code)]
-#[path = "../tests/common/victim.rs"]
+#[path = "../tests/common/victim/mod.rs"]
 mod victim;
 
 #[derive(Parser)]

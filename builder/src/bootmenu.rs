@@ -6,6 +6,7 @@
 //! see the same thing.
 
 use crate::manifest::BootEntry;
+pub use defib_rescue::bootargs::{After, MediumHint, Mode};
 
 /// Where the kernel and initramfs segments sit on the boot partition.
 pub const KERNEL: &str = "defib/vmlinuz";
@@ -15,45 +16,56 @@ pub const PAYLOADS: &str = "defib/payloads.img";
 /// Seconds the menu waits before the default entry.
 pub const TIMEOUT: u32 = 5;
 
-/// What the rescue does after its verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum After {
-    Reboot,
-    Poweroff,
+/// Kernel words every entry starts with. console=: screen first, serial
+/// last; the kernel's /dev/console is the last one, the rescue writes to
+/// all of them. panic=10 reboots a machine whose kernel panics instead of
+/// leaving it hung on a ward.
+pub const BASE_ARGS: &str = "console=tty0 console=ttyS0,115200 quiet panic=10";
+
+/// Joins kernel command line words, skipping empty ones: the one place a
+/// command line is put together.
+pub fn cmdline<I, S>(words: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut s = String::new();
+    for w in words {
+        let w = w.as_ref().trim();
+        if w.is_empty() {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(w);
+    }
+    s
 }
 
-impl After {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            After::Reboot => "reboot",
-            After::Poweroff => "poweroff",
-        }
+/// The title of a mode's menu entry, with its hotkey in brackets.
+fn title(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Auto => "Repair automatically [r]",
+        Mode::Scan => "Scan only - change nothing [s]",
+        Mode::Shell => "Rescue shell [h]",
     }
 }
 
 /// The three entries: repair (default), scan only, rescue shell.
 pub fn entries(after: After) -> Vec<BootEntry> {
-    // console=: screen first, serial last; the kernel's /dev/console is the
-    // last one, the rescue writes to all of them. panic=10 reboots a machine
-    // whose kernel panics instead of leaving it hung on a ward.
-    let base = "console=tty0 console=ttyS0,115200 quiet panic=10";
-    let after_arg = match after {
-        After::Reboot => String::new(),
-        After::Poweroff => " defib.after=poweroff".to_string(),
-    };
-    [
-        ("auto", "Repair automatically [r]"),
-        ("scan", "Scan only - change nothing [s]"),
-        ("shell", "Rescue shell [h]"),
-    ]
-    .iter()
-    .map(|(id, title)| BootEntry {
-        id: id.to_string(),
-        title: title.to_string(),
-        cmdline: format!("{base} defib.mode={id}{after_arg}"),
-    })
-    .collect()
+    Mode::ALL
+        .iter()
+        .map(|m| BootEntry {
+            id: m.as_str().to_string(),
+            title: title(*m).to_string(),
+            cmdline: cmdline([
+                BASE_ARGS.to_string(),
+                m.arg(),
+                after.arg().unwrap_or_default(),
+            ]),
+        })
+        .collect()
 }
 
 /// The key that boots an entry straight from the menu (r, s, h): a

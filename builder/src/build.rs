@@ -16,8 +16,9 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use defib_rescue::layout;
 /// The FAT label and GPT partition name the rescue looks for.
-pub const LABEL: &str = "DEFIB";
+pub use defib_rescue::layout::LABEL;
 /// zstd level for initramfs segments: the modules inside are already xz,
 /// so higher levels buy little and cost build time.
 const ZSTD_LEVEL: i32 = 12;
@@ -224,7 +225,7 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
         )?;
     }
     ar.add_file(
-        &format!("{modroot}/defib.load"),
+        &format!("{modroot}/{}", layout::MODULE_LIST),
         0o644,
         kmod::load_file(&closure, &release, cfg.modules.version).into_bytes(),
     )?;
@@ -235,7 +236,7 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
         "source_date_epoch": cfg.source_date_epoch,
     });
     ar.add_file(
-        "etc/defib/build.json",
+        layout::BUILD_INFO,
         0o644,
         serde_json::to_vec_pretty(&build_json)?,
     )?;
@@ -414,7 +415,7 @@ pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummar
     files.insert(bootmenu::PAYLOADS.into(), staged.payloads.clone());
     staged.manifest.files = crate::manifest::file_entries(&files);
     files.insert(
-        "defib/manifest.json".into(),
+        layout::MANIFEST.into(),
         serde_json::to_vec_pretty(&staged.manifest)?,
     );
     let seed_hex = sha256_hex(format!("defib image seed {}", staged.manifest.build_id).as_bytes());
@@ -422,7 +423,7 @@ pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummar
     hex::decode_to_slice(&seed_hex, &mut seed).context("seed")?;
     let spec = EspSpec {
         files,
-        dirs: vec!["reports".into()],
+        dirs: vec![layout::REPORTS_DIR.into()],
         label: LABEL.into(),
         free_space: cfg.free_space,
         seed,

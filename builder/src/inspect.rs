@@ -7,6 +7,7 @@
 use crate::image::UsbImage;
 use crate::manifest::Manifest;
 use anyhow::{Context, Result};
+use defib_rescue::layout;
 use serde::Serialize;
 use std::path::Path;
 
@@ -30,7 +31,7 @@ pub struct Inspection {
 /// Reads the manifest and every `reports/*.json` off an image or device.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let img = UsbImage::open(path)?;
-    let raw = img.read_file("defib/manifest.json").with_context(|| {
+    let raw = img.read_file(layout::MANIFEST).with_context(|| {
         format!(
             "{}: no \\defib\\manifest.json — is this a defib image?",
             path.display()
@@ -51,7 +52,9 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 /// The reports under `\reports\`, sorted by file name.
 pub fn reports(img: &UsbImage) -> Result<Vec<ReportFile>> {
     let mut out = Vec::new();
-    let mut entries = img.list_dir("reports").context("listing \\reports\\")?;
+    let mut entries = img
+        .list_dir(layout::REPORTS_DIR)
+        .context("listing \\reports\\")?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for e in entries {
         if e.is_dir || !e.name.to_ascii_lowercase().ends_with(".json") {

@@ -31,7 +31,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// ISO 9660 volume identifier, which the rescue looks for.
-pub const VOLUME_ID: &str = "DEFIB";
+pub use defib_rescue::layout::LABEL as VOLUME_ID;
 const ISOLINUX_BIN: &str = "usr/lib/ISOLINUX/isolinux.bin";
 const ISOHDPFX_BIN: &str = "usr/lib/ISOLINUX/isohdpfx.bin";
 const GRUB_CD: &str = "usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed";
@@ -129,7 +129,7 @@ pub fn build_iso(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSu
     ));
     m.files = crate::manifest::file_entries(&files);
     files.insert(
-        "defib/manifest.json".into(),
+        defib_rescue::layout::MANIFEST.into(),
         serde_json::to_vec_pretty(&staged.manifest)?,
     );
 

@@ -26,8 +26,5 @@ pub fn on_path(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-/// Lowercase hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
-}
+/// Lowercase hex SHA-256 of `data` (the rescue's, so both sides spell it alike).
+pub use defib_rescue::hash::sha256_hex;

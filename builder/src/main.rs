@@ -1,13 +1,14 @@
 //! `defib`: build defib rescue images and read used ones back.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use defib_builder::bootmenu::After;
 use defib_builder::build::{build, BuildConfig};
 use defib_builder::fetch::{self, Fetched};
 use defib_builder::kmod::{ModuleList, DEFAULT_LIST};
 use defib_builder::progress::Progress;
-use defib_builder::{inspect, qemu, size::parse_size};
+use defib_builder::{inspect, qemu, size::parse_size, store};
+use defib_rescue::store::{Store, OBJECTS_DIR};
 use std::path::{Path, PathBuf};
 
 /// Build defib rescue images: a USB stick that boots a PC broken by a bad
@@ -36,7 +37,7 @@ enum Cmd {
     Playbook(PlaybookCmd),
     /// Manage the known-good store of system files
     #[command(subcommand)]
-    Store(defib_builder::store::StoreCmd),
+    Store(StoreCmd),
     /// Fleet table of the reports on used sticks or in folders
     Reports(ReportsConfig),
 }
@@ -195,7 +196,7 @@ fn main() {
         Cmd::Inspect(c) => cmd_inspect(c),
         Cmd::Try(c) => cmd_try(c),
         Cmd::Playbook(PlaybookCmd::Check { paths }) => cmd_playbook_check(paths),
-        Cmd::Store(c) => defib_builder::store::run(c),
+        Cmd::Store(c) => store(c),
         Cmd::Reports(c) => cmd_reports(c),
     };
     if let Err(e) = r {
@@ -474,6 +475,120 @@ fn cmd_try(c: TryConfig) -> Result<()> {
         anyhow::bail!("no power-off within {} s", c.timeout);
     }
     Ok(())
+}
+
+/// Manage the known-good store of Windows system files
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Add files exported from a healthy reference machine
+    Import(ImportConfig),
+    /// List the store's entries
+    List(ListConfig),
+    /// Check every object's size and SHA-256; fail if anything is wrong
+    Verify(VerifyConfig),
+}
+
+#[derive(Args, Debug)]
+struct ImportConfig {
+    /// The zip (or unpacked folder) written by export-known-good.ps1
+    #[arg(value_name = "FILE.zip|DIR")]
+    input: PathBuf,
+    /// The store folder
+    #[arg(long, value_name = "DIR", default_value = "payloads/store")]
+    store: PathBuf,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ListConfig {
+    /// The store folder
+    #[arg(long, value_name = "DIR", default_value = "payloads/store")]
+    store: PathBuf,
+    /// Print the entries as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyConfig {
+    /// The store folder
+    #[arg(long, value_name = "DIR", default_value = "payloads/store")]
+    store: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// `defib store …`: one store subcommand, printed for a person or as JSON.
+fn store(cmd: StoreCmd) -> Result<()> {
+    match cmd {
+        StoreCmd::Import(c) => {
+            let s = store::import(&c.input, &c.store)?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                for w in &s.warnings {
+                    eprintln!("defib: warning: {w}");
+                }
+                println!(
+                    "{}: {} build {}{} {}: {} file(s); {} new object(s), {} already there; \
+                     {} new entr(ies), {} already there",
+                    c.input.display(),
+                    s.product,
+                    s.build,
+                    s.ubr.map(|u| format!(".{u}")).unwrap_or_default(),
+                    s.arch.as_str(),
+                    s.files,
+                    s.objects_added,
+                    s.objects_present,
+                    s.entries_added,
+                    s.entries_present
+                );
+            }
+            Ok(())
+        }
+        StoreCmd::List(c) => {
+            let st = Store::open(&c.store)?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&st.index.entries)?);
+            } else {
+                print!("{}", store::render_list(&st.index.entries));
+            }
+            Ok(())
+        }
+        StoreCmd::Verify(c) => {
+            let st = Store::open(&c.store)?;
+            let r = st.verify()?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} entries, {} objects, {} good",
+                    r.root.display(),
+                    r.entries,
+                    r.objects,
+                    r.objects_ok
+                );
+                for p in &r.problems {
+                    println!("problem: {p}");
+                }
+                for o in &r.orphans {
+                    println!("orphan: {OBJECTS_DIR}/{o} (no entry uses it; safe to delete)");
+                }
+            }
+            if !r.is_clean() {
+                bail!(
+                    "store {} has {} problem(s) and {} orphan(s); re-import the exports or delete the orphans",
+                    c.store.display(),
+                    r.problems.len(),
+                    r.orphans.len()
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! Every byte follows from the staged build and the options; zip entries
 //! are sorted with a fixed time.
 
-use crate::bootmenu::{self, hotkey, TIMEOUT};
+use crate::bootmenu::{self, hotkey, MediumHint, TIMEOUT};
 use crate::build::{stage, BuildConfig, Staged};
 use crate::manifest::{FileEntry, Part, Taken};
 use crate::sha256_hex;
@@ -71,13 +71,11 @@ pub fn check_append(a: &str) -> Result<String> {
     Ok(a.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-fn with_append(cmdline: &str, extra: &str, append: &str) -> String {
-    let mut s = format!("{cmdline} defib.medium=pxe {extra}");
-    if !append.is_empty() {
-        s.push(' ');
-        s.push_str(append);
-    }
-    s
+/// An entry's command line for a network boot: it says `defib.medium=pxe`
+/// (there is no stick to look for), then the loader's network words, then
+/// the admin's `--append`.
+pub fn net_cmdline(entry: &str, net: &str, append: &str) -> String {
+    bootmenu::cmdline([entry, &MediumHint::Pxe.arg(), net, append])
 }
 
 /// The iPXE script. `base` is prefixed to the file names: empty for names
@@ -126,7 +124,7 @@ pub fn ipxe_script(staged: &Staged, base: &str, append: &str) -> String {
              initrd {base}payloads.img\n\
              boot\n",
             id = e.id,
-            cmd = with_append(&e.cmdline, net, append),
+            cmd = net_cmdline(&e.cmdline, net, append),
         ));
     }
     s
@@ -160,7 +158,7 @@ pub fn grub_cfg(staged: &Staged, append: &str) -> String {
             hotkey(&e.id),
             e.id,
             e.id,
-            with_append(&e.cmdline, net, append)
+            net_cmdline(&e.cmdline, net, append)
         ));
     }
     s.push_str(
@@ -415,10 +413,8 @@ pub fn build_pxe(
     manifest.parts.extend(parts);
     manifest.parts.sort_by(|a, b| a.package.cmp(&b.package));
     for e in manifest.boot_entries.iter_mut() {
-        e.cmdline = format!("{} defib.medium=pxe", e.cmdline);
-        if let Some(a) = &opts.append {
-            e.cmdline = format!("{} {}", e.cmdline, check_append(a)?);
-        }
+        let append = opts.append.as_deref().map(check_append).transpose()?;
+        e.cmdline = net_cmdline(&e.cmdline, "", append.as_deref().unwrap_or(""));
     }
     manifest.files = files
         .iter()
@@ -496,6 +492,64 @@ mod tests {
     use super::*;
     use crate::bootmenu::After;
     use crate::manifest::{Manifest, Modules};
+
+    /// The contract, checked from both ends: every kernel command line the
+    /// builder writes — USB GRUB and syslinux menus, the iPXE scripts and the
+    /// netboot GRUB menu — read back with the rescue's own parser gives the
+    /// entry's mode, the build's `--after`, `defib.medium=pxe` on network
+    /// paths, `--append`'s report URL, and no warning.
+    #[test]
+    fn every_generated_kernel_line_parses_with_the_rescues_parser() {
+        use defib_rescue::bootargs::{BootArgs, Mode};
+        for after in [After::Reboot, After::Poweroff] {
+            let mut st = staged();
+            st.manifest.boot_entries = bootmenu::entries(after);
+            let usb_grub = bootmenu::grub_cfg(&st.manifest.boot_entries, "b");
+            let usb_sys = bootmenu::syslinux_cfg(&st.manifest.boot_entries, "b");
+            let append = "defib.report=http://10.0.2.2:8/r/";
+            let ipxe = ipxe_script(&st, "", append);
+            let ipxe_http = ipxe_script(&st, "http://10.0.2.2/defib/", append);
+            let net_grub = grub_cfg(&st, append);
+            let pick = |text: &str, prefix: &str| -> Vec<String> {
+                text.lines()
+                    .filter_map(|l| l.trim_start().strip_prefix(prefix))
+                    .map(|r| r.split_once(' ').map(|x| x.1).unwrap_or("").to_string())
+                    .collect()
+            };
+            let sys: Vec<String> = usb_sys
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("APPEND "))
+                .map(str::to_string)
+                .collect();
+            let cases = [
+                (pick(&usb_grub, "linux "), false),
+                (sys, false),
+                (pick(&ipxe, "kernel "), true),
+                (pick(&ipxe_http, "kernel "), true),
+                (pick(&net_grub, "linux "), true),
+            ];
+            for (lines, net) in cases {
+                let modes: Vec<Mode> = lines
+                    .iter()
+                    .map(|l| {
+                        let a = BootArgs::parse(l);
+                        assert!(a.warnings.is_empty(), "{l}: {:?}", a.warnings);
+                        assert_eq!(a.after, after, "{l}");
+                        assert_eq!(a.consoles.len(), 2, "{l}");
+                        if net {
+                            assert_eq!(a.medium, Some(MediumHint::Pxe), "{l}");
+                            assert_eq!(a.report_url.as_deref(), Some("http://10.0.2.2:8/r/"));
+                            assert!(a.ip.is_some() && a.bootif.is_some(), "{l}");
+                        } else {
+                            assert_eq!(a.medium, None, "{l}");
+                        }
+                        a.mode
+                    })
+                    .collect();
+                assert_eq!(modes, Mode::ALL, "{lines:?}");
+            }
+        }
+    }
 
     fn staged() -> Staged {
         Staged {

@@ -16,7 +16,6 @@
 //! `defib_rescue::store`, shared with the rescue.
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Subcommand};
 use defib_rescue::playbook::{split_path, Arch};
 use defib_rescue::store::{is_sha256, path_key, Entry, Store, INDEX_FILE, OBJECTS_DIR};
 use serde::{Deserialize, Serialize};
@@ -51,120 +50,6 @@ const MAX_NAME: usize = 1024;
 /// from POSIX <sys/stat.h>).
 const S_IFMT: u32 = 0o170_000;
 const S_IFLNK: u32 = 0o120_000;
-
-/// Manage the known-good store of Windows system files
-#[derive(Subcommand, Debug)]
-pub enum StoreCmd {
-    /// Add files exported from a healthy reference machine
-    Import(ImportConfig),
-    /// List the store's entries
-    List(ListConfig),
-    /// Check every object's size and SHA-256; fail if anything is wrong
-    Verify(VerifyConfig),
-}
-
-#[derive(Args, Debug)]
-pub struct ImportConfig {
-    /// The zip (or unpacked folder) written by export-known-good.ps1
-    #[arg(value_name = "FILE.zip|DIR")]
-    pub input: PathBuf,
-    /// The store folder
-    #[arg(long, value_name = "DIR", default_value = "payloads/store")]
-    pub store: PathBuf,
-    /// Print a JSON summary on stdout
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ListConfig {
-    /// The store folder
-    #[arg(long, value_name = "DIR", default_value = "payloads/store")]
-    pub store: PathBuf,
-    /// Print the entries as JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct VerifyConfig {
-    /// The store folder
-    #[arg(long, value_name = "DIR", default_value = "payloads/store")]
-    pub store: PathBuf,
-    /// Print the report as JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Runs one `defib store` subcommand.
-pub fn run(cmd: StoreCmd) -> Result<()> {
-    match cmd {
-        StoreCmd::Import(c) => {
-            let s = import(&c.input, &c.store)?;
-            if c.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                for w in &s.warnings {
-                    eprintln!("defib: warning: {w}");
-                }
-                println!(
-                    "{}: {} build {}{} {}: {} file(s); {} new object(s), {} already there; \
-                     {} new entr(ies), {} already there",
-                    c.input.display(),
-                    s.product,
-                    s.build,
-                    s.ubr.map(|u| format!(".{u}")).unwrap_or_default(),
-                    s.arch.as_str(),
-                    s.files,
-                    s.objects_added,
-                    s.objects_present,
-                    s.entries_added,
-                    s.entries_present
-                );
-            }
-            Ok(())
-        }
-        StoreCmd::List(c) => {
-            let st = Store::open(&c.store)?;
-            if c.json {
-                println!("{}", serde_json::to_string_pretty(&st.index.entries)?);
-            } else {
-                print!("{}", render_list(&st.index.entries));
-            }
-            Ok(())
-        }
-        StoreCmd::Verify(c) => {
-            let st = Store::open(&c.store)?;
-            let r = st.verify()?;
-            if c.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "{}: {} entries, {} objects, {} good",
-                    r.root.display(),
-                    r.entries,
-                    r.objects,
-                    r.objects_ok
-                );
-                for p in &r.problems {
-                    println!("problem: {p}");
-                }
-                for o in &r.orphans {
-                    println!("orphan: {OBJECTS_DIR}/{o} (no entry uses it; safe to delete)");
-                }
-            }
-            if !r.is_clean() {
-                bail!(
-                    "store {} has {} problem(s) and {} orphan(s); re-import the exports or delete the orphans",
-                    c.store.display(),
-                    r.problems.len(),
-                    r.orphans.len()
-                );
-            }
-            Ok(())
-        }
-    }
-}
 
 /// The table `defib store list` prints.
 pub fn render_list(entries: &[Entry]) -> String {

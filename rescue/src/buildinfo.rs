@@ -9,10 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Where the builder puts [`BuildInfo`] in the initramfs, relative to `/`.
-pub const BUILD_JSON: &str = "etc/defib/build.json";
-/// Where the builder puts the manifest on the boot medium.
-pub const MANIFEST_JSON: &str = "defib/manifest.json";
+use crate::layout::{BUILD_INFO, MANIFEST};
 
 /// `/etc/defib/build.json`: which build this initramfs is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,14 +32,14 @@ pub struct Manifest {
 
 /// Reads `<root>/etc/defib/build.json`.
 pub fn read_build_info(root: &Path) -> Result<BuildInfo> {
-    let p = root.join(BUILD_JSON);
+    let p = root.join(BUILD_INFO);
     let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))
 }
 
 /// Reads `<medium>/defib/manifest.json`.
 pub fn read_manifest(medium: &Path) -> Result<Manifest> {
-    let p = medium.join(MANIFEST_JSON);
+    let p = medium.join(MANIFEST);
     let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))
 }
@@ -56,7 +53,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc/defib")).unwrap();
         std::fs::write(
-            dir.path().join(BUILD_JSON),
+            dir.path().join(BUILD_INFO),
             r#"{"build_id":"ab12","defib_version":"0.1.0","kernel":"6.12.57+deb13-amd64","source_date_epoch":1700000000,"extra":1}"#,
         )
         .unwrap();
@@ -71,14 +68,10 @@ mod tests {
         let e = read_build_info(dir.path()).unwrap_err();
         assert!(format!("{e:#}").contains("build.json"));
         std::fs::create_dir_all(dir.path().join("defib")).unwrap();
-        std::fs::write(dir.path().join(MANIFEST_JSON), "{").unwrap();
+        std::fs::write(dir.path().join(MANIFEST), "{").unwrap();
         let e = read_manifest(dir.path()).unwrap_err();
         assert!(format!("{e:#}").starts_with("parsing"));
-        std::fs::write(
-            dir.path().join(MANIFEST_JSON),
-            r#"{"build_id":"x","files":[]}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(MANIFEST), r#"{"build_id":"x","files":[]}"#).unwrap();
         assert_eq!(read_manifest(dir.path()).unwrap().build_id, "x");
     }
 }

@@ -6,10 +6,10 @@
 //! report goes to stdout (text or `--json`) and, when something was
 //! changed, into the volume's `\defib\<run-id>\`.
 
-use crate::cmdline::Mode as BootMode;
-use crate::engine;
-use crate::repair::{self, check_volume, Intent, Payloads};
-use crate::report::{self, Boot, MediumKind, Modules, Report};
+use crate::bootargs::Mode as BootMode;
+use crate::engine::{self, Mode};
+use crate::repair::{self, check_volume, Payloads};
+use crate::report::{self, Report};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -57,7 +57,7 @@ fn partitions_of(dev: &str) -> Result<Vec<(String, bool)>> {
 
 /// Runs scan or fix; returns the report (already written to the victim
 /// when the run changed it).
-pub fn run(target: &Target, payloads: &Path, intent: Intent) -> Result<Report> {
+pub fn run(target: &Target, payloads: &Path, mode: Mode) -> Result<Report> {
     let payloads = Payloads::load(payloads)?;
     if payloads.playbooks.is_empty() {
         bail!(
@@ -71,8 +71,14 @@ pub fn run(target: &Target, payloads: &Path, intent: Intent) -> Result<Report> {
         );
     }
     let started = SystemTime::now();
-    let run_id = report::run_id(started, report::random4());
-    let mut messages = Vec::new();
+    let run_id = crate::runid::run_id(started, crate::runid::random4());
+    let mut rep = Report::begin(started, run_id.clone(), BootMode::of_engine(mode));
+    rep.boot.firmware = crate::firmware::firmware(Path::new("/"));
+    rep.boot.kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    rep.boot.cmdline = std::env::args().collect::<Vec<_>>().join(" ");
     let mut vols = crate::volumes::KernelVolumes::new(Path::new("/"));
     let windows = match target {
         Target::Root(root) => {
@@ -81,19 +87,15 @@ pub fn run(target: &Target, payloads: &Path, intent: Intent) -> Result<Report> {
                 Ok(h) => (format!("{h:?}").to_lowercase(), false),
                 Err(e) => (format!("unknown: {e:#}"), false),
             };
-            let intent = if blocks {
-                messages.push("hiberfil.sys holds a live hibernation image: scanning only".into());
-                Intent::Scan
+            let mode = if blocks {
+                rep.messages
+                    .push("hiberfil.sys holds a live hibernation image: scanning only".into());
+                Mode::Scan
             } else {
-                intent
+                mode
             };
-            let mut v = repair::evaluate_root(
-                root,
-                &root.display().to_string(),
-                &payloads,
-                intent,
-                &run_id,
-            )?;
+            let mut v =
+                repair::evaluate_root(root, &root.display().to_string(), &payloads, mode, &run_id)?;
             for w in &mut v {
                 w.state.hibernation = hib.clone();
             }
@@ -103,50 +105,18 @@ pub fn run(target: &Target, payloads: &Path, intent: Intent) -> Result<Report> {
             let mut v = Vec::new();
             for (part, bitlocker) in partitions_of(dev)? {
                 v.extend(check_volume(
-                    &mut vols, &part, bitlocker, &payloads, intent, &run_id,
+                    &mut vols, &part, bitlocker, &payloads, mode, &run_id,
                 ));
             }
             v
         }
     };
-    let verdict = crate::verdict::decide(&Default::default(), &windows).verdict;
-    let rep = Report {
-        schema: report::SCHEMA,
-        defib_version: crate::VERSION.into(),
-        run_id: run_id.clone(),
-        started: report::rfc3339(started),
-        finished: report::rfc3339(SystemTime::now()),
-        build_id: None,
-        machine: Default::default(),
-        boot: Boot {
-            firmware: crate::firmware::firmware(Path::new("/")),
-            secure_boot: false,
-            mode: if intent == Intent::Repair {
-                BootMode::Auto
-            } else {
-                BootMode::Scan
-            },
-            medium: MediumKind::None,
-            kernel: rustix::system::uname()
-                .release()
-                .to_string_lossy()
-                .into_owned(),
-            cmdline: std::env::args().collect::<Vec<_>>().join(" "),
-        },
-        modules: Modules {
-            loaded: 0,
-            failed: Vec::new(),
-            not_applicable: Vec::new(),
-        },
-        volumes: Vec::new(),
-        windows: windows.clone(),
-        messages,
-        verdict,
-        network: None,
-    };
+    rep.verdict = crate::verdict::decide(&Default::default(), &windows).verdict;
+    rep.windows = windows.clone();
+    rep.finish(SystemTime::now());
     for w in &windows {
         if let (Some(m), Some(_)) = (&w.mount, &w.run_dir) {
-            repair::write_victim_reports(m, &run_id, &rep)?;
+            report::write_victim_reports(m, &run_id, &rep)?;
         }
     }
     for e in vols.umount_all() {

@@ -14,7 +14,7 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The top folder defib keeps on a victim volume.
@@ -145,7 +145,7 @@ impl RunDir {
         step.state = StepState::Intent;
         self.record(&step)?;
         let res = act();
-        step.time = crate::report::rfc3339(std::time::SystemTime::now());
+        step.time = crate::runid::rfc3339(std::time::SystemTime::now());
         match &res {
             Ok(()) => step.state = StepState::Done,
             Err(e) => {
@@ -190,32 +190,7 @@ pub fn read_journal(path: &Path) -> Result<Vec<Step>> {
     Ok(out)
 }
 
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-pub fn sha256_bytes(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(data))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::hash::{sha256_file, sha256_hex as sha256_bytes};
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -1,39 +1,50 @@
 //! defib's rescue: the library behind the `rescue` binary.
 //!
-//! As PID 1 in the rescue image, [`init::main`] mounts the kernel's
-//! filesystems, loads drivers, finds the boot medium and the disks, repairs
-//! each Windows volume through [`repair`] and [`engine`], decides a verdict
-//! and writes the reports. [`host`] runs the same engine on a Linux host.
-//! The formats the builder shares ([`report::Report`],
-//! [`buildinfo::BuildInfo`], [`playbook`], [`store`]) live here too.
+//! Two kinds of code live here, kept apart:
+//! - [`pid1`]: the rescue as `/init` in the image — the step table, console,
+//!   module loading, mounts, the boot medium, the shell and the network.
+//!   Kernel-facing, tested by booting the image (and on fake trees where it
+//!   takes a root).
+//! - Everything else is host-safe library code that works on a directory
+//!   or a file: the repair engine ([`engine`], driven per volume by
+//!   [`repair`]), the readers of Windows' formats, the journal, the report,
+//!   and the formats and names the builder shares ([`layout`], [`bootargs`],
+//!   [`buildinfo`], [`report`], [`playbook`], [`store`]). [`host`] runs the
+//!   same engine on any Linux machine.
 
+// The contract with the builder.
+pub mod bootargs;
 pub mod buildinfo;
+pub mod layout;
+
+// The run's record.
+pub mod durable;
+pub mod hash;
+pub mod report;
+pub mod runid;
+
+// The repair engine and what it reads.
 pub mod bup;
-pub mod cmdline;
-pub mod console;
-pub mod dmi;
 pub mod engine;
-pub mod firmware;
-pub mod host;
-pub mod init;
 pub mod journal;
-pub mod kmod;
-pub mod medium;
-pub mod mounts;
-pub mod net;
 pub mod pe;
 pub mod playbook;
-pub mod probe;
 pub mod repair;
-pub mod report;
-pub mod shell;
 pub mod store;
-pub mod verdict;
 pub mod volstate;
-pub mod volumes;
 pub mod windows;
 pub mod winpath;
 pub mod winreg;
+
+// Disks and machines, each behind a root.
+pub mod firmware;
+pub mod probe;
+pub mod verdict;
+pub mod volumes;
+
+// Runs: PID 1 in the image, and host mode.
+pub mod host;
+pub mod pid1;
 
 /// The rescue's version, printed in the banner and written in reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,8 +2,8 @@
 //! Windows volume attached to any Linux machine.
 
 use clap::{Args, Parser, Subcommand};
+use defib_rescue::engine::Mode;
 use defib_rescue::host::{self, Target};
-use defib_rescue::repair::Intent;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,29 +74,22 @@ struct UndoArgs {
 
 fn main() -> ExitCode {
     if rustix::process::getpid().is_init() {
-        defib_rescue::init::main();
+        defib_rescue::pid1::main();
     }
     // busybox udhcpc runs the rescue as its script, through a symlink.
     let mut argv = std::env::args();
     if argv
         .next()
-        .is_some_and(|a| a.ends_with(defib_rescue::net::HOOK_NAME))
+        .is_some_and(|a| a.ends_with(defib_rescue::pid1::net::HOOK_NAME))
     {
         let event = argv.next().unwrap_or_default();
-        let code = defib_rescue::net::udhcpc_hook(&event, std::path::Path::new("/"));
+        let code = defib_rescue::pid1::net::udhcpc_hook(&event, std::path::Path::new("/"));
         return ExitCode::from(code as u8);
     }
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Scan(a) => run(a, Intent::Scan),
-        Cmd::Fix(f) => run(
-            f.run,
-            if f.dry_run {
-                Intent::Scan
-            } else {
-                Intent::Repair
-            },
-        ),
+        Cmd::Scan(a) => run(a, Mode::Scan),
+        Cmd::Fix(f) => run(f.run, if f.dry_run { Mode::Scan } else { Mode::Fix }),
         Cmd::Undo(u) => undo(u),
         Cmd::Probe => probe(),
     };
@@ -109,18 +102,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(a: RunArgs, intent: Intent) -> anyhow::Result<ExitCode> {
+fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let target = match (a.root, a.device) {
         (Some(r), _) => Target::Root(r),
         (None, Some(d)) => Target::Device(d),
         (None, None) => anyhow::bail!("give --root DIR or --device DEV"),
     };
     let payloads = a.payloads.unwrap_or_else(host::default_payloads);
-    let rep = host::run(&target, &payloads, intent)?;
+    let rep = host::run(&target, &payloads, mode)?;
     if a.json {
         println!("{}", String::from_utf8_lossy(&rep.to_json()?));
     } else {
-        print!("{}", defib_rescue::repair::render_text(&rep));
+        print!("{}", defib_rescue::report::render_text(&rep));
     }
     // Exit status for scripts: 0 repaired/clean, 1 needs attention, 3 no Windows.
     Ok(match rep.verdict {

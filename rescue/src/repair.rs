@@ -14,11 +14,10 @@
 
 use crate::engine::{self, Mode, PlaybookResult, Status};
 use crate::playbook::Playbook;
-use crate::report::Verdict;
+use crate::report::{BitlockerState, Identity, Verdict, VolumeState, WindowsReport};
 use crate::store::Store;
-use crate::windows::{self, WindowsInstall};
+use crate::windows;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Playbooks and the known-good store, as carried in `/payloads`.
@@ -42,84 +41,6 @@ impl Payloads {
     }
 }
 
-/// What the raw volume says before anything is mounted.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VolumeState {
-    /// BitLocker: locked (defib cannot unlock it yet); key protectors listed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bitlocker: Option<BitlockerState>,
-    /// The NTFS "dirty" flag ($Volume): Windows did not shut down cleanly
-    /// or chkdsk is pending.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dirty: Option<bool>,
-    /// `hiberfil.sys` header: `none`, `live` (hibernated or Fast Startup),
-    /// `resumed`, or `unknown: …`.
-    #[serde(default)]
-    pub hibernation: String,
-    /// Mounted read-write and changed.
-    #[serde(default)]
-    pub written: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BitlockerState {
-    pub encryption_method: Option<String>,
-    /// `guid (kind)` of each key protector, e.g. `3fd7…4e0c (recovery-password)`.
-    pub key_protectors: Vec<String>,
-}
-
-/// The Windows identity, as the report records it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Identity {
-    pub windows_dir: String,
-    pub product_name: Option<String>,
-    pub version: Option<String>,
-    pub build: Option<u32>,
-    pub ubr: Option<u32>,
-    pub service_pack: Option<String>,
-    pub display_version: Option<String>,
-    pub arch: Option<String>,
-    pub computer_name: Option<String>,
-    pub notes: Vec<String>,
-}
-
-impl From<&WindowsInstall> for Identity {
-    fn from(w: &WindowsInstall) -> Identity {
-        Identity {
-            windows_dir: w.windows_dir.clone(),
-            product_name: w.product_name.clone(),
-            version: w.current_version.clone(),
-            build: w.build,
-            ubr: w.ubr,
-            service_pack: w.service_pack.clone(),
-            display_version: w.display_version.clone(),
-            arch: w.arch.map(|a| a.as_str().to_string()),
-            computer_name: w.computer_name.clone(),
-            notes: w.notes.clone(),
-        }
-    }
-}
-
-/// One Windows volume's part of the report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowsReport {
-    /// Device (`sda2`) or, in host mode, the root folder.
-    pub volume: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<Identity>,
-    pub state: VolumeState,
-    pub playbooks: Vec<PlaybookResult>,
-    /// `\defib\<run-id>` on this volume when the run changed it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_dir: Option<String>,
-    pub verdict: Verdict,
-    pub reason: String,
-    pub next_step: String,
-    /// Where the volume is mounted now (for the caller to write reports).
-    #[serde(skip)]
-    pub mount: Option<PathBuf>,
-}
-
 /// The kernel side of volume handling.
 pub trait VolumeOps {
     /// Reads BitLocker metadata from the raw volume.
@@ -129,13 +50,6 @@ pub trait VolumeOps {
     /// Mounts with ntfs3; `force` allows a dirty volume read-write.
     fn mount(&mut self, dev: &str, rw: bool, force: bool) -> Result<PathBuf>;
     fn umount(&mut self, dev: &str) -> Result<()>;
-}
-
-/// How a run may act.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Intent {
-    Scan,
-    Repair,
 }
 
 fn attention(volume: &str, reason: String, next: &str) -> WindowsReport {
@@ -153,7 +67,7 @@ fn attention(volume: &str, reason: String, next: &str) -> WindowsReport {
 }
 
 /// Verdict for one installation from its playbook results.
-pub fn summarise(playbooks: &[PlaybookResult], intent: Intent) -> (Verdict, String, String) {
+pub fn summarise(playbooks: &[PlaybookResult], mode: Mode) -> (Verdict, String, String) {
     if let Some(p) = playbooks
         .iter()
         .find(|p| p.status == Status::NeedsAttention)
@@ -170,9 +84,9 @@ pub fn summarise(playbooks: &[PlaybookResult], intent: Intent) -> (Verdict, Stri
         .map(|p| p.id.as_str())
         .collect();
     if !found.is_empty() {
-        let next = match intent {
-            Intent::Scan => "boot defib's 'Repair automatically' entry to repair it",
-            Intent::Repair => "the volume could not be written; see the reason",
+        let next = match mode {
+            Mode::Scan => "boot defib's 'Repair automatically' entry to repair it",
+            Mode::Fix => "the volume could not be written; see the reason",
         };
         return (
             Verdict::NeedsAttention,
@@ -205,14 +119,14 @@ pub fn evaluate_root(
     root: &Path,
     volume: &str,
     payloads: &Payloads,
-    intent: Intent,
+    mode: Mode,
     run_id: &str,
 ) -> Result<Vec<WindowsReport>> {
     let installs = windows::find_installs(root)?;
     let mut out = Vec::new();
     let ambiguous = installs.len() > 1;
     for w in &installs {
-        let mode = if intent == Intent::Repair && !ambiguous {
+        let engine_mode = if mode == Mode::Fix && !ambiguous {
             Mode::Fix
         } else {
             Mode::Scan
@@ -221,11 +135,11 @@ pub fn evaluate_root(
             root,
             install: w,
             store: &payloads.store,
-            mode,
+            mode: engine_mode,
             run_id,
         };
         let playbooks = engine::run(&t, &payloads.playbooks)?;
-        let (mut verdict, mut reason, mut next) = summarise(&playbooks, intent);
+        let (mut verdict, mut reason, mut next) = summarise(&playbooks, mode);
         if ambiguous {
             verdict = Verdict::NeedsAttention;
             reason = format!(
@@ -278,7 +192,7 @@ pub fn check_volume(
     dev: &str,
     bitlocker: bool,
     payloads: &Payloads,
-    intent: Intent,
+    mode: Mode,
     run_id: &str,
 ) -> Vec<WindowsReport> {
     if bitlocker {
@@ -305,7 +219,7 @@ pub fn check_volume(
         }
     };
     let (hib, hib_blocks) = hibernation(&root);
-    let scan = match evaluate_root(&root, dev, payloads, Intent::Scan, run_id) {
+    let scan = match evaluate_root(&root, dev, payloads, Mode::Scan, run_id) {
         Ok(r) => r,
         Err(e) => {
             let _ = ops.umount(dev);
@@ -328,7 +242,7 @@ pub fn check_volume(
         .iter()
         .any(|r| r.playbooks.iter().any(|p| p.status == Status::Found));
     let ambiguous = scan.len() > 1;
-    if scan.is_empty() || intent == Intent::Scan || !needs_fix || ambiguous {
+    if scan.is_empty() || mode == Mode::Scan || !needs_fix || ambiguous {
         let _ = ops.umount(dev);
         let mut v = set_state(scan, false);
         for r in &mut v {
@@ -389,7 +303,7 @@ pub fn check_volume(
             return v;
         }
     };
-    match evaluate_root(&root, dev, payloads, Intent::Repair, run_id) {
+    match evaluate_root(&root, dev, payloads, Mode::Fix, run_id) {
         Ok(v) => set_state(v, true),
         Err(e) => vec![attention(
             dev,
@@ -397,128 +311,6 @@ pub fn check_volume(
             "see the journal in \\defib on the volume",
         )],
     }
-}
-
-/// The `report.txt` a person reads on the victim or the stick.
-pub fn render_text(r: &crate::report::Report) -> String {
-    let mut s = format!(
-        "defib {} report, run {}\nstarted {}  finished {}\nmachine: {} {} serial {} uuid {}\nboot: {} secure boot {} mode {} medium {}\n\nVERDICT: {}\n",
-        r.defib_version,
-        r.run_id,
-        r.started,
-        r.finished,
-        r.machine.sys_vendor.as_deref().unwrap_or("-"),
-        r.machine.product_name.as_deref().unwrap_or("-"),
-        r.machine.product_serial.as_deref().unwrap_or("-"),
-        r.machine.product_uuid.as_deref().unwrap_or("-"),
-        r.boot.firmware.as_str(),
-        if r.boot.secure_boot { "on" } else { "off" },
-        r.boot.mode.as_str(),
-        r.boot.medium.as_str(),
-        r.verdict.as_str().to_uppercase(),
-    );
-    for w in &r.windows {
-        s.push_str(&format!("\n== {} ==\n", w.volume));
-        if let Some(i) = &w.identity {
-            s.push_str(&format!(
-                "Windows: {} (version {} build {}{}{}) {} computer {}\n",
-                i.product_name.as_deref().unwrap_or("unknown"),
-                i.version.as_deref().unwrap_or("?"),
-                i.build.map(|b| b.to_string()).unwrap_or_else(|| "?".into()),
-                i.ubr.map(|u| format!(".{u}")).unwrap_or_default(),
-                i.service_pack
-                    .as_deref()
-                    .map(|s| format!(" {s}"))
-                    .unwrap_or_default(),
-                i.arch.as_deref().unwrap_or("?"),
-                i.computer_name.as_deref().unwrap_or("?"),
-            ));
-            for n in &i.notes {
-                s.push_str(&format!("  note: {n}\n"));
-            }
-        }
-        s.push_str(&format!(
-            "state: dirty {} hibernation {} written {}\n",
-            w.state
-                .dirty
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "unknown".into()),
-            if w.state.hibernation.is_empty() {
-                "-"
-            } else {
-                &w.state.hibernation
-            },
-            w.state.written
-        ));
-        if let Some(b) = &w.state.bitlocker {
-            s.push_str(&format!(
-                "BitLocker: {} protectors {}\n",
-                b.encryption_method.as_deref().unwrap_or("?"),
-                b.key_protectors.join(", ")
-            ));
-        }
-        s.push_str(&format!(
-            "verdict: {} - {}\nnext: {}\n",
-            w.verdict.as_str(),
-            w.reason,
-            w.next_step
-        ));
-        for p in &w.playbooks {
-            s.push_str(&format!(
-                "  playbook {} [{:?}]: {}\n",
-                p.id, p.status, p.reason
-            ));
-            for c in &p.conditions {
-                s.push_str(&format!(
-                    "    when {} ({}): {} - {}\n",
-                    c.id,
-                    c.kind,
-                    if c.held { "holds" } else { "no" },
-                    c.detail
-                ));
-            }
-            for a in &p.actions {
-                s.push_str(&format!(
-                    "    {} {} [{:?}] {}{}{}\n",
-                    a.kind,
-                    a.path,
-                    a.status,
-                    a.detail,
-                    a.sha256_before
-                        .as_deref()
-                        .map(|h| format!(" before {h}"))
-                        .unwrap_or_default(),
-                    a.sha256_after
-                        .as_deref()
-                        .map(|h| format!(" after {h}"))
-                        .unwrap_or_default(),
-                ));
-            }
-        }
-    }
-    if !r.messages.is_empty() {
-        s.push_str("\nmessages:\n");
-        for m in &r.messages {
-            s.push_str(&format!("  {m}\n"));
-        }
-    }
-    s
-}
-
-/// Writes `report.json` and `report.txt` into the victim's run folder, if
-/// the run made one there.
-pub fn write_victim_reports(
-    root: &Path,
-    run_id: &str,
-    r: &crate::report::Report,
-) -> Result<Option<PathBuf>> {
-    let dir = engine::run_dir(root, run_id);
-    if !dir.is_dir() {
-        return Ok(None);
-    }
-    crate::report::write_atomic(&dir, "report.json", &r.to_json()?)?;
-    crate::report::write_atomic(&dir, "report.txt", render_text(r).as_bytes())?;
-    Ok(Some(dir))
 }
 
 #[cfg(test)]
@@ -579,13 +371,13 @@ mod tests {
     #[test]
     fn repair_mounts_read_write_only_when_needed() {
         let (_d, mut ops, payloads) = setup();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
         assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
         assert_eq!(ops.mounts, [(false, false), (true, false)]);
         assert!(r[0].state.written && r[0].mount.is_some());
         // Again: clean, and never mounted read-write.
         ops.mounts.clear();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run2");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2");
         assert_eq!(r[0].verdict, Verdict::Clean, "{r:#?}");
         assert_eq!(ops.mounts, [(false, false)]);
         assert!(r[0].mount.is_none());
@@ -595,7 +387,7 @@ mod tests {
     fn hibernated_volume_is_not_written() {
         let (_d, mut ops, payloads) = setup();
         std::fs::write(ops.dir.join("hiberfil.sys"), b"HIBR\0\0\0\0rest").unwrap();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(r[0].reason.contains("hibernated"), "{}", r[0].reason);
         assert!(r[0].next_step.contains("powercfg"), "{}", r[0].next_step);
@@ -603,7 +395,7 @@ mod tests {
         assert!(!ops.dir.join("defib").exists());
         // A resumed image ("wake") is fine to write.
         std::fs::write(ops.dir.join("hiberfil.sys"), b"wake\0\0\0\0").unwrap();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run2");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2");
         assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
     }
 
@@ -611,7 +403,7 @@ mod tests {
     fn dirty_volume_is_not_written_unless_the_playbook_allows() {
         let (_d, mut ops, mut payloads) = setup();
         ops.dirty = true;
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(
             r[0].reason.contains("dirty") && r[0].next_step.contains("chkdsk"),
@@ -623,7 +415,7 @@ mod tests {
             p.allow_dirty = true;
         }
         ops.mounts.clear();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run2");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2");
         assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
         assert_eq!(
             ops.mounts,
@@ -635,7 +427,7 @@ mod tests {
     #[test]
     fn bitlocker_is_reported_with_protectors_and_never_mounted() {
         let (_d, mut ops, payloads) = setup();
-        let r = check_volume(&mut ops, "sda3", true, &payloads, Intent::Repair, "run1");
+        let r = check_volume(&mut ops, "sda3", true, &payloads, Mode::Fix, "run1");
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(r[0].reason.contains("BitLocker"));
         assert!(
@@ -647,7 +439,7 @@ mod tests {
     #[test]
     fn scan_intent_never_writes() {
         let (_d, mut ops, payloads) = setup();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Intent::Scan, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Scan, "run1");
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(r[0].reason.contains("nothing changed"), "{}", r[0].reason);
         assert_eq!(ops.mounts, [(false, false)]);
@@ -656,7 +448,7 @@ mod tests {
     #[test]
     fn text_report_names_the_verdict_and_actions() {
         let (_d, mut ops, payloads) = setup();
-        let w = check_volume(&mut ops, "sda1", false, &payloads, Intent::Repair, "run1");
+        let w = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
         let rep = crate::report::Report {
             schema: 1,
             defib_version: "t".into(),
@@ -668,7 +460,7 @@ mod tests {
             boot: crate::report::Boot {
                 firmware: crate::report::Firmware::Uefi,
                 secure_boot: true,
-                mode: crate::cmdline::Mode::Auto,
+                mode: crate::bootargs::Mode::Auto,
                 medium: crate::report::MediumKind::Usb,
                 kernel: "k".into(),
                 cmdline: "c".into(),
@@ -680,13 +472,13 @@ mod tests {
             verdict: Verdict::Repaired,
             network: None,
         };
-        let t = render_text(&rep);
+        let t = crate::report::render_text(&rep);
         assert!(t.contains("VERDICT: REPAIRED"), "{t}");
         assert!(
             t.contains(r"restore WINDOWS\system32\svchost.exe [Done]"),
             "{t}"
         );
-        let dir = write_victim_reports(&ops.dir, "run1", &rep)
+        let dir = crate::report::write_victim_reports(&ops.dir, "run1", &rep)
             .unwrap()
             .unwrap();
         assert!(dir.join("report.json").is_file() && dir.join("report.txt").is_file());

@@ -14,7 +14,6 @@
 use crate::playbook::{split_path, Arch};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -378,20 +377,7 @@ impl Store {
     }
 }
 
-/// Lowercase hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// 64 lowercase hex digits.
-pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+pub use crate::hash::{is_sha256, sha256_hex};
 
 /// A path as compared on NTFS: components without case, `\` or `/`
 /// separated, so `WINDOWS\system32` and `Windows/System32` are one path.

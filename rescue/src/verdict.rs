@@ -6,8 +6,8 @@
 //! which volume's news the screen leads with: worst first.
 
 use crate::probe::Probe;
-use crate::repair::WindowsReport;
 use crate::report::Verdict;
+use crate::report::WindowsReport;
 
 /// What a run concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub fn decide(probe: &Probe, windows: &[WindowsReport]) -> Outcome {
 mod tests {
     use super::*;
     use crate::probe::{Bus, FsKind, Volume};
-    use crate::repair::VolumeState;
+    use crate::report::VolumeState;
 
     fn vol(name: &str, fs: FsKind, boot_medium: bool) -> Volume {
         Volume {

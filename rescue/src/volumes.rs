@@ -2,7 +2,8 @@
 //! ntfs3 under `/run/defib/vol/<dev>`, unmount. Deliberately thin; the
 //! decisions are in `repair`.
 
-use crate::repair::{BitlockerState, VolumeOps};
+use crate::repair::VolumeOps;
+use crate::report::BitlockerState;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,15 @@
 //! Kernel command line: the `defib.*` keys and `console=` entries the rescue
-//! obeys when it runs as PID 1.
+//! obeys when it runs as PID 1, and their rendering for the builder, which
+//! writes them into boot menus and PXE scripts. One type per decision, so the
+//! boot menu's entry, the rescue's mode and the report's `boot.mode` are the
+//! same value; the key names are [`crate::layout::keys`].
 //!
 //! This is not a general kernel parameter parser: it splits the line the way
 //! the kernel does (whitespace, double quotes around values), keeps the few
 //! keys defib reads and ignores everything else. A bad value never stops a
 //! boot; it becomes a warning and the default is used.
 
+use crate::layout::keys;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,8 +27,9 @@ pub enum Mode {
     Shell,
 }
 
-/// What happens at the end of a run (`defib.after=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// What happens at the end of a run (`defib.after=`); also `defib build
+/// --after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum After {
     #[default]
@@ -92,33 +97,28 @@ impl BootArgs {
                 None => (word.as_str(), ""),
             };
             match key {
-                "defib.mode" => match value {
-                    "auto" => args.mode = Mode::Auto,
-                    "scan" => args.mode = Mode::Scan,
-                    "shell" => args.mode = Mode::Shell,
-                    _ => args.bad(key, value, "auto"),
+                keys::MODE => match Mode::from_value(value) {
+                    Some(m) => args.mode = m,
+                    None => args.bad(key, value, Mode::default().as_str()),
                 },
-                "defib.after" => match value {
-                    "reboot" => args.after = After::Reboot,
-                    "poweroff" => args.after = After::Poweroff,
-                    _ => args.bad(key, value, "reboot"),
+                keys::AFTER => match After::from_value(value) {
+                    Some(a) => args.after = a,
+                    None => args.bad(key, value, After::default().as_str()),
                 },
-                "defib.wait" => match value.parse::<u64>() {
+                keys::WAIT => match value.parse::<u64>() {
                     // An hour is far beyond any USB enumeration; a larger
                     // number is a typo, not a wish.
                     Ok(secs) if secs <= 3600 => args.wait = Duration::from_secs(secs),
                     _ => args.bad(key, value, "15"),
                 },
-                "defib.medium" => match value {
-                    "usb" => args.medium = Some(MediumHint::Usb),
-                    "pxe" => args.medium = Some(MediumHint::Pxe),
-                    "cdrom" => args.medium = Some(MediumHint::Cdrom),
-                    _ => args.bad(key, value, "none"),
+                keys::MEDIUM => match MediumHint::from_value(value) {
+                    Some(m) => args.medium = Some(m),
+                    None => args.bad(key, value, "none"),
                 },
-                "defib.report" if !value.is_empty() => args.report_url = Some(value.into()),
-                "ip" => args.ip = Some(value.into()),
-                "BOOTIF" => args.bootif = Some(value.into()),
-                "console" => {
+                keys::REPORT if !value.is_empty() => args.report_url = Some(value.into()),
+                keys::IP => args.ip = Some(value.into()),
+                keys::BOOTIF => args.bootif = Some(value.into()),
+                keys::CONSOLE => {
                     // The name ends at the first comma: `ttyS0,115200n8`.
                     // Only plain device names are taken; anything with a
                     // slash is not a node under /dev we should open.
@@ -167,12 +167,83 @@ fn split(line: &str) -> Vec<String> {
 }
 
 impl Mode {
+    /// Every mode, in boot menu order (the first is the default entry).
+    pub const ALL: [Mode; 3] = [Mode::Auto, Mode::Scan, Mode::Shell];
+
+    /// The value after `defib.mode=`, and the report's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Auto => "auto",
             Mode::Scan => "scan",
             Mode::Shell => "shell",
         }
+    }
+
+    pub fn from_value(v: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.as_str() == v)
+    }
+
+    /// `defib.mode=auto`.
+    pub fn arg(self) -> String {
+        format!("{}={}", keys::MODE, self.as_str())
+    }
+
+    /// What the repair engine may do in this mode: only `auto` writes.
+    pub fn engine_mode(self) -> crate::engine::Mode {
+        match self {
+            Mode::Auto => crate::engine::Mode::Fix,
+            Mode::Scan | Mode::Shell => crate::engine::Mode::Scan,
+        }
+    }
+
+    /// The boot mode a host-mode run is reported under.
+    pub fn of_engine(m: crate::engine::Mode) -> Mode {
+        match m {
+            crate::engine::Mode::Fix => Mode::Auto,
+            crate::engine::Mode::Scan => Mode::Scan,
+        }
+    }
+}
+
+impl After {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            After::Reboot => "reboot",
+            After::Poweroff => "poweroff",
+        }
+    }
+
+    pub fn from_value(v: &str) -> Option<After> {
+        [After::Reboot, After::Poweroff]
+            .into_iter()
+            .find(|a| a.as_str() == v)
+    }
+
+    /// `defib.after=poweroff`, or nothing for the default (reboot), so
+    /// menus stay short.
+    pub fn arg(self) -> Option<String> {
+        (self != After::default()).then(|| format!("{}={}", keys::AFTER, self.as_str()))
+    }
+}
+
+impl MediumHint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediumHint::Usb => "usb",
+            MediumHint::Pxe => "pxe",
+            MediumHint::Cdrom => "cdrom",
+        }
+    }
+
+    pub fn from_value(v: &str) -> Option<MediumHint> {
+        [MediumHint::Usb, MediumHint::Pxe, MediumHint::Cdrom]
+            .into_iter()
+            .find(|m| m.as_str() == v)
+    }
+
+    /// `defib.medium=pxe`.
+    pub fn arg(self) -> String {
+        format!("{}={}", keys::MEDIUM, self.as_str())
     }
 }
 
@@ -251,6 +322,19 @@ mod tests {
         assert_eq!(a.bootif.as_deref(), Some("01-52-54-00-12-34-56"));
         assert_eq!(a.report_url.as_deref(), Some("http://10.0.2.2:8080/r/"));
         assert_eq!(BootArgs::parse("defib.report=").report_url, None);
+    }
+
+    #[test]
+    fn rendered_args_parse_back() {
+        for m in Mode::ALL {
+            assert_eq!(BootArgs::parse(&m.arg()).mode, m);
+        }
+        assert_eq!(After::Reboot.arg(), None);
+        let a = BootArgs::parse(&After::Poweroff.arg().unwrap());
+        assert_eq!(a.after, After::Poweroff);
+        for h in [MediumHint::Usb, MediumHint::Pxe, MediumHint::Cdrom] {
+            assert_eq!(BootArgs::parse(&h.arg()).medium, Some(h));
+        }
     }
 
     #[test]

@@ -6,14 +6,12 @@
 //! order; we hand each `.ko.xz` to the kernel, which decompresses it itself
 //! (MODULE_INIT_COMPRESSED_FILE) and checks its signature under lockdown.
 
+use crate::layout::MODULE_LIST;
 use crate::report::ModuleFailure;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// The list file's name inside `/lib/modules/<kver>/`.
-pub const LOAD_LIST: &str = "defib.load";
 
 /// `finit_module` flag: the file is compressed and the kernel should
 /// decompress it (include/uapi/linux/module.h, Linux 6.4+).
@@ -87,7 +85,7 @@ pub fn load_all(
     log: &mut dyn FnMut(&str),
 ) -> std::io::Result<LoadSummary> {
     let start = Instant::now();
-    let list = std::fs::read_to_string(dir.join(LOAD_LIST))?;
+    let list = std::fs::read_to_string(dir.join(MODULE_LIST))?;
     let mut sum = LoadSummary::default();
     let mut unavailable = std::collections::BTreeSet::new();
     for LoadEntry { path: rel, deps } in parse_load_list(&list) {
@@ -174,7 +172,7 @@ mod tests {
     #[test]
     fn failures_are_recorded_and_loading_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(LOAD_LIST), "a.ko.xz\nb.ko.xz\nc.ko.xz\n").unwrap();
+        std::fs::write(dir.path().join(MODULE_LIST), "a.ko.xz\nb.ko.xz\nc.ko.xz\n").unwrap();
         let mut seen = Vec::new();
         let mut load = |p: &Path| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -201,7 +199,7 @@ mod tests {
     fn absent_hardware_is_not_a_failure_and_dependants_follow() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
-            dir.path().join(LOAD_LIST),
+            dir.path().join(MODULE_LIST),
             "hv_vmbus.ko.xz\nhv_storvsc.ko.xz hv_vmbus.ko.xz\nbad.ko.xz\nuser.ko.xz bad.ko.xz\nok.ko.xz\n",
         )
         .unwrap();

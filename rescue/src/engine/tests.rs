@@ -3,9 +3,11 @@
 //! undo to the exact bytes, and a corrupt store object refused.
 
 use super::*;
+use crate::journal::{self, StepState};
 use crate::pe::tests::build_pe;
-use crate::playbook::Playbook;
-use crate::repair::{evaluate_root, Intent, Payloads};
+use crate::playbook::{Arch, Playbook};
+use crate::repair::{evaluate_root, Payloads};
+use crate::store::Store;
 use crate::winreg::tests::{make_hive, V};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -600,7 +602,7 @@ fn two_windows_on_one_volume_is_reported_not_chosen() {
         playbooks: mcafee(),
         store: empty_store(d.path()),
     };
-    let r = evaluate_root(&root, "vol", &payloads, Intent::Repair, "run1").unwrap();
+    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1").unwrap();
     assert_eq!(r.len(), 2);
     assert!(
         r.iter()

@@ -17,9 +17,7 @@ use crate::buildinfo::read_manifest;
 use crate::probe::{fat_label, first_sector, list_block, BlockDev};
 use crate::report::MediumKind;
 
-/// GPT partition name and FAT volume label of the medium (the builder's
-/// side of the contract).
-pub const LABEL: &str = "DEFIB";
+use crate::layout::LABEL;
 
 /// Where the medium is mounted while the rescue runs.
 pub const MOUNT_POINT: &str = "run/defib/medium";

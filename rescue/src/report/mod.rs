@@ -8,13 +8,19 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::SystemTime;
 
-use crate::cmdline::Mode;
+use crate::bootargs::Mode;
+use crate::engine::PlaybookResult;
 use crate::probe::Volume;
+use crate::windows::WindowsInstall;
+
+mod text;
+mod write;
+
+pub use text::{human_size, render_text, screen_lines, volume_lines};
+pub use write::{sanitize_name, write_victim_reports};
 
 /// The schema number written in every report; bump on incompatible change.
 pub const SCHEMA: u32 = 1;
@@ -47,7 +53,7 @@ pub struct Report {
     pub volumes: Vec<Volume>,
     /// Each Windows volume: identity, state, playbook findings, actions.
     #[serde(default)]
-    pub windows: Vec<crate::repair::WindowsReport>,
+    pub windows: Vec<WindowsReport>,
     /// Warnings and notes for the technician, in the order they arose.
     pub messages: Vec<String>,
     /// The outcome of the run.
@@ -56,7 +62,7 @@ pub struct Report {
     /// rescue did not use the network, and in copies written before it did
     /// (the victim disk's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<crate::net::Network>,
+    pub network: Option<Network>,
 }
 
 /// DMI identity (`/sys/class/dmi/id`). Placeholder strings that vendors leave
@@ -187,74 +193,40 @@ impl MediumKind {
     }
 }
 
-/// RFC 3339 UTC to the second: `2026-11-26T05:02:15Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// A run id: `20261126T050215Z-1a2b3c4d`. `random` is 4 bytes from
-/// getrandom, or `None` to derive them from the clock.
-pub fn run_id(t: SystemTime, random: Option<[u8; 4]>) -> String {
-    let stamp: String = rfc3339(t)
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    let bytes = random.unwrap_or_else(|| {
-        // Time-derived fallback: sub-second nanoseconds mixed with the
-        // seconds, so two machines booted in the same second still differ.
-        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let x = d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16);
-        x.to_be_bytes()
-    });
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{stamp}-{hex}")
-}
-
-/// 4 random bytes without blocking. GRND_INSECURE (Linux 5.6+) answers even
-/// before the entropy pool is seeded, which is typical this early in boot;
-/// a run id needs uniqueness, not secrecy.
-pub fn random4() -> Option<[u8; 4]> {
-    let mut b = [0u8; 4];
-    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::INSECURE) {
-        Ok(4) => Some(b),
-        _ => None,
-    }
-}
-
-/// Reduces a machine name to `[A-Za-z0-9._-]` so it is safe as a FAT file
-/// name: other characters become `_`, leading dots go, at most 64 chars.
-pub fn sanitize_name(raw: &str) -> String {
-    let s: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    let s = s.trim_start_matches('.');
-    if s.is_empty() {
-        "unknown".to_string()
-    } else {
-        s.to_string()
-    }
-}
-
 impl Report {
-    /// The name a report takes under `reports/`: serial, else UUID, else
-    /// `unknown`, then the run id.
-    pub fn file_name(&self) -> String {
-        let who = self
-            .machine
-            .product_serial
-            .as_deref()
-            .or(self.machine.product_uuid.as_deref())
-            .unwrap_or("unknown");
-        format!("{}-{}.json", sanitize_name(who), self.run_id)
+    /// The report of a run that starts now: what every run knows at its
+    /// start, the rest filled in step by step. PID 1 and host mode both
+    /// begin here.
+    pub fn begin(started: SystemTime, run_id: String, mode: Mode) -> Report {
+        let at = crate::runid::rfc3339(started);
+        Report {
+            schema: SCHEMA,
+            defib_version: crate::VERSION.to_string(),
+            run_id,
+            started: at.clone(),
+            finished: at,
+            build_id: None,
+            machine: Machine::default(),
+            boot: Boot {
+                firmware: Firmware::Bios,
+                secure_boot: false,
+                mode,
+                medium: MediumKind::None,
+                kernel: String::new(),
+                cmdline: String::new(),
+            },
+            modules: Modules::default(),
+            volumes: Vec::new(),
+            windows: Vec::new(),
+            messages: Vec::new(),
+            verdict: Verdict::Failed,
+            network: None,
+        }
+    }
+
+    /// Stamps the finish time; the report is ready to write.
+    pub fn finish(&mut self, now: SystemTime) {
+        self.finished = crate::runid::rfc3339(now);
     }
 
     /// Pretty JSON with a trailing newline.
@@ -265,36 +237,111 @@ impl Report {
     }
 }
 
-/// Writes `data` as `dir/name` so that a crash or a pulled stick leaves
-/// either the old state or the whole file: write a temp name in the same
-/// directory, fsync it, rename over, fsync the directory.
-pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let dest = dir.join(name);
-    // A temp file left by an earlier crash is ours to replace.
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    drop(f);
-    fs::rename(&tmp, &dest).with_context(|| format!("renaming to {}", dest.display()))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))?;
-    Ok(dest)
+// ---- The Windows section: one entry per Windows volume. ----
+
+/// What the raw volume says before anything is mounted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// BitLocker: locked (defib cannot unlock it yet); key protectors listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitlocker: Option<BitlockerState>,
+    /// The NTFS "dirty" flag ($Volume): Windows did not shut down cleanly
+    /// or chkdsk is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<bool>,
+    /// `hiberfil.sys` header: `none`, `live` (hibernated or Fast Startup),
+    /// `resumed`, or `unknown: …`.
+    #[serde(default)]
+    pub hibernation: String,
+    /// Mounted read-write and changed.
+    #[serde(default)]
+    pub written: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BitlockerState {
+    pub encryption_method: Option<String>,
+    /// `guid (kind)` of each key protector, e.g. `3fd7…4e0c (recovery-password)`.
+    pub key_protectors: Vec<String>,
+}
+
+/// The Windows identity, as the report records it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub windows_dir: String,
+    pub product_name: Option<String>,
+    pub version: Option<String>,
+    pub build: Option<u32>,
+    pub ubr: Option<u32>,
+    pub service_pack: Option<String>,
+    pub display_version: Option<String>,
+    pub arch: Option<String>,
+    pub computer_name: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl From<&WindowsInstall> for Identity {
+    fn from(w: &WindowsInstall) -> Identity {
+        Identity {
+            windows_dir: w.windows_dir.clone(),
+            product_name: w.product_name.clone(),
+            version: w.current_version.clone(),
+            build: w.build,
+            ubr: w.ubr,
+            service_pack: w.service_pack.clone(),
+            display_version: w.display_version.clone(),
+            arch: w.arch.map(|a| a.as_str().to_string()),
+            computer_name: w.computer_name.clone(),
+            notes: w.notes.clone(),
+        }
+    }
+}
+
+/// One Windows volume's part of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowsReport {
+    /// Device (`sda2`) or, in host mode, the root folder.
+    pub volume: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    pub state: VolumeState,
+    pub playbooks: Vec<PlaybookResult>,
+    /// `\defib\<run-id>` on this volume when the run changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub next_step: String,
+    /// Where the volume is mounted now (for the caller to write reports).
+    #[serde(skip)]
+    pub mount: Option<PathBuf>,
+}
+
+// ---- The network section (PXE boots that deliver the report). ----
+
+/// The network section of a report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// The interface used (`eth0`, `ens3`…), null if none came up.
+    pub interface: Option<String>,
+    /// Its MAC address.
+    pub mac: Option<String>,
+    /// `address/prefix`, e.g. `10.0.2.15/24`.
+    pub address: Option<String>,
+    /// How the address was obtained: `cmdline` (ip= from the boot loader) or `dhcp`.
+    pub config: Option<String>,
+    /// The URL the report was PUT to.
+    pub report_url: Option<String>,
+    /// The server answered 2xx. In the copy the server received, true.
+    pub delivered: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::probe::{Bus, FsKind};
-    use std::time::Duration;
 
     fn sample() -> Report {
         Report {
@@ -396,18 +443,6 @@ mod tests {
     }
 
     #[test]
-    fn run_id_shape() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_669_335);
-        assert_eq!(
-            run_id(t, Some([0x1a, 0x2b, 0x3c, 0x4d])),
-            "20261126T050215Z-1a2b3c4d"
-        );
-        let fallback = run_id(t + Duration::from_nanos(123_456), None);
-        assert_eq!(fallback.len(), "20261126T050215Z-1a2b3c4d".len());
-        assert!(fallback.starts_with("20261126T050215Z-"));
-    }
-
-    #[test]
     fn sanitizes_names() {
         assert_eq!(sanitize_name(" 5Q/2 X\n"), "5Q_2_X");
         assert_eq!(sanitize_name("..\\evil"), "_evil");
@@ -425,28 +460,5 @@ mod tests {
         assert!(r.file_name().starts_with("4c4c4544-"));
         r.machine.product_uuid = None;
         assert!(r.file_name().starts_with("unknown-"));
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        // A stale temp from a crashed run must not block the write.
-        fs::write(dir.path().join(".r.json.tmp"), "stale").unwrap();
-        let p = write_atomic(dir.path(), "r.json", b"one").unwrap();
-        assert_eq!(p, dir.path().join("r.json"));
-        write_atomic(dir.path(), "r.json", b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
-    }
-
-    #[test]
-    fn atomic_write_reports_missing_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = write_atomic(&dir.path().join("nope"), "r.json", b"x").unwrap_err();
-        assert!(format!("{err:#}").contains("creating"));
     }
 }

@@ -1,0 +1,293 @@
+//! The two makers: a Windows XP McAfee victim and a Windows 10 CrowdStrike
+//! victim, and the payload store an XP victim may need.
+
+#![allow(unused_imports)]
+
+use super::*;
+
+pub(super) const MIB: u64 = 1 << 20;
+pub(super) const SECTOR: u64 = 512;
+/// The Windows path of svchost.exe on XP (and where a repair puts it back).
+pub const XP_SVCHOST: &str = r"WINDOWS\system32\svchost.exe";
+/// The CrowdStrike channel-file folder on Windows 10.
+pub const CS_DIR: &str = r"Windows\System32\drivers\CrowdStrike";
+/// Leading bytes of the bad channel file 291 (DESIGN.md).
+pub const CS_BAD_MAGIC: [u8; 8] = [0xAA, 0xAA, 0xAA, 0xAA, 0x01, 0x00, 0x23, 0x01];
+
+/// Windows XP SP3 x86 after McAfee DAT 5958: MBR, one NTFS partition
+/// (type 0x07, active) at LBA 63 ending on a cylinder boundary; 64 MiB disk.
+pub fn make_xp_mcafee(dir: &Path, svchost: McafeeSvchost) -> Result<Victim> {
+    let scenario = format!("{svchost:?}").to_lowercase();
+    let disk = dir.join(format!("xp-mcafee-{scenario}.img"));
+    let total = 64 * MIB / SECTOR; // 131072 sectors
+    let cyl = 255 * 63;
+    let start = 63u64;
+    let end = (total / cyl) * cyl; // exclusive: last whole cylinder
+    let (ntfs_offset, ntfs_len) = (start * SECTOR, (end - start) * SECTOR);
+
+    let good = xp_svchost()?;
+    let ntoskrnl = pe(&PeSpec {
+        arch: Arch::I686,
+        version: [5, 1, 2600, 5512],
+        build_tag: "xpsp.080413-2111",
+        name: "ntoskrnl.exe",
+        desc: "NT Kernel & System",
+    })?;
+    let sp3 = ts("2008-04-14 12:00:00")?;
+    let dat = ts("2010-04-21 13:58:02")?;
+    let user = ts("2010-04-20 17:45:10")?;
+    let mut tree = Tree::default();
+    tree.file("boot.ini", XP_BOOT_INI.as_bytes().to_vec(), sp3);
+    tree.file(
+        r"WINDOWS\system32\config\SOFTWARE",
+        hive("SOFTWARE", &xp_software())?,
+        user,
+    );
+    tree.file(
+        r"WINDOWS\system32\config\SYSTEM",
+        hive("SYSTEM", &system_hive("WARD3-PC07", "x86"))?,
+        user,
+    );
+    tree.file(r"WINDOWS\system32\ntoskrnl.exe", ntoskrnl.clone(), sp3);
+    // XP's dllcache always holds a copy of the kernel; svchost only in the
+    // InDllcache scenario.
+    tree.file(r"WINDOWS\system32\dllcache\ntoskrnl.exe", ntoskrnl, sp3);
+    tree.file(
+        r"WINDOWS\system32\drivers\etc\hosts",
+        b"# Copyright (c) 1993-1999 Microsoft Corp.\r\n127.0.0.1       localhost\r\n".to_vec(),
+        sp3,
+    );
+    let engine = r"Program Files\Common Files\McAfee\Engine";
+    for name in ["avvscan.dat", "avvnames.dat", "avvclean.dat"] {
+        let mut data = format!("McAfee DAT 5958 fixture: {name}\r\n").into_bytes();
+        data.extend(noise(name, 48 * 1024));
+        tree.dat(&format!(r"{engine}\{name}"), data, dat);
+    }
+    tree.file(
+        r"Documents and Settings\nurse\My Documents\chart.doc",
+        noise("chart.doc", MIB as usize),
+        user,
+    );
+    tree.file(
+        r"Documents and Settings\nurse\Desktop\handover.txt",
+        b"Bed 4: obs every 2h. Bed 7: NBM after midnight.\r\n".to_vec(),
+        user,
+    );
+    tree.file(
+        r"Documents and Settings\All Users\Application Data\McAfee\DesktopProtection\OnAccessScanLog.txt",
+        b"4/21/2010\t2:02PM\tDeleted\tNT AUTHORITY\\SYSTEM\tC:\\WINDOWS\\system32\\svchost.exe\tW32/Wecorl.a (Virus)\r\n"
+            .to_vec(),
+        dat,
+    );
+
+    let svchost_sha = Some(sha256_hex(&good));
+    let mut bup = None;
+    match svchost {
+        McafeeSvchost::InBup => {
+            let path = r"Quarantine\5bd11f8e.bup".to_string();
+            let bytes = make_bup(r"C:\WINDOWS\system32\svchost.exe", "W32/Wecorl.a", &good)?;
+            tree.file(&path, bytes, dat);
+            bup = Some(path);
+        }
+        McafeeSvchost::InDllcache => {
+            tree.file(r"WINDOWS\system32\dllcache\svchost.exe", good.clone(), sp3);
+        }
+        McafeeSvchost::InStore | McafeeSvchost::Nowhere => {}
+    }
+
+    build_disk(
+        dir,
+        &disk,
+        &Layout::Mbr { total, start, end },
+        ntfs_offset,
+        ntfs_len,
+        &tree,
+    )?;
+    let mut expect = tree.expect();
+    expect.windows_dir = "WINDOWS".into();
+    expect.product_name = "Microsoft Windows XP".into();
+    expect.build = 2600;
+    expect.arch = "x86".into();
+    expect.computer_name = "WARD3-PC07".into();
+    expect.svchost_sha256 = match svchost {
+        McafeeSvchost::Nowhere => None,
+        _ => svchost_sha,
+    };
+    expect.absent = vec![XP_SVCHOST.to_string()];
+    expect.bup = bup;
+    Ok(Victim {
+        disk,
+        ntfs_offset,
+        ntfs_len,
+        expect,
+    })
+}
+
+/// Windows 10 22H2 x64 with CrowdStrike channel file 291: GPT with an
+/// (unformatted) ESP, an MSR and the NTFS basic data partition; 128 MiB.
+pub fn make_win10_crowdstrike(dir: &Path) -> Result<Victim> {
+    let disk = dir.join("win10-crowdstrike.img");
+    let total = 128 * MIB / SECTOR; // 262144 sectors
+    let esp = (2048u64, 2048 + 16 * MIB / SECTOR); // [start, end)
+    let msr = (esp.1, esp.1 + 16 * MIB / SECTOR);
+    let last_usable = total - 34;
+    // Basic data from the MSR's end to the last whole MiB before the backup GPT.
+    let data = (msr.1, msr.1 + (last_usable + 1 - msr.1) / 2048 * 2048);
+    let (ntfs_offset, ntfs_len) = (data.0 * SECTOR, (data.1 - data.0) * SECTOR);
+
+    let ntoskrnl = pe(&PeSpec {
+        arch: Arch::X86_64,
+        version: [10, 0, 19045, 4651],
+        build_tag: "WinBuild.160101.0800",
+        name: "ntoskrnl.exe",
+        desc: "NT Kernel & System",
+    })?;
+    let july = ts("2024-07-09 18:22:41")?;
+    let user = ts("2024-07-18 22:51:06")?;
+    let mut tree = Tree::default();
+    tree.file(
+        r"Windows\System32\config\SOFTWARE",
+        hive("SOFTWARE", &win10_software())?,
+        user,
+    );
+    tree.file(
+        r"Windows\System32\config\SYSTEM",
+        hive("SYSTEM", &system_hive("ICU-STATION-12", "AMD64"))?,
+        user,
+    );
+    tree.file(r"Windows\System32\ntoskrnl.exe", ntoskrnl, july);
+    tree.file(
+        r"Windows\System32\drivers\etc\hosts",
+        b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n".to_vec(),
+        july,
+    );
+    let ch = |n: &str| format!(r"{CS_DIR}\C-{n}.sys");
+    let mut bad32 = CS_BAD_MAGIC.to_vec();
+    bad32.extend(noise("C-00000291-32", 40 * 1024));
+    tree.bad(
+        &ch("00000291-00000000-00000032"),
+        bad32,
+        ts("2024-07-19 04:09:13")?,
+    );
+    // Bad by time only: the zero-filled variant seen on many hosts.
+    tree.bad(
+        &ch("00000291-00000000-00000031"),
+        vec![0u8; 40 * 1024],
+        ts("2024-07-19 04:09:40")?,
+    );
+    let mut good33 = noise("C-00000291-33", 40 * 1024);
+    good33[0] = 0x9E; // never the bad magic
+    tree.file(
+        &ch("00000291-00000000-00000033"),
+        good33,
+        ts("2024-07-19 05:27:55")?,
+    );
+    tree.file(
+        &ch("00000285-00000000-00000001"),
+        noise("C-00000285-01", 12 * 1024),
+        ts("2024-07-16 09:14:27")?,
+    );
+    tree.file(
+        r"Users\icu\Documents\vitals-2024-07-18.xlsx",
+        noise("vitals.xlsx", MIB as usize),
+        user,
+    );
+    tree.file(
+        r"Users\Public\Desktop\downtime procedures.txt",
+        b"If the EHR is down: paper charts are in the blue binder.\r\n".to_vec(),
+        july,
+    );
+
+    build_disk(
+        dir,
+        &disk,
+        &Layout::Gpt {
+            total,
+            parts: vec![
+                GptPart {
+                    ty: GUID_ESP,
+                    id: "6a8c3f1e-52b0-4d6e-9a41-1f0c2b7d3e01",
+                    range: esp,
+                    name: "EFI system partition",
+                },
+                GptPart {
+                    ty: GUID_MSR,
+                    id: "6a8c3f1e-52b0-4d6e-9a41-1f0c2b7d3e02",
+                    range: msr,
+                    name: "Microsoft reserved partition",
+                },
+                GptPart {
+                    ty: GUID_BASIC_DATA,
+                    id: "6a8c3f1e-52b0-4d6e-9a41-1f0c2b7d3e03",
+                    range: data,
+                    name: "Basic data partition",
+                },
+            ],
+        },
+        ntfs_offset,
+        ntfs_len,
+        &tree,
+    )?;
+    let mut expect = tree.expect();
+    expect.windows_dir = "Windows".into();
+    expect.product_name = "Windows 10 Pro".into();
+    expect.build = 19045;
+    expect.arch = "x64".into();
+    expect.computer_name = "ICU-STATION-12".into();
+    Ok(Victim {
+        disk,
+        ntfs_offset,
+        ntfs_len,
+        expect,
+    })
+}
+
+/// Writes a payloads folder `dir` holding the store with the good XP
+/// `svchost.exe` (`dir/store/objects/<sha256>`, `dir/store/index.json`).
+/// Returns its sha256, which equals `expect.svchost_sha256` of every XP
+/// victim (the PE is built deterministically).
+pub fn store_payloads(dir: &Path) -> Result<String> {
+    let good = xp_svchost()?;
+    let sha = sha256_hex(&good);
+    let objects = dir.join("store").join("objects");
+    fs::create_dir_all(&objects).with_context(|| format!("creating {}", objects.display()))?;
+    fs::write(objects.join(&sha), &good).context("writing the store object")?;
+    let index = serde_json::json!({
+        "schema": 1,
+        "entries": [{
+            "name": null,
+            "product": "Microsoft Windows XP",
+            "build": 2600,
+            "service_pack": "Service Pack 3",
+            "arch": "x86",
+            "path": XP_SVCHOST,
+            "file_version": "5.1.2600.5512",
+            "sha256": sha,
+            "size": good.len(),
+            "source": "fixture",
+        }]
+    });
+    fs::write(
+        dir.join("store").join("index.json"),
+        serde_json::to_vec_pretty(&index)?,
+    )
+    .context("writing store/index.json")?;
+    Ok(sha)
+}
+
+/// The good XP SP3 svchost.exe every XP scenario uses (built once per
+/// test process; deterministic bytes).
+pub fn xp_svchost() -> Result<Vec<u8>> {
+    pe(&PeSpec {
+        arch: Arch::I686,
+        version: [5, 1, 2600, 5512],
+        build_tag: "xpsp.080413-2111",
+        name: "svchost.exe",
+        desc: "Generic Host Process for Win32 Services",
+    })
+}
+
+/// The one place the maker calls the rescue's `.bup` writer.
+pub(super) fn make_bup(original_name: &str, detection: &str, content: &[u8]) -> Result<Vec<u8>> {
+    defib_rescue::bup::write_bup(original_name, detection, content)
+}

@@ -1,0 +1,254 @@
+//! Conditions: does the damage a playbook describes exist on this
+//! installation (files by glob and test, registry values, quarantine
+//! records)? Reading only; nothing here writes.
+
+use super::*;
+use crate::journal::{self};
+use crate::playbook::{Condition, FileTest, Hive, RegValue};
+use crate::winpath;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// mtime of a file in seconds since the epoch.
+fn mtime(p: &Path) -> Result<i64> {
+    let m = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+    let t = m
+        .modified()
+        .with_context(|| format!("reading the time of {}", p.display()))?;
+    Ok(match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    })
+}
+
+fn leading(p: &Path, n: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let k = f
+            .read(&mut buf[got..])
+            .with_context(|| format!("reading {}", p.display()))?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Does the file pass every field of the test? Errors (unreadable file,
+/// e.g. WOF-compressed under ntfs3: EOPNOTSUPP) propagate.
+pub fn file_test(p: &Path, t: &FileTest) -> Result<bool> {
+    if let Some(size) = t.size {
+        if std::fs::metadata(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .len()
+            != size
+        {
+            return Ok(false);
+        }
+    }
+    if t.mtime_from.is_some() || t.mtime_before.is_some() {
+        let m = mtime(p)?;
+        if let Some(from) = &t.mtime_from {
+            if m < crate::playbook::parse_instant(from)? {
+                return Ok(false);
+            }
+        }
+        if let Some(before) = &t.mtime_before {
+            if m >= crate::playbook::parse_instant(before)? {
+                return Ok(false);
+            }
+        }
+    }
+    if let Some(lb) = &t.leading_bytes {
+        let want = crate::playbook::parse_hex(lb)?;
+        if leading(p, want.len())? != want {
+            return Ok(false);
+        }
+    }
+    if !t.sha256.is_empty() {
+        let h = journal::sha256_file(p)?;
+        if !t.sha256.contains(&h) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+impl Ctx<'_> {
+    pub(super) fn condition(&mut self, c: &Condition) -> (ConditionResult, Option<Vec<PathBuf>>) {
+        let mut cr = ConditionResult {
+            id: c.id().to_string(),
+            kind: match c {
+                Condition::Files { .. } => "files",
+                Condition::Missing { .. } => "missing",
+                Condition::Registry { .. } => "registry",
+                Condition::Quarantine { .. } => "quarantine",
+            }
+            .into(),
+            held: false,
+            detail: String::new(),
+            matched: Vec::new(),
+            error: false,
+        };
+        let res: Result<Option<Vec<PathBuf>>> = (|| match c {
+            Condition::Files {
+                glob,
+                match_any,
+                except_any,
+                ..
+            } => {
+                let parts = self.split(glob)?;
+                let mut hits = Vec::new();
+                for p in winpath::glob(self.root(), &parts)? {
+                    if !p.is_file() {
+                        continue;
+                    }
+                    let mut any = match_any.is_empty();
+                    for t in match_any {
+                        if file_test(&p, t)? {
+                            any = true;
+                            break;
+                        }
+                    }
+                    let mut except = false;
+                    for t in except_any {
+                        if file_test(&p, t)? {
+                            except = true;
+                            break;
+                        }
+                    }
+                    if any && !except {
+                        hits.push(p);
+                    }
+                }
+                cr.matched = hits
+                    .iter()
+                    .map(|p| winpath::display_rel(self.root(), p))
+                    .collect();
+                cr.held = !hits.is_empty();
+                cr.detail = if hits.is_empty() {
+                    format!("no file matches {glob}")
+                } else {
+                    format!("{} file(s) match", hits.len())
+                };
+                Ok(Some(hits))
+            }
+            Condition::Missing { path, .. } => {
+                let found = winpath::resolve(self.root(), &self.split(path)?)?;
+                cr.held = found.is_none();
+                cr.detail = match found {
+                    Some(p) => format!("{} is present", winpath::display_rel(self.root(), &p)),
+                    None => format!("{path} is missing"),
+                };
+                Ok(None)
+            }
+            Condition::Registry {
+                hive,
+                key,
+                value,
+                equals,
+                min,
+                max,
+                ..
+            } => {
+                let data = self.reg_value(*hive, key, value)?;
+                let Some(data) = data else {
+                    cr.detail = format!("{key}\\{value} is not set");
+                    return Ok(None);
+                };
+                let text = data.as_string();
+                let num = data.as_u64();
+                let mut ok = equals.is_empty()
+                    || equals.iter().any(|e| match e {
+                        RegValue::Number(n) => num == Some(*n),
+                        RegValue::Text(t) => text
+                            .as_deref()
+                            .is_some_and(|s| s.trim().eq_ignore_ascii_case(t.trim())),
+                    });
+                if let Some(m) = min {
+                    ok &= num.is_some_and(|n| n >= *m);
+                }
+                if let Some(m) = max {
+                    ok &= num.is_some_and(|n| n <= *m);
+                }
+                cr.held = ok;
+                cr.detail = format!(
+                    "{key}\\{value} = {}",
+                    text.or(num.map(|n| n.to_string()))
+                        .unwrap_or_else(|| "(binary)".into())
+                );
+                Ok(None)
+            }
+            Condition::Quarantine { original, .. } => {
+                let root = self.root().to_path_buf();
+                let (found, errs) = crate::bup::scan_quarantine(&root);
+                let mut hits: Vec<String> = Vec::new();
+                for (p, b) in &found {
+                    for e in b
+                        .entries
+                        .iter()
+                        .filter(|e| glob_windows(original, &e.original_name))
+                    {
+                        hits.push(format!(
+                            "{} ({})",
+                            winpath::display_rel(&root, p),
+                            e.original_name
+                        ));
+                    }
+                }
+                cr.held = !hits.is_empty();
+                cr.detail = if hits.is_empty() {
+                    format!(
+                        "no quarantined file matches {original}{}",
+                        if errs.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({} unreadable quarantine files)", errs.len())
+                        }
+                    )
+                } else {
+                    hits.join("; ")
+                };
+                Ok(None)
+            }
+        })();
+        match res {
+            Ok(files) => (cr, files),
+            Err(e) => {
+                cr.error = true;
+                cr.held = false;
+                cr.detail = format!("could not evaluate: {e:#}");
+                (cr, None)
+            }
+        }
+    }
+
+    pub(super) fn reg_value(
+        &mut self,
+        hive: Hive,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<crate::winreg::RegData>> {
+        let name = match hive {
+            Hive::Software => "SOFTWARE",
+            Hive::System => "SYSTEM",
+        };
+        if !self.hives.contains_key(name) {
+            let parts = self.split(&format!("Windows\\System32\\config\\{name}"))?;
+            let h = match winpath::resolve(self.root(), &parts)? {
+                Some(p) => crate::winreg::Hive::open(&p).map_err(|e| format!("{e:#}")),
+                None => Err(format!("no {name} hive")),
+            };
+            self.hives.insert(name, h);
+        }
+        match &self.hives[name] {
+            Ok(h) => h.value(key, value),
+            Err(e) => bail!("{e}"),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The contract between the builder and the rescue: every name one side
+//! writes and the other reads — the boot medium's label, where the manifest,
+//! the build info, the module list, the payloads and the reports live, and
+//! the kernel command line's keys. The builder uses these constants (and the
+//! types in [`crate::bootargs`]) to write; the rescue uses them to find.
+//!
+//! Only names live here, no behaviour; formats are in `buildinfo`, `report`
+//! and `bootargs`.
+
+/// FAT volume label and GPT partition name of the USB image, and the ISO
+/// 9660 volume id: what the rescue looks for to find its medium.
+pub const LABEL: &str = "DEFIB";
+
+/// `\defib\manifest.json` on the medium: what went into the image.
+pub const MANIFEST: &str = "defib/manifest.json";
+
+/// `/etc/defib/build.json` in the initramfs: which build this is.
+pub const BUILD_INFO: &str = "etc/defib/build.json";
+
+/// `defib.load` beside the modules in `/lib/modules/<kver>/`: the modules
+/// to load, one relative path a line, in load order.
+pub const MODULE_LIST: &str = "defib.load";
+
+/// `/payloads` in the initramfs (the second segment): playbooks and store.
+pub const PAYLOADS_DIR: &str = "payloads";
+
+/// `\reports\` on the medium: one report per machine and run.
+pub const REPORTS_DIR: &str = "reports";
+
+/// The kernel command line keys the rescue reads.
+pub mod keys {
+    /// `defib.mode=auto|scan|shell` ([`crate::bootargs::Mode`]).
+    pub const MODE: &str = "defib.mode";
+    /// `defib.after=reboot|poweroff` ([`crate::bootargs::After`]).
+    pub const AFTER: &str = "defib.after";
+    /// `defib.wait=SECONDS`: the bound on waiting for devices.
+    pub const WAIT: &str = "defib.wait";
+    /// `defib.medium=usb|pxe|cdrom` ([`crate::bootargs::MediumHint`]).
+    pub const MEDIUM: &str = "defib.medium";
+    /// `defib.report=http://IP[:PORT]/folder/`: where to PUT the report.
+    pub const REPORT: &str = "defib.report";
+    /// The kernel's `ip=` as iPXE or GRUB pass it.
+    pub const IP: &str = "ip";
+    /// `BOOTIF=01-<mac>`: the NIC the machine booted from (PXELINUX style).
+    pub const BOOTIF: &str = "BOOTIF";
+    /// `console=`: where the rescue prints.
+    pub const CONSOLE: &str = "console";
+}
