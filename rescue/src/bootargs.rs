@@ -69,6 +69,8 @@ pub struct BootArgs {
     pub ip: Option<String>,
     /// `BOOTIF=`: the MAC address of the NIC the machine booted from.
     pub bootif: Option<String>,
+    /// `defib.fault=`: the journal fault point to stop at (tests only).
+    pub fault: Option<u64>,
 }
 
 impl Default for BootArgs {
@@ -83,6 +85,7 @@ impl Default for BootArgs {
             report_url: None,
             ip: None,
             bootif: None,
+            fault: None,
         }
     }
 }
@@ -116,6 +119,10 @@ impl BootArgs {
                     None => args.bad(key, value, "none"),
                 },
                 keys::REPORT if !value.is_empty() => args.report_url = Some(value.into()),
+                keys::FAULT => match value.parse::<u64>() {
+                    Ok(n) if n > 0 => args.fault = Some(n),
+                    _ => args.bad(key, value, "none"),
+                },
                 keys::IP => args.ip = Some(value.into()),
                 keys::BOOTIF => args.bootif = Some(value.into()),
                 keys::CONSOLE => {

@@ -270,11 +270,8 @@ fn read_file_capped(path: &Path) -> Result<Vec<u8>> {
 /// PID 1, and a panic deep in a dependency on a crafted file must become
 /// an error about that file, not a kernel panic.
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err(anyhow!(
-            "the OLE2 parser failed on this file (malformed compound file); it was not used"
-        ))
-    })
+    crate::guard::contain("the OLE2 compound file", f)
+        .unwrap_or_else(|e| Err(anyhow!("{e} (malformed compound file)")))
 }
 
 fn read_bup_inner(bytes: &[u8]) -> Result<Bup> {

@@ -8,11 +8,31 @@
 
 use crate::bootargs::Mode as BootMode;
 use crate::engine::{self, Mode};
-use crate::repair::{self, check_volume, Payloads};
+use crate::repair::{check_volume, Payloads};
 use crate::report::{self, Report};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+/// A volume the admin already mounted (`--root`): its dirty flag and
+/// BitLocker state cannot be read from a folder, and mounting it read-only
+/// or read-write means using it as it is.
+struct MountedRoot(PathBuf);
+
+impl crate::repair::VolumeOps for MountedRoot {
+    fn bitlocker(&mut self, _dev: &str) -> Result<crate::report::BitlockerState> {
+        bail!("a mounted folder has no BitLocker metadata to read")
+    }
+    fn ntfs_dirty(&mut self, _dev: &str) -> Result<bool> {
+        bail!("the dirty flag of a mounted folder cannot be read")
+    }
+    fn mount(&mut self, _dev: &str, _rw: bool, _force: bool) -> Result<PathBuf> {
+        Ok(self.0.clone())
+    }
+    fn umount(&mut self, _dev: &str) -> Result<()> {
+        Ok(())
+    }
+}
 
 /// Where the volume is.
 pub enum Target {
@@ -57,7 +77,7 @@ fn partitions_of(dev: &str) -> Result<Vec<(String, bool)>> {
 
 /// Runs scan or fix; returns the report (already written to the victim
 /// when the run changed it).
-pub fn run(target: &Target, payloads: &Path, mode: Mode) -> Result<Report> {
+pub fn run(target: &Target, payloads: &Path, mode: Mode, only: Option<&str>) -> Result<Report> {
     let payloads = Payloads::load(payloads)?;
     if payloads.playbooks.is_empty() {
         bail!(
@@ -82,30 +102,18 @@ pub fn run(target: &Target, payloads: &Path, mode: Mode) -> Result<Report> {
     let mut vols = crate::volumes::KernelVolumes::new(Path::new("/"));
     let windows = match target {
         Target::Root(root) => {
-            let (hib, blocks) = match crate::volstate::hiberfil_state(root) {
-                Ok(crate::volstate::Hibernation::Live) => ("live".to_string(), true),
-                Ok(h) => (format!("{h:?}").to_lowercase(), false),
-                Err(e) => (format!("unknown: {e:#}"), false),
-            };
-            let mode = if blocks {
-                rep.messages
-                    .push("hiberfil.sys holds a live hibernation image: scanning only".into());
-                Mode::Scan
-            } else {
-                mode
-            };
-            let mut v =
-                repair::evaluate_root(root, &root.display().to_string(), &payloads, mode, &run_id)?;
-            for w in &mut v {
-                w.state.hibernation = hib.clone();
-            }
-            v
+            // The same safe path as the image: scan read-only, decide
+            // whether the volume may be written (one function for both),
+            // then fix. The admin mounted it; "mounting" is using it.
+            let mut ops = MountedRoot(root.clone());
+            let name = root.display().to_string();
+            check_volume(&mut ops, &name, false, &payloads, mode, &run_id, only)
         }
         Target::Device(dev) => {
             let mut v = Vec::new();
             for (part, bitlocker) in partitions_of(dev)? {
                 v.extend(check_volume(
-                    &mut vols, &part, bitlocker, &payloads, mode, &run_id,
+                    &mut vols, &part, bitlocker, &payloads, mode, &run_id, only,
                 ));
             }
             v
@@ -129,16 +137,7 @@ pub fn run(target: &Target, payloads: &Path, mode: Mode) -> Result<Report> {
 pub fn undo(root: &Path, run: Option<&str>) -> Result<engine::UndoResult> {
     let id = match run {
         Some(r) => r.to_string(),
-        None => engine::runs(root)?
-            .into_iter()
-            .rev()
-            .find(|r| {
-                crate::journal::read_journal(
-                    &engine::run_dir(root, r).join(crate::journal::JOURNAL),
-                )
-                .map(|s| !s.iter().any(|x| x.op == crate::journal::Op::Undo))
-                .unwrap_or(false)
-            })
+        None => engine::latest_undoable(root)?
             .with_context(|| format!("no run to undo under {}\\defib", root.display()))?,
     };
     engine::undo(root, &id)

@@ -43,6 +43,9 @@ pub mod keys {
     pub const IP: &str = "ip";
     /// `BOOTIF=01-<mac>`: the NIC the machine booted from (PXELINUX style).
     pub const BOOTIF: &str = "BOOTIF";
+    /// `defib.fault=N`: abort at the N-th journal fault point, as a power
+    /// cut would (tests of crash consistency; see `journal`).
+    pub const FAULT: &str = "defib.fault";
     /// `console=`: where the rescue prints.
     pub const CONSOLE: &str = "console";
 }

@@ -19,6 +19,7 @@ pub mod layout;
 
 // The run's record.
 pub mod durable;
+pub mod guard;
 pub mod hash;
 pub mod report;
 pub mod runid;

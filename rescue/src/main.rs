@@ -45,6 +45,10 @@ struct RunArgs {
     /// Playbooks and store [default: /payloads in the image, else ./payloads]
     #[arg(long, value_name = "DIR")]
     payloads: Option<PathBuf>,
+    /// The one installation to work on when a volume holds several
+    /// (its Windows folder, e.g. WINDOWS or Windows.old)
+    #[arg(long, value_name = "DIR")]
+    windows: Option<String>,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -73,6 +77,7 @@ struct UndoArgs {
 }
 
 fn main() -> ExitCode {
+    defib_rescue::journal::fault_from_env();
     if rustix::process::getpid().is_init() {
         defib_rescue::pid1::main();
     }
@@ -109,7 +114,7 @@ fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("give --root DIR or --device DEV"),
     };
     let payloads = a.payloads.unwrap_or_else(host::default_payloads);
-    let rep = host::run(&target, &payloads, mode)?;
+    let rep = host::run(&target, &payloads, mode, a.windows.as_deref())?;
     if a.json {
         println!("{}", String::from_utf8_lossy(&rep.to_json()?));
     } else {

@@ -114,17 +114,39 @@ pub fn summarise(playbooks: &[PlaybookResult], mode: Mode) -> (Verdict, String, 
 }
 
 /// Evaluates (and in repair mode fixes) the installation(s) at a mounted
-/// root. `may_write` is `Err(reason)` when the volume must not be written.
+/// root. `only` picks one installation by its Windows folder (`--windows`)
+/// when a volume holds several. In fix mode, runs that were interrupted
+/// are rolled back first, so the playbooks see the volume as it was.
 pub fn evaluate_root(
     root: &Path,
     volume: &str,
     payloads: &Payloads,
     mode: Mode,
     run_id: &str,
+    only: Option<&str>,
 ) -> Result<Vec<WindowsReport>> {
-    let installs = windows::find_installs(root)?;
+    let mut installs = windows::find_installs(root)?;
+    if let Some(dir) = only {
+        let all: Vec<String> = installs.iter().map(|i| i.windows_dir.clone()).collect();
+        installs.retain(|i| crate::winpath::name_eq(&i.windows_dir, dir.trim_matches(['\\', '/'])));
+        if installs.is_empty() {
+            anyhow::bail!(
+                "--windows {dir}: no Windows installation there (found: {})",
+                if all.is_empty() {
+                    "none".to_string()
+                } else {
+                    all.join(", ")
+                }
+            );
+        }
+    }
     let mut out = Vec::new();
     let ambiguous = installs.len() > 1;
+    let recovered = if mode == Mode::Fix && !ambiguous && !installs.is_empty() {
+        engine::recover(root)?
+    } else {
+        Vec::new()
+    };
     for w in &installs {
         let engine_mode = if mode == Mode::Fix && !ambiguous {
             Mode::Fix
@@ -151,7 +173,8 @@ pub fn evaluate_root(
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            next = "use the rescue shell: rescue fix --root <mount> --windows <dir>".into();
+            next =
+                "pick one from the rescue shell: rescue fix --root <mount> --windows <dir>".into();
         }
         let rd = engine::run_dir(root, run_id);
         out.push(WindowsReport {
@@ -159,6 +182,7 @@ pub fn evaluate_root(
             identity: Some(Identity::from(w)),
             state: VolumeState {
                 written: rd.exists(),
+                recovered: recovered.clone(),
                 ..Default::default()
             },
             playbooks,
@@ -174,7 +198,35 @@ pub fn evaluate_root(
     Ok(out)
 }
 
-fn hibernation(root: &Path) -> (String, bool) {
+/// Why a volume must not be written now, and what the technician should
+/// do; `None` when it may be. The one place PID 1 and host mode decide it:
+/// a live or unreadable hibernation image blocks (writing under a
+/// hibernated Windows loses data), and so does a dirty NTFS volume unless
+/// every playbook that would write allows it.
+pub fn may_write(
+    hibernation: &str,
+    hib_blocks: bool,
+    dirty: Option<bool>,
+    dirty_allowed: bool,
+) -> Option<(String, &'static str)> {
+    if hib_blocks {
+        Some((
+            format!("Windows is hibernated or used Fast Startup, or its hibernation file cannot be read (hiberfil.sys: {hibernation}); writing now could corrupt it; nothing was changed"),
+            "boot Windows RE and run `powercfg /h off`, or let Windows resume once, then boot defib again",
+        ))
+    } else if dirty == Some(true) && !dirty_allowed {
+        Some((
+            "the NTFS volume is marked dirty (unclean shutdown or chkdsk pending); nothing was changed".to_string(),
+            "run chkdsk /f from Windows RE, then boot defib again",
+        ))
+    } else {
+        None
+    }
+}
+
+/// `hiberfil.sys` as the report spells it, and whether it blocks writing
+/// (live, or not readable as a known state).
+pub fn hibernation(root: &Path) -> (String, bool) {
     match crate::volstate::hiberfil_state(root) {
         Ok(crate::volstate::Hibernation::Live) => ("live".into(), true),
         Ok(crate::volstate::Hibernation::None) => ("none".into(), false),
@@ -194,6 +246,7 @@ pub fn check_volume(
     payloads: &Payloads,
     mode: Mode,
     run_id: &str,
+    only: Option<&str>,
 ) -> Vec<WindowsReport> {
     if bitlocker {
         let mut r = attention(
@@ -219,7 +272,7 @@ pub fn check_volume(
         }
     };
     let (hib, hib_blocks) = hibernation(&root);
-    let scan = match evaluate_root(&root, dev, payloads, Mode::Scan, run_id) {
+    let scan = match evaluate_root(&root, dev, payloads, Mode::Scan, run_id, only) {
         Ok(r) => r,
         Err(e) => {
             let _ = ops.umount(dev);
@@ -238,15 +291,29 @@ pub fn check_volume(
         }
         v
     };
-    let needs_fix = scan
-        .iter()
-        .any(|r| r.playbooks.iter().any(|p| p.status == Status::Found));
+    // A run cut off by a crash or power cut must be rolled back before the
+    // playbooks can be trusted: its half-done actions may hide the damage.
+    let interrupted = engine::interrupted(&root).unwrap_or_default();
+    let needs_fix = !interrupted.is_empty()
+        || scan
+            .iter()
+            .any(|r| r.playbooks.iter().any(|p| p.status == Status::Found));
     let ambiguous = scan.len() > 1;
     if scan.is_empty() || mode == Mode::Scan || !needs_fix || ambiguous {
         let _ = ops.umount(dev);
         let mut v = set_state(scan, false);
         for r in &mut v {
             r.mount = None;
+            if !interrupted.is_empty() && r.verdict != Verdict::NeedsAttention {
+                r.verdict = Verdict::NeedsAttention;
+                r.reason = format!(
+                    "an interrupted defib run is on this volume ({}); its changes must be rolled back",
+                    interrupted.join(", ")
+                );
+                r.next_step =
+                    "boot defib's 'Repair automatically' entry: it rolls the run back, then repairs"
+                        .into();
+            }
         }
         return v;
     }
@@ -256,26 +323,13 @@ pub fn check_volume(
         .iter()
         .filter(|p| p.status == Status::Found)
         .collect();
-    let blocked = if hib_blocks {
-        Some((
-            format!("Windows is hibernated or used Fast Startup (hiberfil.sys: {hib}); writing now would corrupt it; nothing was changed"),
-            "boot Windows RE and run `powercfg /h off`, or let Windows resume once, then boot defib again",
-        ))
-    } else if dirty == Some(true)
-        && !found.iter().all(|p| {
-            payloads
-                .playbooks
-                .iter()
-                .any(|pb| pb.id == p.id && pb.allow_dirty)
-        })
-    {
-        Some((
-            "the NTFS volume is marked dirty (unclean shutdown or chkdsk pending); nothing was changed".to_string(),
-            "run chkdsk /f from Windows RE, then boot defib again",
-        ))
-    } else {
-        None
-    };
+    let dirty_allowed = found.iter().all(|p| {
+        payloads
+            .playbooks
+            .iter()
+            .any(|pb| pb.id == p.id && pb.allow_dirty)
+    });
+    let blocked = may_write(&hib, hib_blocks, dirty, dirty_allowed);
     if let Some((reason, next)) = blocked {
         let _ = ops.umount(dev);
         let mut v = set_state(scan, false);
@@ -303,7 +357,7 @@ pub fn check_volume(
             return v;
         }
     };
-    match evaluate_root(&root, dev, payloads, Mode::Fix, run_id) {
+    match evaluate_root(&root, dev, payloads, Mode::Fix, run_id, only) {
         Ok(v) => set_state(v, true),
         Err(e) => vec![attention(
             dev,
@@ -371,13 +425,13 @@ mod tests {
     #[test]
     fn repair_mounts_read_write_only_when_needed() {
         let (_d, mut ops, payloads) = setup();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1", None);
         assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
         assert_eq!(ops.mounts, [(false, false), (true, false)]);
         assert!(r[0].state.written && r[0].mount.is_some());
         // Again: clean, and never mounted read-write.
         ops.mounts.clear();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2", None);
         assert_eq!(r[0].verdict, Verdict::Clean, "{r:#?}");
         assert_eq!(ops.mounts, [(false, false)]);
         assert!(r[0].mount.is_none());
@@ -387,7 +441,7 @@ mod tests {
     fn hibernated_volume_is_not_written() {
         let (_d, mut ops, payloads) = setup();
         std::fs::write(ops.dir.join("hiberfil.sys"), b"HIBR\0\0\0\0rest").unwrap();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1", None);
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(r[0].reason.contains("hibernated"), "{}", r[0].reason);
         assert!(r[0].next_step.contains("powercfg"), "{}", r[0].next_step);
@@ -395,7 +449,7 @@ mod tests {
         assert!(!ops.dir.join("defib").exists());
         // A resumed image ("wake") is fine to write.
         std::fs::write(ops.dir.join("hiberfil.sys"), b"wake\0\0\0\0").unwrap();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2", None);
         assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
     }
 
@@ -403,7 +457,7 @@ mod tests {
     fn dirty_volume_is_not_written_unless_the_playbook_allows() {
         let (_d, mut ops, mut payloads) = setup();
         ops.dirty = true;
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1", None);
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(
             r[0].reason.contains("dirty") && r[0].next_step.contains("chkdsk"),
@@ -415,7 +469,7 @@ mod tests {
             p.allow_dirty = true;
         }
         ops.mounts.clear();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2", None);
         assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
         assert_eq!(
             ops.mounts,
@@ -427,7 +481,7 @@ mod tests {
     #[test]
     fn bitlocker_is_reported_with_protectors_and_never_mounted() {
         let (_d, mut ops, payloads) = setup();
-        let r = check_volume(&mut ops, "sda3", true, &payloads, Mode::Fix, "run1");
+        let r = check_volume(&mut ops, "sda3", true, &payloads, Mode::Fix, "run1", None);
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(r[0].reason.contains("BitLocker"));
         assert!(
@@ -439,7 +493,7 @@ mod tests {
     #[test]
     fn scan_intent_never_writes() {
         let (_d, mut ops, payloads) = setup();
-        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Scan, "run1");
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Scan, "run1", None);
         assert_eq!(r[0].verdict, Verdict::NeedsAttention);
         assert!(r[0].reason.contains("nothing changed"), "{}", r[0].reason);
         assert_eq!(ops.mounts, [(false, false)]);
@@ -448,7 +502,7 @@ mod tests {
     #[test]
     fn text_report_names_the_verdict_and_actions() {
         let (_d, mut ops, payloads) = setup();
-        let w = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1");
+        let w = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1", None);
         let rep = crate::report::Report {
             schema: 1,
             defib_version: "t".into(),

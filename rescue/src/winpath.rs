@@ -9,6 +9,11 @@
 //!
 //! Globs are `*` and `?` within one component; no `**`, no character
 //! classes. This is not a general glob library.
+//!
+//! Nothing here follows a link: a symlink, or an NTFS junction or other
+//! name-surrogate reparse point (ntfs3 shows them as symlinks), met while
+//! resolving is an error naming it. A victim's volume is hostile input; a
+//! link planted in it must not lead the engine to files off the volume.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -75,7 +80,11 @@ pub fn child(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
     let hits: Vec<&String> = all.iter().filter(|e| name_eq(e, name)).collect();
     match hits.as_slice() {
         [] => Ok(None),
-        [one] => Ok(Some(dir.join(one))),
+        [one] => {
+            let p = dir.join(one);
+            crate::journal::no_link(&p)?;
+            Ok(Some(p))
+        }
         many => bail!(
             "{}: entries differ only in case ({}); refusing to guess",
             dir.display(),
@@ -109,7 +118,9 @@ pub fn glob(root: &Path, parts: &[String]) -> Result<Vec<PathBuf>> {
             if has_wildcard(p) {
                 for e in entries(dir)? {
                     if glob_match(p, &e) {
-                        next.push(dir.join(e));
+                        let m = dir.join(e);
+                        crate::journal::no_link(&m)?;
+                        next.push(m);
                     }
                 }
             } else if let Some(c) = child(dir, p)? {
@@ -203,6 +214,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("refusing to guess"), "{e}");
+    }
+
+    #[test]
+    fn links_are_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("host");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("avvscan.dat"), b"host file").unwrap();
+        let root = d.path().join("vol");
+        std::fs::create_dir_all(root.join("Program Files/Common Files")).unwrap();
+        // A folder of the volume that is really a link off it.
+        std::os::unix::fs::symlink(&outside, root.join("Program Files/Common Files/McAfee"))
+            .unwrap();
+        let e = glob(&root, &parts(r"Program Files\Common Files\McAfee\*.dat"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a link"), "{e}");
+        let e = resolve(
+            &root,
+            &parts(r"program files\common files\mcafee\avvscan.dat"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("never follows links"), "{e}");
+        // A linked file matched by a wildcard is refused too.
+        std::fs::create_dir_all(root.join("x")).unwrap();
+        std::os::unix::fs::symlink(outside.join("avvscan.dat"), root.join("x/a.dat")).unwrap();
+        assert!(glob(&root, &parts(r"x\*.dat")).is_err());
+        assert_eq!(
+            std::fs::read(outside.join("avvscan.dat")).unwrap(),
+            b"host file"
+        );
     }
 
     #[test]

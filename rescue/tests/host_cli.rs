@@ -138,3 +138,104 @@ fn no_windows_exits_3_and_bad_payloads_exit_2() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.toml:3:"), "{err}");
 }
+
+/// Host mode and the image decide "may I write" in one function: a
+/// hibernation file that cannot be read as a known state blocks writing
+/// on a mounted folder too (it used to write).
+#[test]
+fn an_unknown_hibernation_file_blocks_fix_on_a_mounted_volume() {
+    let d = tempfile::tempdir().unwrap();
+    let root = victim(d.path());
+    std::fs::write(
+        root.join("hiberfil.sys"),
+        b"XYZW and not a header Windows writes",
+    )
+    .unwrap();
+    let (code, out) = rescue(&["fix", "--json"], &root);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("hibernat"), "{out}");
+    assert!(!root.join("defib").exists(), "nothing written: {out}");
+    assert!(root
+        .join("Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys")
+        .exists());
+}
+
+/// Two installations on one volume: the advice names `--windows`, and it
+/// exists and picks one.
+#[test]
+fn windows_flag_picks_one_of_two_installations() {
+    let d = tempfile::tempdir().unwrap();
+    let root = victim(d.path());
+    let copy = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(root.join("Windows"))
+        .arg(root.join("Windows.old"))
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let (_, out) = rescue(&["fix", "--json"], &root);
+    assert!(out.contains("--windows"), "{out}");
+    assert!(
+        !root.join("defib").exists(),
+        "nothing chosen, nothing written"
+    );
+    let (code, out) = rescue(&["fix", "--windows", "windows", "--json"], &root);
+    assert_eq!(code, 0, "{out}");
+    assert!(!root
+        .join("Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys")
+        .exists());
+    assert!(root
+        .join("Windows.old/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys")
+        .exists());
+    let (code, out) = rescue(&["fix", "--windows", "WINNT", "--json"], &root);
+    assert_ne!(code, 0);
+    assert!(out.contains("no Windows installation there"), "{out}");
+}
+
+/// A real kill (abort, as a power cut) at every fault point of a fix, run
+/// as an admin runs it; the next `rescue fix` converges and `rescue undo`
+/// puts every byte back.
+#[test]
+fn a_fix_killed_at_any_point_converges_on_the_next_run() {
+    let mut n = 1;
+    loop {
+        let d = tempfile::tempdir().unwrap();
+        let root = victim(d.path());
+        let bad =
+            root.join("Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys");
+        let bad_bytes = std::fs::read(&bad).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_rescue"))
+            .args(["fix", "--json", "--root"])
+            .arg(&root)
+            .arg("--payloads")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads"))
+            .env("DEFIB_FAULT", n.to_string())
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break; // past the last fault point: the fix ran through
+        }
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("fault injected"),
+            "point {n}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (code, out) = rescue(&["fix", "--json"], &root);
+        assert_eq!(code, 0, "point {n}: {out}");
+        assert!(!bad.exists(), "point {n}: repaired");
+        let o = Command::new(env!("CARGO_BIN_EXE_rescue"))
+            .args(["undo", "--root"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "point {n}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(std::fs::read(&bad).unwrap(), bad_bytes, "point {n}");
+        n += 1;
+        assert!(n < 100, "fault points never ran out");
+    }
+    assert!(n > 4, "only {} fault points", n - 1);
+}

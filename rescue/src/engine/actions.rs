@@ -102,6 +102,7 @@ impl Ctx<'_> {
                 source: None,
                 error: None,
                 time: utc_now(),
+                run: None,
             };
             rd.step(step, || {
                 journal::move_noreplace(p, &vault)?;
@@ -297,6 +298,7 @@ impl Ctx<'_> {
                 source: Some(source.clone()),
                 error: None,
                 time: utc_now(),
+                run: None,
             };
             rd.step(step, || {
                 if let (Some(p), Some(v)) = (&existing, &vault) {

@@ -34,7 +34,7 @@ mod undo;
 
 pub use conditions::file_test;
 pub use results::{ActionResult, ActionStatus, ConditionResult, PlaybookResult, Status};
-pub use undo::{runs, undo, UndoResult};
+pub use undo::{interrupted, latest_undoable, recover, runs, undo, UndoResult};
 
 /// Whether the engine may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,10 +64,14 @@ pub fn run(t: &Target, playbooks: &[Playbook]) -> Result<Vec<PlaybookResult>> {
         run_dir: None,
         writing: false,
         hives: BTreeMap::new(),
+        rolled_back: None,
     };
     let mut out = Vec::new();
     for pb in playbooks {
         out.push(ctx.playbook(pb));
+    }
+    if let Some(rd) = ctx.run_dir.as_mut() {
+        rd.finish(None)?;
     }
     Ok(out)
 }
@@ -83,6 +87,8 @@ struct Ctx<'a> {
     /// False while planning: actions report what they would do.
     writing: bool,
     hives: BTreeMap<&'static str, std::result::Result<crate::winreg::Hive, String>>,
+    /// What the last rollback did, for the playbook's reason.
+    rolled_back: Option<String>,
 }
 
 /// Why the installation is outside the playbook's range, if it is.
@@ -190,6 +196,12 @@ impl Ctx<'_> {
             } else {
                 Status::NeedsAttention
             };
+            if !all_done {
+                // A playbook is all or nothing: a half-done repair would
+                // hide its own damage from the next run (the bad files
+                // gone, the good one still missing). Put back what it did.
+                self.roll_back(pb, &mut r);
+            }
         } else {
             r.status = if ok {
                 Status::Found
@@ -198,15 +210,47 @@ impl Ctx<'_> {
             };
         }
         r.reason = match r.status {
-            Status::NeedsAttention => {
-                "an action could not be carried out safely; see actions".into()
-            }
+            Status::NeedsAttention => match self.rolled_back.take() {
+                Some(rb) => format!("an action failed; {rb}"),
+                None => "an action could not be carried out safely; see actions".into(),
+            },
             Status::Found => {
                 "affected: boot 'Repair automatically' (or run rescue fix) to repair".into()
             }
             _ => "repaired and verified".into(),
         };
         r
+    }
+
+    /// Undoes the steps `pb` made in this run and says so in `r`.
+    fn roll_back(&mut self, pb: &Playbook, r: &mut PlaybookResult) {
+        let root = self.t.root.to_path_buf();
+        let Some(rd) = self.run_dir.as_mut() else {
+            return;
+        };
+        let outcome = journal::read_journal(&rd.dir.join(journal::JOURNAL)).and_then(|steps| {
+            let mine: Vec<journal::Step> = steps
+                .into_iter()
+                .filter(|s| s.playbook == pb.id && s.op != journal::Op::Undo)
+                .collect();
+            undo::undo_steps(&root, rd, &mine, "rollback")
+        });
+        self.rolled_back = match outcome {
+            Ok(u) if u.problems.is_empty() => Some(format!(
+                "rolled back: {} change(s) put back, the volume is as it was before this playbook",
+                u.restored.len()
+            )),
+            Ok(u) => Some(format!(
+                "rolling back left problems: {}",
+                u.problems.join("; ")
+            )),
+            Err(e) => Some(format!("rolling back failed: {e:#}")),
+        };
+        for a in &mut r.actions {
+            if a.status == ActionStatus::Done {
+                a.status = ActionStatus::RolledBack;
+            }
+        }
     }
 
     /// Runs (or, when not writing, plans) a playbook's actions in order.
@@ -241,7 +285,9 @@ impl Ctx<'_> {
                 match ar.status {
                     ActionStatus::Done | ActionStatus::Planned => did = true,
                     ActionStatus::Skipped => {}
-                    ActionStatus::Refused | ActionStatus::Failed => ok = false,
+                    ActionStatus::Refused | ActionStatus::Failed | ActionStatus::RolledBack => {
+                        ok = false
+                    }
                 }
                 out.push(ar);
             }

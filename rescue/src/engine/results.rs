@@ -48,6 +48,9 @@ pub enum ActionStatus {
     Refused,
     /// Started and failed; the journal says where.
     Failed,
+    /// Done, then put back because a later action of the same playbook
+    /// failed.
+    RolledBack,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! undo to the exact bytes, and a corrupt store object refused.
 
 use super::*;
+use crate::engine::{latest_undoable, undo};
 use crate::journal::{self, StepState};
 use crate::pe::tests::build_pe;
 use crate::playbook::{Arch, Playbook};
@@ -202,7 +203,17 @@ fn mcafee_from_quarantine_neutralizes_dats_and_is_idempotent() {
             format!("DAT 5958 {dat}").as_bytes()
         );
     }
-    let steps = journal::read_journal(&root.join("defib/run1/journal.jsonl")).unwrap();
+    let all = journal::read_journal(&root.join("defib/run1/journal.jsonl")).unwrap();
+    assert_eq!(all.first().map(|s| s.op), Some(journal::Op::Begin));
+    assert_eq!(
+        all.last().map(|s| s.op),
+        Some(journal::Op::End),
+        "the run closed"
+    );
+    let steps: Vec<_> = all
+        .into_iter()
+        .filter(|s| !matches!(s.op, journal::Op::Begin | journal::Op::End))
+        .collect();
     assert_eq!(
         steps
             .iter()
@@ -602,7 +613,7 @@ fn two_windows_on_one_volume_is_reported_not_chosen() {
         playbooks: mcafee(),
         store: empty_store(d.path()),
     };
-    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1").unwrap();
+    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1", None).unwrap();
     assert_eq!(r.len(), 2);
     assert!(
         r.iter()
@@ -650,4 +661,213 @@ fn enablement_package_builds_share_their_base() {
     assert!(!same_servicing(19041, 22621));
     assert!(!same_servicing(2195, 2600));
     assert!(same_servicing(2600, 2600));
+}
+
+// ---- Safety: crash consistency, rollback, confinement (issue 8) ----
+
+/// Names of temp files a write could leave behind, anywhere on the volume.
+fn temp_files(root: &Path) -> Vec<String> {
+    snapshot(root)
+        .into_keys()
+        .filter(|k| k.ends_with(".defib-tmp"))
+        .collect()
+}
+
+/// Puts back every run still holding changes, newest first.
+fn undo_all(root: &Path) {
+    while let Some(id) = latest_undoable(root).unwrap() {
+        let r = undo(root, &id).unwrap();
+        assert!(r.problems.is_empty(), "undo {id}: {:?}", r.problems);
+    }
+}
+
+fn mcafee_victim_with_dllcache(root: &Path) {
+    xp_victim(root, 5958);
+    write(
+        root,
+        "WINDOWS/system32/dllcache/svchost.exe",
+        &good_svchost(),
+    );
+}
+
+/// A run killed at any point — every journal line, rename and write —
+/// converges: the next run rolls the interrupted one back and repairs to
+/// exactly what an uninterrupted run gives, no temp file stays, and undoing
+/// every run gives back the original bytes.
+#[test]
+fn every_interruption_converges_and_loses_nothing() {
+    let payloads = Payloads {
+        playbooks: mcafee(),
+        store: Store::open(Path::new("/nonexistent-store")).unwrap(),
+    };
+    // The outcome without faults.
+    let d = tempfile::tempdir().unwrap();
+    let clean = d.path().join("clean");
+    mcafee_victim_with_dllcache(&clean);
+    let original = snapshot(&clean);
+    let r = evaluate_root(&clean, "vol", &payloads, Mode::Fix, "ok", None).unwrap();
+    assert_eq!(r[0].verdict, crate::report::Verdict::Repaired, "{r:#?}");
+    let repaired = snapshot(&clean);
+    assert_ne!(repaired, original);
+
+    let mut points = 0;
+    for n in 1..200 {
+        let root = d.path().join(format!("v{n}"));
+        mcafee_victim_with_dllcache(&root);
+        journal::set_fault(n, journal::FaultMode::Panic);
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            evaluate_root(&root, "vol", &payloads, Mode::Fix, "first", None)
+        }));
+        journal::set_fault(0, journal::FaultMode::Panic);
+        match crashed {
+            Ok(_) => break, // every fault point has been tried
+            Err(p) => assert!(p.downcast_ref::<journal::FaultInjected>().is_some()),
+        }
+        points = n;
+        // The next run: rolls back, repairs, the same bytes as a clean run.
+        let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "second", None).unwrap();
+        assert_eq!(
+            r[0].verdict,
+            crate::report::Verdict::Repaired,
+            "fault {n}: {r:#?}"
+        );
+        assert_eq!(snapshot(&root), repaired, "fault {n}: not converged");
+        assert!(
+            temp_files(&root).is_empty(),
+            "fault {n}: {:?}",
+            temp_files(&root)
+        );
+        // And a third finds nothing to do and changes nothing.
+        let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "third", None).unwrap();
+        assert_eq!(
+            r[0].verdict,
+            crate::report::Verdict::Clean,
+            "fault {n}: {r:#?}"
+        );
+        // Undoing everything gives back the victim byte for byte.
+        undo_all(&root);
+        assert_eq!(snapshot(&root), original, "fault {n}: undo lost bytes");
+    }
+    assert!(points >= 10, "only {points} fault points were exercised");
+}
+
+/// A restore that fails after the DATs were moved must not leave a volume
+/// that the next run calls clean: the playbook's own steps are rolled back.
+#[test]
+fn a_failed_restore_rolls_back_the_neutralized_dats() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    mcafee_victim_with_dllcache(&root);
+    let before = snapshot(&root);
+    // A directory squatting on the restore's temp name makes the write
+    // fail after the three DATs went into the vault.
+    std::fs::create_dir_all(root.join("WINDOWS/system32/.svchost.exe.defib-tmp/x")).unwrap();
+    let payloads = Payloads {
+        playbooks: mcafee(),
+        store: empty_store(d.path()),
+    };
+    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1", None).unwrap();
+    let p = &r[0].playbooks[0];
+    assert_eq!(p.status, Status::NeedsAttention, "{p:#?}");
+    assert!(p.reason.contains("rolled back"), "{}", p.reason);
+    assert!(p
+        .actions
+        .iter()
+        .any(|a| a.status == ActionStatus::RolledBack));
+    std::fs::remove_dir_all(root.join("WINDOWS/system32/.svchost.exe.defib-tmp")).unwrap();
+    assert_eq!(snapshot(&root), before, "the DATs are back where they were");
+    // So the next run still sees the damage, and repairs it.
+    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run2", None).unwrap();
+    assert_eq!(r[0].verdict, crate::report::Verdict::Repaired, "{r:#?}");
+}
+
+/// `rescue undo` takes the journal from the victim's disk: a path in it
+/// that climbs out of the volume, or is absolute, moves nothing.
+#[test]
+fn undo_refuses_journal_paths_that_leave_the_volume() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    let outside = d.path().join("host.txt");
+    std::fs::write(&outside, b"host").unwrap();
+    let run = root.join("defib/evil");
+    std::fs::create_dir_all(run.join("vault")).unwrap();
+    std::fs::write(run.join("vault/x"), b"payload").unwrap();
+    let h = journal::sha256_bytes(b"payload");
+    for (path, vault) in [
+        (r"..\host.txt", r"vault\x"),
+        ("/etc/passwd", r"vault\x"),
+        (r"ok.txt", r"..\..\..\host.txt"),
+    ] {
+        let line = serde_json::json!({
+            "seq": 1, "state": "done", "op": "neutralize", "playbook": "p",
+            "path": path, "vault": vault, "sha256_before": h, "time": "t"
+        });
+        std::fs::write(run.join("journal.jsonl"), format!("{line}\n")).unwrap();
+        let r = undo(&root, "evil").unwrap();
+        assert!(r.restored.is_empty(), "{path} {vault}: {r:?}");
+        assert!(!r.problems.is_empty());
+    }
+    assert_eq!(std::fs::read(&outside).unwrap(), b"host");
+    assert!(!d.path().join("etc").exists() && run.join("vault/x").exists());
+    assert!(
+        undo(&root, "../vol").is_err(),
+        "run ids name no other folder"
+    );
+}
+
+/// A `\defib` that is a link off the volume gets no run folder.
+#[test]
+fn a_linked_defib_folder_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    mcafee_victim_with_dllcache(&root);
+    let host = d.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::symlink(&host, root.join("defib")).unwrap();
+    let payloads = Payloads {
+        playbooks: mcafee(),
+        store: empty_store(d.path()),
+    };
+    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1", None);
+    let failed = match &r {
+        Err(e) => format!("{e:#}"),
+        Ok(v) => format!("{v:#?}"),
+    };
+    assert!(failed.contains("is a link"), "{failed}");
+    assert_eq!(
+        std::fs::read_dir(&host).unwrap().count(),
+        0,
+        "nothing written off the volume"
+    );
+}
+
+/// A run killed right after it created its folder changed nothing; the
+/// default undo must look past it to the run that did change something.
+#[test]
+fn default_undo_skips_runs_that_changed_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    mcafee_victim_with_dllcache(&root);
+    let before = snapshot(&root);
+    let payloads = Payloads {
+        playbooks: mcafee(),
+        store: empty_store(d.path()),
+    };
+    evaluate_root(
+        &root,
+        "vol",
+        &payloads,
+        Mode::Fix,
+        "20261128T000000Z-ffffffff",
+        None,
+    )
+    .unwrap();
+    // Killed right after creating its journal, in the same second.
+    journal::RunDir::create(&root, "20261128T000000Z-00000000").unwrap();
+    assert_eq!(
+        latest_undoable(&root).unwrap().as_deref(),
+        Some("20261128T000000Z-ffffffff")
+    );
+    undo_all(&root);
+    assert_eq!(snapshot(&root), before);
 }

@@ -1,10 +1,18 @@
-//! `rescue undo`: a run put back from its journal and vault.
+//! Putting a volume back: `rescue undo` of a whole run, the rollback of one
+//! playbook's steps when a later step of it failed, and the recovery of a
+//! run that was interrupted (no `end` line) before anything else is read.
+//!
+//! Every step is undone the same way, whether it finished or was cut off
+//! halfway: look at what is on the disk now and bring it back to the state
+//! before the step. A vault copy is hash-checked before it is moved; a file
+//! that changed since the run is left alone and reported; paths read from
+//! a journal are checked to stay on the volume and to cross no link.
 
 use super::*;
 use crate::journal::{self, Op, RunDir, Step, StepState};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What undo did.
 #[derive(Debug, Clone, Serialize)]
@@ -14,19 +22,64 @@ pub struct UndoResult {
     pub problems: Vec<String>,
 }
 
-/// The run ids on a volume, oldest first.
+/// The run ids on a volume, oldest first (by their number on the volume,
+/// then by id).
 pub fn runs(root: &Path) -> Result<Vec<String>> {
-    let top = root.join(journal::TOP);
-    let mut v = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&top) {
-        for e in rd.flatten() {
-            if e.path().join(journal::JOURNAL).is_file() {
-                v.push(e.file_name().to_string_lossy().into_owned());
-            }
+    Ok(journal::run_numbers(root)?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect())
+}
+
+/// The run `rescue undo` takes by default: the newest one that changed
+/// something still not put back. A run that never got to change anything
+/// (killed right after it started) is not a candidate.
+pub fn latest_undoable(root: &Path) -> Result<Option<String>> {
+    for id in runs(root)?.into_iter().rev() {
+        let steps = journal::read_journal(&run_dir(root, &id).join(journal::JOURNAL))?;
+        if !pending(&steps).is_empty() {
+            return Ok(Some(id));
         }
     }
-    v.sort();
-    Ok(v)
+    Ok(None)
+}
+
+/// Runs that were interrupted: no `end` line, and steps not yet put back.
+pub fn interrupted(root: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for id in runs(root)? {
+        let steps = journal::read_journal(&run_dir(root, &id).join(journal::JOURNAL))?;
+        if !steps.iter().any(|s| s.op == Op::End) && !pending(&steps).is_empty() {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Rolls back every interrupted run on the volume, newest first, so that
+/// what the playbooks see is the volume as it was before that run. Each
+/// rolled-back run gets its `end` line. Returns one line per run.
+pub fn recover(root: &Path) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for id in interrupted(root)?.into_iter().rev() {
+        let mut rd = RunDir::open(root, &id)?;
+        let steps = journal::read_journal(&rd.dir.join(journal::JOURNAL))?;
+        let todo = pending(&steps);
+        let r = undo_steps(root, &mut rd, &todo, "rollback of interrupted run")?;
+        rd.finish(Some("rolled back after an interruption".into()))?;
+        if r.problems.is_empty() {
+            lines.push(format!(
+                "run {id} was interrupted; its {} change(s) were rolled back first",
+                r.restored.len()
+            ));
+        } else {
+            lines.push(format!(
+                "run {id} was interrupted; rolling it back left problems: {}",
+                r.problems.join("; ")
+            ));
+        }
+    }
+    Ok(lines)
 }
 
 /// Puts the volume back as it was before run `run_id`, from its journal and
@@ -35,82 +88,182 @@ pub fn runs(root: &Path) -> Result<Vec<String>> {
 pub fn undo(root: &Path, run_id: &str) -> Result<UndoResult> {
     let mut rd = RunDir::open(root, run_id)?;
     let steps = journal::read_journal(&rd.dir.join(journal::JOURNAL))?;
-    if steps.iter().any(|s| s.op == Op::Undo) {
-        bail!("run {run_id} was already undone");
+    let todo = pending(&steps);
+    if todo.is_empty() {
+        bail!("run {run_id} has nothing to undo (already undone, or it changed nothing)");
     }
+    let res = undo_steps(root, &mut rd, &todo, "undo")?;
+    if !steps.iter().any(|s| s.op == Op::End) {
+        rd.finish(Some("undone".into()))?;
+    }
+    Ok(res)
+}
+
+/// The steps of a journal that changed (or may have changed) the volume and
+/// are not yet put back, in the order they ran: finished steps and steps
+/// cut off after their `intent`; not `failed` ones whose action reported
+/// that it changed nothing... a failed step may still have moved a file
+/// before it failed, so it is included too and undone by what the disk
+/// shows.
+fn pending(steps: &[Step]) -> Vec<Step> {
+    let undone: std::collections::BTreeSet<u32> = steps
+        .iter()
+        .filter(|s| s.op == Op::Undo && s.state == StepState::Done)
+        .filter_map(|s| s.source.as_deref().and_then(undone_seq))
+        .collect();
+    let mut out: Vec<Step> = Vec::new();
+    for s in steps {
+        if matches!(s.op, Op::Undo | Op::Begin | Op::End) || undone.contains(&s.seq) {
+            continue;
+        }
+        // One entry per step: the last line written for it wins.
+        match out.iter_mut().find(|x| x.seq == s.seq) {
+            Some(x) => *x = s.clone(),
+            None => out.push(s.clone()),
+        }
+    }
+    out
+}
+
+/// `… of step 7` -> 7.
+fn undone_seq(source: &str) -> Option<u32> {
+    source.rsplit("step ").next()?.trim().parse().ok()
+}
+
+/// Undoes `steps` newest first into `rd`'s journal, one `undo` line each.
+pub(super) fn undo_steps(
+    root: &Path,
+    rd: &mut RunDir,
+    steps: &[Step],
+    why: &str,
+) -> Result<UndoResult> {
     let mut res = UndoResult {
-        run_id: run_id.into(),
+        run_id: rd.id(),
         restored: Vec::new(),
         problems: Vec::new(),
     };
-    let done: Vec<&Step> = steps
-        .iter()
-        .filter(|s| s.state == StepState::Done)
-        .collect();
-    for s in &steps {
-        if s.state == StepState::Intent
-            && !steps
-                .iter()
-                .any(|d| d.seq == s.seq && d.state != StepState::Intent)
-        {
-            res.problems.push(format!(
-                "step {} ({:?} {}) was interrupted: check {} by hand",
-                s.seq, s.op, s.path, s.path
-            ));
-        }
-    }
-    for s in done.iter().rev() {
-        let target = root.join(s.path.replace('\\', "/"));
-        let vault = s.vault.as_ref().map(|v| rd.dir.join(v.replace('\\', "/")));
-        let r = (|| -> Result<()> {
-            if matches!(s.op, Op::Restore | Op::DropIn) {
-                // Take away what the run wrote, if it is still what it wrote.
-                let now = journal::sha256_file(&target).ok();
-                if now.as_deref() != s.sha256_after.as_deref() {
-                    bail!("{} changed since the run; left alone", s.path);
-                }
-                let undone = rd.dir.join("undone").join(s.path.replace('\\', "/"));
-                journal::move_noreplace(&target, &undone)?;
-            }
-            if let Some(v) = &vault {
-                if target.exists() {
-                    bail!(
-                        "{} exists again; the vault copy stays in {}",
-                        s.path,
-                        v.display()
-                    );
-                }
-                journal::move_noreplace(v, &target)?;
-                let h = journal::sha256_file(&target)?;
-                if Some(&h) != s.sha256_before.as_ref() {
-                    bail!("{} put back but reads as {h}", s.path);
-                }
-            }
-            Ok(())
-        })();
+    for s in steps.iter().rev() {
+        let r = undo_one(root, &rd.dir, s);
         let seq = rd.next_seq();
-        let mut step = Step {
-            seq,
-            state: StepState::Done,
-            op: Op::Undo,
-            playbook: s.playbook.clone(),
-            path: s.path.clone(),
-            vault: s.vault.clone(),
-            sha256_before: s.sha256_after.clone(),
-            sha256_after: s.sha256_before.clone(),
-            source: Some(format!("undo of step {}", s.seq)),
-            error: None,
-            time: utc_now(),
-        };
+        let mut line = Step::new(Op::Undo, &s.playbook, &s.path);
+        line.seq = seq;
+        line.state = StepState::Done;
+        line.vault = s.vault.clone();
+        line.sha256_before = s.sha256_after.clone();
+        line.sha256_after = s.sha256_before.clone();
+        line.source = Some(format!("{why} of step {}", s.seq));
         match r {
             Ok(()) => res.restored.push(s.path.clone()),
             Err(e) => {
-                step.state = StepState::Failed;
-                step.error = Some(format!("{e:#}"));
+                line.state = StepState::Failed;
+                line.error = Some(format!("{e:#}"));
                 res.problems.push(format!("{e:#}"));
             }
         }
-        rd.record(&step)?;
+        rd.record(&line)?;
     }
     Ok(res)
+}
+
+/// A path from a journal, checked: a relative Windows path that stays
+/// below `base` and crosses no link on the way. The journal is on the
+/// victim's disk, so it is as untrusted as anything else there.
+fn confined(base: &Path, windows_path: &str) -> Result<PathBuf> {
+    let parts = crate::playbook::split_path(windows_path)
+        .with_context(|| format!("journal path {windows_path:?} is not a volume path"))?;
+    let mut p = base.to_path_buf();
+    for c in &parts {
+        if c.contains('\0') {
+            bail!("journal path {windows_path:?} is not a volume path");
+        }
+        p.push(c);
+        journal::no_link(&p)?;
+    }
+    Ok(p)
+}
+
+fn hash_if_present(p: &Path) -> Result<Option<String>> {
+    match p.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        Ok(_) => journal::sha256_file(p).map(Some),
+    }
+}
+
+/// Brings one step's file back to how it was before the step, from what
+/// the disk shows now; safe to run again after a crash in the middle.
+fn undo_one(root: &Path, run: &Path, s: &Step) -> Result<()> {
+    let target = confined(root, &s.path)?;
+    let vault = match &s.vault {
+        Some(v) => Some(confined(run, v)?),
+        None => None,
+    };
+    // A temp file of an interrupted write is ours: remove it. (Anything
+    // else under that name, a folder or a link, is not ours: left alone.)
+    if let Some(t) = journal::tmp_path(&target) {
+        if t.symlink_metadata().is_ok_and(|m| m.file_type().is_file()) {
+            std::fs::remove_file(&t).with_context(|| format!("removing {}", t.display()))?;
+        }
+    }
+    let now = hash_if_present(&target)?;
+    if matches!(s.op, Op::Restore | Op::DropIn) {
+        match (&now, &s.sha256_after) {
+            // What the step wrote is there: take it away (kept, not deleted).
+            (Some(h), Some(after)) if h == after && s.sha256_before.as_ref() != Some(h) => {
+                let undone = confined(run, &format!("undone\\{}", s.path))?;
+                journal::move_noreplace(&target, &undone)?;
+            }
+            // Already as it was before the step (the step never got that far).
+            (Some(h), _) if s.sha256_before.as_ref() == Some(h) => return Ok(()),
+            (None, _) => {}
+            (Some(h), _) => bail!("{} changed since the run (now {h}); left alone", s.path),
+        }
+    } else if s.op == Op::Neutralize {
+        if let (Some(h), Some(before)) = (&now, &s.sha256_before) {
+            if h == before {
+                // The move never happened, or was put back already.
+                return Ok(());
+            }
+            bail!(
+                "{} exists again with other content; the vault copy stays",
+                s.path
+            );
+        }
+    }
+    let Some(v) = vault else {
+        return Ok(());
+    };
+    if v.symlink_metadata().is_err() {
+        // No vault copy: the step stopped before it moved anything, unless
+        // the file is gone too.
+        if hash_if_present(&target)?.is_none() && s.sha256_before.is_some() {
+            bail!(
+                "{} and its vault copy are both missing; restore it by hand",
+                s.path
+            );
+        }
+        return Ok(());
+    }
+    // Check the vault copy before anything moves.
+    let vh = journal::sha256_file(&v)?;
+    if Some(&vh) != s.sha256_before.as_ref() {
+        bail!(
+            "the vault copy of {} reads as {vh}, not the {} it had; left where it is",
+            s.path,
+            s.sha256_before.as_deref().unwrap_or("?")
+        );
+    }
+    if target.symlink_metadata().is_ok() {
+        bail!(
+            "{} exists again; the vault copy stays in {}",
+            s.path,
+            v.display()
+        );
+    }
+    journal::move_noreplace(&v, &target)?;
+    let h = journal::sha256_from_disk(&target)?;
+    if Some(&h) != s.sha256_before.as_ref() {
+        bail!("{} put back but reads as {h}", s.path);
+    }
+    Ok(())
 }

@@ -171,7 +171,14 @@ impl Run {
 
 /// Entry point when running as PID 1. Never returns.
 pub fn main() -> ! {
-    std::panic::set_hook(Box::new(|info| fatal(&format!("rescue panicked: {info}"))));
+    std::panic::set_hook(Box::new(|info| {
+        // A parser of victim data panicked inside a guard: the guard turns
+        // it into an error about that file; rebooting here would beat it.
+        if crate::guard::panic_is_contained() {
+            return;
+        }
+        fatal(&format!("rescue panicked: {info}"))
+    }));
     let mut run = Run::new(Path::new("/"));
     for step in STEPS {
         let t = Instant::now();
@@ -268,6 +275,12 @@ fn banner(run: &mut Run) -> Result<()> {
     ));
     for w in a.warnings {
         run.note(w);
+    }
+    if let Some(n) = a.fault {
+        crate::journal::set_fault(n, crate::journal::FaultMode::Abort);
+        run.note(format!(
+            "fault injection armed: the run stops at journal point {n} (a test, not a repair)"
+        ));
     }
     match read_build_info(&run.root) {
         Ok(b) => {
@@ -449,6 +462,7 @@ fn decide(run: &mut Run) -> Result<()> {
             &payloads,
             mode,
             &run.report.run_id,
+            None,
         );
         if reports.is_empty() {
             run.say(&format!(

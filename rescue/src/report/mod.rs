@@ -256,6 +256,10 @@ pub struct VolumeState {
     /// Mounted read-write and changed.
     #[serde(default)]
     pub written: bool,
+    /// Interrupted earlier runs rolled back before this one looked (one
+    /// line each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
