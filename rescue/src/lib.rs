@@ -14,6 +14,7 @@ pub mod console;
 pub mod dmi;
 pub mod engine;
 pub mod firmware;
+pub mod hivelog;
 pub mod host;
 pub mod init;
 pub mod journal;

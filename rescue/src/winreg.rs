@@ -198,6 +198,18 @@ impl Hive {
         Hive::from_bytes(data).with_context(|| format!("parsing hive {}", path.display()))
     }
 
+    /// Reads the hive file at `path` after replaying, in memory, the
+    /// transaction logs beside it (`.LOG1`, `.LOG2`, `.LOG`; see
+    /// [`crate::hivelog`]). The notes say what was applied or ignored.
+    pub fn open_with_logs(path: &Path) -> Result<(Hive, Vec<String>)> {
+        crate::hivelog::open_hive(path)
+    }
+
+    /// The hive's bytes, as parsed.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
     /// Checks the base block and root key of an in-memory hive.
     pub fn from_bytes(data: Vec<u8>) -> Result<Hive> {
         ensure!(
@@ -445,6 +457,43 @@ impl Hive {
             .get(..len)
             .with_context(|| format!("value data of {len} bytes is larger than its cell"))?
             .to_vec())
+    }
+
+    /// Names and data of the values of `key`, in hive order (`""` is the
+    /// default value). A missing key is an error.
+    pub fn values(&self, key: &str) -> Result<Vec<(String, RegData)>> {
+        let node = self
+            .find_key(key)?
+            .with_context(|| format!("registry key {key:?} not found"))?;
+        if node.values_count == 0 || node.values_list == NO_CELL {
+            return Ok(Vec::new());
+        }
+        let list = self.cell(node.values_list)?;
+        let count = node.values_count as usize;
+        ensure!(
+            count <= list.len() / 4,
+            "key {key:?}: {count} values but the values list cell is {} bytes",
+            list.len()
+        );
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let vk = self.cell(le32(list, i * 4)?)?;
+            ensure!(
+                vk.get(0..2) == Some(b"vk"),
+                "key {key:?}: value cell is not \"vk\""
+            );
+            let name_len = usize::from(le16(vk, 2)?);
+            let flags = le16(vk, 0x10)?;
+            let raw_name = vk
+                .get(0x14..0x14 + name_len)
+                .with_context(|| format!("key {key:?}: value name runs past its cell"))?;
+            let name = name(raw_name, flags & VALUE_COMP_NAME != 0);
+            let raw = self
+                .value_data(le32(vk, 4)?, le32(vk, 8)?, vk)
+                .with_context(|| format!("reading value {name:?} of key {key:?}"))?;
+            out.push((name, RegData::decode(le32(vk, 0xC)?, raw)));
+        }
+        Ok(out)
     }
 
     /// Names of the subkeys of `key`, in hive order. A missing key is an error.
