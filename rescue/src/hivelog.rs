@@ -658,6 +658,29 @@ fn apply_old(
     Ok(staged.len())
 }
 
+/// True when `log` is a transaction log Windows could replay: a valid base
+/// block of its own and at least one log entry that verifies (new format) or
+/// one dirty page (old format). Zero-length, zero-filled or damaged logs are
+/// "empty": Windows would not use them either.
+pub fn log_holds_data(log: &[u8]) -> bool {
+    let Some(bb) = base_block(log).filter(|b| b.checksum_ok && b.primary == b.secondary) else {
+        return false;
+    };
+    match bb.file_type {
+        TYPE_LOG_NEW => !read_entries(log).0.is_empty(),
+        TYPE_LOG_OLD | TYPE_LOG_OLD_2000 => {
+            let sector = SECTOR * (bb.clustering.clamp(1, 8) as usize);
+            let bits = bb.bins_size as usize / SECTOR;
+            log.get(sector..sector + 4) == Some(b"DIRT")
+                && log
+                    .get(sector + 4..)
+                    .map(|b| &b[..b.len().min(bits.div_ceil(8))])
+                    .is_some_and(|bitmap| bitmap.iter().any(|&x| x != 0))
+        }
+        _ => false,
+    }
+}
+
 /// The transaction logs beside the hive file `path` (`NAME.LOG1`,
 /// `NAME.LOG2`, `NAME.LOG`, matched case-insensitively since XP wrote
 /// `system.LOG`), in that order.

@@ -176,6 +176,8 @@ pub(crate) fn eq_ci(a: &str, b: &str) -> bool {
 
 /// The parts of a key node (`nk`) we use.
 struct KeyNode {
+    /// Cell offset of this `nk`, relative to the first hive bin.
+    offset: u32,
     name: String,
     subkeys_list: u32,
     values_count: u32,
@@ -306,6 +308,7 @@ impl Hive {
             .get(0x4C..0x4C + name_len)
             .with_context(|| format!("key node at {offset:#x}: name runs past its cell"))?;
         Ok(KeyNode {
+            offset,
             name: name(raw, flags & KEY_COMP_NAME != 0),
             subkeys_list: le32(c, 0x1C)?,
             values_count: le32(c, 0x24)?,
@@ -375,6 +378,12 @@ impl Hive {
             }
         }
         Ok(Some(key))
+    }
+
+    /// Cell offset (relative to the first hive bin) of the key node at
+    /// `path`, for code that edits the hive bytes (`bcd`).
+    pub(crate) fn key_offset(&self, path: &str) -> Result<Option<u32>> {
+        Ok(self.find_key(path)?.map(|k| k.offset))
     }
 
     /// Value under `key` (backslash-separated, case-insensitive, relative to
