@@ -475,7 +475,7 @@ fn replay_new(r: &mut Replay, primary: Option<BaseBlock>, mut logs: Vec<NewLog>)
             continue;
         }
         let mut first_seq = None;
-        let mut count = 0;
+        let mut count: u32 = 0;
         let mut pages = 0;
         for (i, e) in log.entries.iter().enumerate() {
             let want = next.unwrap_or(log.base.primary);
@@ -520,7 +520,7 @@ fn replay_new(r: &mut Replay, primary: Option<BaseBlock>, mut logs: Vec<NewLog>)
                 r.notes.push(format!(
                     "applied {count} log entries from {} (sequence {first}..{}, {pages} dirty pages)",
                     log.name,
-                    first + count - 1
+                    first.wrapping_add(count - 1)
                 ));
                 r.applied += count as usize;
                 r.pages += pages;
@@ -936,6 +936,33 @@ mod tests {
         let files = [("H.LOG1", stale)];
         let r = replay(&d, &logs(&files)).unwrap();
         assert_eq!((r.applied, r.data == d), (0, true), "{:#?}", r.notes);
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_top_of_the_range() {
+        // A hostile (or very old) hive at sequence u32::MAX: sequence numbers
+        // are u32 and wrap, so 0 continues u32::MAX; nothing overflows.
+        let hive = std::fs::read(corpus("registry/yarp-EmptyHive")).unwrap();
+        let bins = le32(&hive, OFF_BINS_SIZE).unwrap();
+        let mut d = hive.clone();
+        put32(&mut d, OFF_PRIMARY_SEQ, u32::MAX);
+        put32(&mut d, OFF_SECONDARY_SEQ, u32::MAX - 1);
+        fix_checksum(&mut d);
+        let at = bins - 4096;
+        let log = new_log(
+            &d,
+            u32::MAX,
+            &[
+                entry(u32::MAX, bins, &[(at, &[1; 4096])]),
+                entry(0, bins, &[(at, &[2; 4096])]),
+            ],
+        );
+        let files = [("H.LOG1", log)];
+        let r = replay(&d, &logs(&files)).unwrap();
+        assert_eq!(r.applied, 2, "{:#?}", r.notes);
+        assert_eq!(le32(&r.data, OFF_PRIMARY_SEQ), Some(0));
+        let off = BASE_BLOCK_LEN + at as usize;
+        assert!(r.data[off..off + 4096].iter().all(|&b| b == 2));
     }
 
     #[test]
