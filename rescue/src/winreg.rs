@@ -1,11 +1,12 @@
 //! Offline reader for Windows registry hive files (`regf`), enough to look
 //! up a key by path and read its values.
 //!
-//! This is not a general hive library: it never writes, never replays
-//! transaction logs (`.LOG1`/`.LOG2`) and ignores security descriptors,
-//! class names and volatile keys. A hive whose header says it has unreplayed
-//! logs is read as its base file; [`Hive::is_dirty`] tells the caller so the
-//! report can say so.
+//! This is not a general hive library: it never writes and ignores security
+//! descriptors, class names and volatile keys. It does not replay transaction
+//! logs itself: [`Hive::open`] reads a dirty hive as its base file
+//! ([`Hive::is_dirty`] tells the caller so the report can say so), while
+//! [`Hive::open_with_logs`] first replays the `.LOG1`/`.LOG2`/`.LOG` beside
+//! it in memory (`hivelog`).
 //!
 //! Why not the `nt-hive` crate: it asserts (panics) on a cell offset of
 //! `0xFFFFFFFF` read from any subkey list, value list or value header, and in
