@@ -395,6 +395,88 @@ fn mcafee_dat_version_comes_from_the_log() {
     assert_eq!(oracle["values"][format!("{AV}:AVDatVersion")]["data"], 5958);
 }
 
+/// The old-format (XP to 7) log for going from `before` to `after`: a base
+/// block copy (file type 1) carrying the hive's timestamp, a `DIRT` bitmap of
+/// the 512-byte pages that differ, then those pages.
+fn old_log_between(dirty_base: &[u8], after: &[u8]) -> Vec<u8> {
+    let bins = le32(after, 0x28) as usize;
+    assert_eq!(
+        bins,
+        le32(dirty_base, 0x28) as usize,
+        "same-size hives only"
+    );
+    let mut log = after[..512].to_vec();
+    let seq = le32(dirty_base, 4);
+    put32(&mut log, 4, seq);
+    put32(&mut log, 8, seq);
+    log[0x0C..0x14].copy_from_slice(&dirty_base[0x0C..0x14]);
+    put32(&mut log, 0x1C, 1);
+    fix_checksum(&mut log);
+    let mut bitmap = vec![0u8; (bins / 512).div_ceil(8)];
+    let mut pages = Vec::new();
+    for i in 0..bins / 512 {
+        let r = 4096 + i * 512..4096 + (i + 1) * 512;
+        if dirty_base[r.clone()] != after[r.clone()] {
+            bitmap[i / 8] |= 1 << (i % 8);
+            pages.extend_from_slice(&after[r]);
+        }
+    }
+    assert!(!pages.is_empty());
+    log.extend_from_slice(b"DIRT");
+    log.extend_from_slice(&bitmap);
+    log.resize(log.len().next_multiple_of(512), 0);
+    log.extend_from_slice(&pages);
+    log
+}
+
+#[test]
+fn mcafee_dat_version_from_an_old_format_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _, _) = mcafee_case(dir.path());
+    // hivex grows the hive on every merge, and regipy's old-format replay
+    // cannot grow a hive; so the change is made in place, as a DWORD write
+    // by Windows would be: the value's data lives inline in its vk cell
+    // (data size 0x80000004, then the data).
+    let mut after = base.clone();
+    let inline: Vec<u8> = [0x8000_0004u32, 5957]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let at = after
+        .windows(8)
+        .position(|w| w == inline)
+        .expect("inline 5957 in the vk cell");
+    put32(&mut after, at + 4, 5958);
+    let sw = dir.path().join("software");
+    std::fs::write(&sw, &base).unwrap();
+    std::fs::write(
+        dir.path().join("software.LOG"),
+        old_log_between(&base, &after),
+    )
+    .unwrap();
+    let (hive, notes) = Hive::open_with_logs(&sw).unwrap();
+    assert_eq!(
+        hive.value(AV, "AVDatVersion").unwrap(),
+        Some(RegData::Dword(5958)),
+        "{notes:#?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("applied software.LOG (old format")),
+        "{notes:#?}"
+    );
+    let oracle = regipy_oracle(
+        &sw,
+        &[&dir.path().join("software.LOG")],
+        &[&format!("{AV}:AVDatVersion")],
+        &["McAfee"],
+    );
+    assert_eq!(oracle["values"][format!("{AV}:AVDatVersion")]["data"], 5958);
+    let bins = le32(&after, 0x28) as usize;
+    assert!(hive.bytes()[4096..4096 + bins] == after[4096..4096 + bins]);
+}
+
 #[test]
 fn damaged_mcafee_logs_never_panic() {
     let dir = tempfile::tempdir().unwrap();
