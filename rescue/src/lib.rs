@@ -25,8 +25,10 @@ pub mod report;
 pub mod runid;
 
 // The repair engine and what it reads.
+pub mod bcd;
 pub mod bup;
 pub mod engine;
+pub mod hivelog;
 pub mod journal;
 pub mod pe;
 pub mod playbook;

@@ -1,11 +1,12 @@
 //! Offline reader for Windows registry hive files (`regf`), enough to look
 //! up a key by path and read its values.
 //!
-//! This is not a general hive library: it never writes, never replays
-//! transaction logs (`.LOG1`/`.LOG2`) and ignores security descriptors,
-//! class names and volatile keys. A hive whose header says it has unreplayed
-//! logs is read as its base file; [`Hive::is_dirty`] tells the caller so the
-//! report can say so.
+//! This is not a general hive library: it never writes and ignores security
+//! descriptors, class names and volatile keys. It does not replay transaction
+//! logs itself: [`Hive::open`] reads a dirty hive as its base file
+//! ([`Hive::is_dirty`] tells the caller so the report can say so), while
+//! [`Hive::open_with_logs`] first replays the `.LOG1`/`.LOG2`/`.LOG` beside
+//! it in memory (`hivelog`).
 //!
 //! Why not the `nt-hive` crate: it asserts (panics) on a cell offset of
 //! `0xFFFFFFFF` read from any subkey list, value list or value header, and in
@@ -176,6 +177,8 @@ pub(crate) fn eq_ci(a: &str, b: &str) -> bool {
 
 /// The parts of a key node (`nk`) we use.
 struct KeyNode {
+    /// Cell offset of this `nk`, relative to the first hive bin.
+    offset: u32,
     name: String,
     subkeys_list: u32,
     values_count: u32,
@@ -196,6 +199,18 @@ impl Hive {
         let data =
             std::fs::read(path).with_context(|| format!("reading hive {}", path.display()))?;
         Hive::from_bytes(data).with_context(|| format!("parsing hive {}", path.display()))
+    }
+
+    /// Reads the hive file at `path` after replaying, in memory, the
+    /// transaction logs beside it (`.LOG1`, `.LOG2`, `.LOG`; see
+    /// [`crate::hivelog`]). The notes say what was applied or ignored.
+    pub fn open_with_logs(path: &Path) -> Result<(Hive, Vec<String>)> {
+        crate::hivelog::open_hive(path)
+    }
+
+    /// The hive's bytes, as parsed.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
     }
 
     /// Checks the base block and root key of an in-memory hive.
@@ -294,6 +309,7 @@ impl Hive {
             .get(0x4C..0x4C + name_len)
             .with_context(|| format!("key node at {offset:#x}: name runs past its cell"))?;
         Ok(KeyNode {
+            offset,
             name: name(raw, flags & KEY_COMP_NAME != 0),
             subkeys_list: le32(c, 0x1C)?,
             values_count: le32(c, 0x24)?,
@@ -363,6 +379,12 @@ impl Hive {
             }
         }
         Ok(Some(key))
+    }
+
+    /// Cell offset (relative to the first hive bin) of the key node at
+    /// `path`, for code that edits the hive bytes (`bcd`).
+    pub(crate) fn key_offset(&self, path: &str) -> Result<Option<u32>> {
+        Ok(self.find_key(path)?.map(|k| k.offset))
     }
 
     /// Value under `key` (backslash-separated, case-insensitive, relative to
@@ -445,6 +467,43 @@ impl Hive {
             .get(..len)
             .with_context(|| format!("value data of {len} bytes is larger than its cell"))?
             .to_vec())
+    }
+
+    /// Names and data of the values of `key`, in hive order (`""` is the
+    /// default value). A missing key is an error.
+    pub fn values(&self, key: &str) -> Result<Vec<(String, RegData)>> {
+        let node = self
+            .find_key(key)?
+            .with_context(|| format!("registry key {key:?} not found"))?;
+        if node.values_count == 0 || node.values_list == NO_CELL {
+            return Ok(Vec::new());
+        }
+        let list = self.cell(node.values_list)?;
+        let count = node.values_count as usize;
+        ensure!(
+            count <= list.len() / 4,
+            "key {key:?}: {count} values but the values list cell is {} bytes",
+            list.len()
+        );
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let vk = self.cell(le32(list, i * 4)?)?;
+            ensure!(
+                vk.get(0..2) == Some(b"vk"),
+                "key {key:?}: value cell is not \"vk\""
+            );
+            let name_len = usize::from(le16(vk, 2)?);
+            let flags = le16(vk, 0x10)?;
+            let raw_name = vk
+                .get(0x14..0x14 + name_len)
+                .with_context(|| format!("key {key:?}: value name runs past its cell"))?;
+            let name = name(raw_name, flags & VALUE_COMP_NAME != 0);
+            let raw = self
+                .value_data(le32(vk, 4)?, le32(vk, 8)?, vk)
+                .with_context(|| format!("reading value {name:?} of key {key:?}"))?;
+            out.push((name, RegData::decode(le32(vk, 0xC)?, raw)));
+        }
+        Ok(out)
     }
 
     /// Names of the subkeys of `key`, in hive order. A missing key is an error.
