@@ -24,6 +24,7 @@ pub mod net;
 pub mod pe;
 pub mod playbook;
 pub mod probe;
+pub mod quarantine;
 pub mod repair;
 pub mod report;
 pub mod shell;
