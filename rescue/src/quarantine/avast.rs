@@ -340,14 +340,19 @@ impl QuarantineReader for Avast {
     }
 }
 
+/// What [`write_chest`] makes: `index.xml` and the chest files, each
+/// `(chest id = file name, bytes)`, all to go in the `chest` folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenChest {
+    pub index_xml: String,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
 /// Test support: the chest file and `index.xml` for quarantined files
 /// stored as chest files (not in the vault), laid out like Avast's.
 /// `items` are `(chest id, original path, detection, bytes)`; `time` is
 /// the Unix time written as FileTime and TransferTime.
-pub fn write_chest(
-    items: &[(&str, &str, &str, &[u8])],
-    time: i64,
-) -> Result<(String, Vec<(String, Vec<u8>)>)> {
+pub fn write_chest(items: &[(&str, &str, &str, &[u8])], time: i64) -> Result<WrittenChest> {
     let mut doc = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<aswObject>\n");
     let mut next = 1u32;
     let mut files = Vec::new();
@@ -374,7 +379,10 @@ pub fn write_chest(
         &format!("<aswObject>\n\t<NewId>{next:08X}</NewId>\n"),
         1,
     );
-    Ok((doc, files))
+    Ok(WrittenChest {
+        index_xml: doc,
+        files,
+    })
 }
 
 #[cfg(test)]
@@ -391,7 +399,10 @@ mod tests {
             .join("Documents and Settings/All Users/Application Data/AVG/Antivirus/chest");
         std::fs::create_dir_all(&chest).expect("mkdir");
         let content: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        let (index, files) = write_chest(
+        let WrittenChest {
+            index_xml: index,
+            files,
+        } = write_chest(
             &[
                 ("00000001", USER32, "Win32:Malware-gen", &content),
                 ("00000002", r"C:\gone.exe", "x", b""),

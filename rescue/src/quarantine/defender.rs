@@ -352,7 +352,7 @@ pub fn encode_entry(e: &EntryFile) -> Result<Vec<u8>> {
 }
 
 fn pad4(buf: &mut Vec<u8>, base: usize) {
-    while (base + buf.len()) % 4 != 0 {
+    while !(base + buf.len()).is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -698,7 +698,7 @@ mod tests {
         let e = &s.entries[0];
         assert_eq!(e.original_path, USER32);
         assert_eq!(e.detection.as_deref(), Some("Trojan:Win32/Wacatac.B!ml"));
-        assert_eq!(e.quarantined_at.as_deref(), Some("2021-12-17T18:01:26Z"));
+        assert_eq!(e.quarantined_at.as_deref(), Some("2022-01-18T13:44:00Z"));
         assert_eq!(Defender.extract(t.path(), e).expect("extract"), content);
         let parsed = parse_entry(&w.entry).expect("parse");
         assert_eq!(encode_entry(&parsed).expect("encode"), w.entry);

@@ -67,6 +67,7 @@ impl Row {
 }
 
 /// A database image held in memory.
+#[derive(Debug)]
 pub(crate) struct Db<'a> {
     buf: &'a [u8],
     page_size: usize,
