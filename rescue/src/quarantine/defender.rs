@@ -576,14 +576,30 @@ fn scan_folder(root: &Path, q: &Path, scan: &mut Scan) {
     let mut used = Vec::new();
     for dir in util::resolve(q, "Entries") {
         for f in util::files_in(v, root, &dir, |_| true, &mut scan.unreadable) {
-            match read_entry(root, q, &f) {
-                Ok((entries, resources)) => {
-                    scan.entries.extend(entries);
-                    used.extend(resources);
+            let parsed = util::read_capped(&f, MAX_ENTRY_FILE)
+                .and_then(|raw| util::guarded(|| parse_entry(&raw)));
+            let e = match parsed {
+                Ok(e) => e,
+                Err(e) => {
+                    scan.unreadable
+                        .push(Unreadable::new(v, root, &f, format!("{e:#}")));
+                    continue;
                 }
-                Err(e) => scan
-                    .unreadable
-                    .push(Unreadable::new(v, root, &f, format!("{e:#}"))),
+            };
+            // One bad item (a missing resource) must not hide the others.
+            for item in e.items.iter().filter(|i| i.kind == "file") {
+                match read_item(root, q, &f, &e, item) {
+                    Ok((entry, res)) => {
+                        scan.entries.push(entry);
+                        used.push(res);
+                    }
+                    Err(err) => scan.unreadable.push(Unreadable::new(
+                        v,
+                        root,
+                        &f,
+                        format!("item {:?}: {err:#}", item.path),
+                    )),
+                }
             }
         }
     }
@@ -602,43 +618,41 @@ fn scan_folder(root: &Path, q: &Path, scan: &mut Scan) {
     }
 }
 
-fn read_entry(root: &Path, q: &Path, f: &Path) -> Result<(Vec<QuarantineEntry>, Vec<PathBuf>)> {
-    let raw = util::read_capped(f, MAX_ENTRY_FILE)?;
-    let e = util::guarded(|| parse_entry(&raw))?;
-    let mut out = Vec::new();
-    let mut used = Vec::new();
-    for item in e.items.iter().filter(|i| i.kind == "file") {
-        let id = item
-            .resource_id()
-            .ok_or_else(|| anyhow!("file item {:?} has no resource id", item.path))?;
-        let res = find_resource(q, &id)
-            .ok_or_else(|| anyhow!("resource {id} for {:?} is missing", item.path))?;
-        let raw = util::read_record(&res)
-            .with_context(|| format!("reading resource {}", res.display()))?;
-        let r = util::guarded(|| parse_resource(&raw))
-            .with_context(|| format!("resource {}", res.display()))?;
-        if let Some(size) = item.size() {
-            if size != r.data.len() as u64 {
-                bail!(
-                    "entry says {size} bytes, resource {id} holds {}",
-                    r.data.len()
-                );
-            }
+fn read_item(
+    root: &Path,
+    q: &Path,
+    f: &Path,
+    e: &EntryFile,
+    item: &Item,
+) -> Result<(QuarantineEntry, PathBuf)> {
+    let id = item
+        .resource_id()
+        .ok_or_else(|| anyhow!("file item has no resource id"))?;
+    let res = find_resource(q, &id).ok_or_else(|| anyhow!("resource {id} is missing"))?;
+    let raw =
+        util::read_record(&res).with_context(|| format!("reading resource {}", res.display()))?;
+    let r = util::guarded(|| parse_resource(&raw))
+        .with_context(|| format!("resource {}", res.display()))?;
+    if let Some(size) = item.size() {
+        if size != r.data.len() as u64 {
+            bail!(
+                "entry says {size} bytes, resource {id} holds {}",
+                r.data.len()
+            );
         }
-        out.push(QuarantineEntry {
-            vendor: Vendor::Defender,
-            original_path: util::strip_nt_prefix(&item.path),
-            detection: e.detection().map(str::to_string),
-            quarantined_at: util::filetime_rfc3339(e.filetime),
-            sha256: Some(util::sha256_hex(&r.data)),
-            size: Some(r.data.len() as u64),
-            record: util::rel(root, &res),
-            metadata: Some(util::rel(root, f)),
-            locator: id,
-        });
-        used.push(res);
     }
-    Ok((out, used))
+    let entry = QuarantineEntry {
+        vendor: Vendor::Defender,
+        original_path: util::strip_nt_prefix(&item.path),
+        detection: e.detection().map(str::to_string),
+        quarantined_at: util::filetime_rfc3339(e.filetime),
+        sha256: Some(util::sha256_hex(&r.data)),
+        size: Some(r.data.len() as u64),
+        record: util::rel(root, &res),
+        metadata: Some(util::rel(root, f)),
+        locator: id,
+    };
+    Ok((entry, res))
 }
 
 /// `ResourceData\<first two>\<id>`, names compared without case.

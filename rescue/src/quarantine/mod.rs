@@ -29,6 +29,7 @@ pub mod avast;
 pub mod avira;
 pub mod defender;
 pub mod eset;
+pub mod fixture;
 pub mod forticlient;
 pub mod gdata;
 pub mod kaspersky;
