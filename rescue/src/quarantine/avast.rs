@@ -86,7 +86,16 @@ pub struct ChestEntry {
 
 /// Parses `index.xml`. Entries missing their id or name are errors.
 pub fn parse_index(doc: &str) -> Vec<Result<ChestEntry>> {
-    xml::blocks(doc, "ChestEntry")
+    let blocks = xml::blocks(doc, "ChestEntry");
+    let opened = doc.matches("<ChestEntry>").count();
+    // A truncated index must not silently lose its last entries.
+    let unclosed = (opened > blocks.len()).then(|| {
+        Err(anyhow!(
+            "{} ChestEntry element(s) not closed: index.xml is truncated or damaged",
+            opened - blocks.len()
+        ))
+    });
+    blocks
         .into_iter()
         .map(|b| {
             let id =
@@ -109,6 +118,7 @@ pub fn parse_index(doc: &str) -> Vec<Result<ChestEntry>> {
                 chest_id: id,
             })
         })
+        .chain(unclosed)
         .collect()
 }
 
@@ -265,10 +275,7 @@ fn scan_chest(root: &Path, chest: &Path, vault_dir: &str, scan: &mut Scan) -> Re
         let key = e.original_path.to_lowercase();
         match items.iter().find(|(n, _)| *n == key) {
             Some((_, it)) => scan.entries.push(QuarantineEntry {
-                sha256: it
-                    .sha256
-                    .clone()
-                    .or_else(|| Some(util::sha256_hex(&it.data))),
+                sha256: it.sha256.clone(),
                 size: Some(it.data.len() as u64),
                 record: util::rel(root, vf),
                 locator: format!("vault:{}", it.stream_id),

@@ -119,7 +119,10 @@ impl QuarantineReader for Avira {
                         original_path: q.original_path,
                         detection: Some(q.detection).filter(|d| !d.is_empty()),
                         quarantined_at: util::unix_rfc3339(i64::from(q.time)),
-                        sha256: Some(util::sha256_hex(&q.data)),
+                        // A .qua records neither size nor hash of the
+                        // original: a file cut short in its data part
+                        // cannot be told from a good one.
+                        sha256: None,
                         size: Some(q.data.len() as u64),
                         record: util::rel(root, &f),
                         metadata: None,

@@ -646,7 +646,8 @@ fn read_item(
         original_path: util::strip_nt_prefix(&item.path),
         detection: e.detection().map(str::to_string),
         quarantined_at: util::filetime_rfc3339(e.filetime),
-        sha256: Some(util::sha256_hex(&r.data)),
+        // The entry records a size (checked above) but no hash.
+        sha256: None,
         size: Some(r.data.len() as u64),
         record: util::rel(root, &res),
         metadata: Some(util::rel(root, f)),
@@ -765,12 +766,13 @@ mod tests {
         assert_eq!(s.entries.len(), 1);
         assert_eq!(s.unreadable.len(), 1);
         assert!(s.unreadable[0].path.ends_with("{BAD}"));
-        // A resource whose bytes changed since the scan is refused.
+        // A resource whose size changed since the scan is refused (the
+        // record holds no hash, so same-size changes pass: see the doc).
         let res = t
             .path()
             .join("ProgramData/Microsoft/Windows Defender/Quarantine")
             .join(&w.resource_path);
-        let other = write_record(USER32, "x", b"abd", 0x01d8_0000_0000_0000).expect("write");
+        let other = write_record(USER32, "x", b"abcd", 0x01d8_0000_0000_0000).expect("write");
         std::fs::write(&res, &other.resource).expect("w");
         assert!(Defender.extract(t.path(), &s.entries[0]).is_err());
     }

@@ -178,7 +178,7 @@ impl QuarantineReader for Gdata {
                         original_path: q.original_path,
                         detection: Some(q.detection).filter(|d| !d.is_empty()),
                         quarantined_at: util::unix_rfc3339(i64::from(q.time)),
-                        sha256: Some(util::sha256_hex(&q.data)),
+                        sha256: None,
                         size: Some(u64::from(q.size)),
                         record: util::rel(root, &f),
                         metadata: None,

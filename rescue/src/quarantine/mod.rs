@@ -149,10 +149,13 @@ pub struct QuarantineEntry {
     /// When it was quarantined, RFC 3339; `-00:00` when the record holds a
     /// local time without zone.
     pub quarantined_at: Option<String>,
-    /// SHA-256 of the original bytes (lowercase hex) when the record says
-    /// it or the scan decoded the bytes anyway; `extract` checks it.
+    /// SHA-256 of the original bytes (lowercase hex) as the vendor
+    /// recorded it (Avast vault, ESET, FortiClient, Malwarebytes); None
+    /// when the record holds no hash. `extract` checks it. Never computed
+    /// by us: a hash of what we decoded would vouch for nothing.
     pub sha256: Option<String>,
-    /// Size of the original bytes when known; `extract` checks it.
+    /// Size of the original bytes: as recorded where the format records
+    /// it, else the size of the stored bytes. `extract` checks it.
     pub size: Option<u64>,
     /// The file holding the bytes, relative to the volume root.
     pub record: PathBuf,

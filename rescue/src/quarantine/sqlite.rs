@@ -97,11 +97,24 @@ impl<'a> Db<'a> {
             2 => true,
             e => bail!("text encoding {e} is not supported"),
         };
+        let pages = buf.len() / page_size;
+        // The header's page count is trusted when "version-valid-for"
+        // equals the change counter (fileformat2 1.3.7): then a shorter
+        // file was cut, even if the rows we want survived.
+        let be32 = |o: usize| u32::from_be_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+        let declared = be32(28) as usize;
+        if be32(92) == be32(24) && declared != 0 && (declared > pages || buf.len() % page_size != 0)
+        {
+            bail!(
+                "truncated: the header says {declared} pages of {page_size} bytes, the file is {} bytes",
+                buf.len()
+            );
+        }
         Ok(Db {
             buf,
             page_size,
             usable,
-            pages: buf.len() / page_size,
+            pages,
             utf16,
         })
     }
