@@ -103,7 +103,9 @@ impl<'a> Db<'a> {
         // file was cut, even if the rows we want survived.
         let be32 = |o: usize| u32::from_be_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
         let declared = be32(28) as usize;
-        if be32(92) == be32(24) && declared != 0 && (declared > pages || buf.len() % page_size != 0)
+        if be32(92) == be32(24)
+            && declared != 0
+            && (declared > pages || !buf.len().is_multiple_of(page_size))
         {
             bail!(
                 "truncated: the header says {declared} pages of {page_size} bytes, the file is {} bytes",
