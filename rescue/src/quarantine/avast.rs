@@ -432,6 +432,56 @@ mod tests {
         assert_eq!(files[0].1[5120] ^ chest_key()[0], content[5120]);
     }
 
+    /// A vault made by SQLite (see `sqlite.rs` tests) with big streams in
+    /// overflow chains, XORed like Avast's, behind an AVG chest index.
+    #[test]
+    fn vault_entries_with_overflow_chains() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let chest = t.path().join("ProgramData/AVG/Antivirus/chest");
+        let vault = t.path().join("$AV_AVG/$VAULT");
+        std::fs::create_dir_all(&chest).expect("mkdir");
+        std::fs::create_dir_all(&vault).expect("mkdir");
+        let plain = include_bytes!("testdata/vault-overflow.db");
+        std::fs::write(vault.join("vault.db"), xor_with(plain, vault_key())).expect("w");
+        let mut index = String::from("<aswObject>");
+        for (id, name) in [
+            ("1", "user32.dll"),
+            ("2", "small.dll"),
+            ("3", "mid.dll"),
+            ("4", "absent.dll"),
+        ] {
+            index.push_str(&format!(
+                "<ChestEntry><ChestId>{id}</ChestId><OrigFileName>{name}</OrigFileName><OrigFolder>C:\\WINDOWS\\system32</OrigFolder><Virus>x</Virus><IDPBlob>00</IDPBlob></ChestEntry>"
+            ));
+        }
+        index.push_str("</aswObject>");
+        std::fs::write(chest.join("index.xml"), index).expect("w");
+        let s = Avast.scan(t.path());
+        assert_eq!(s.entries.len(), 3, "{s:?}");
+        assert_eq!(s.unreadable.len(), 1);
+        assert!(s.unreadable[0]
+            .reason
+            .contains("holds nothing for chest entry 4"));
+        let e = s
+            .entries
+            .iter()
+            .find(|e| e.original_path.ends_with("user32.dll"))
+            .expect("user32");
+        let want: Vec<u8> = (0..20000).map(|i| ((i * 31 + 7) % 251) as u8).collect();
+        assert_eq!(e.sha256.as_deref(), Some(util::sha256_hex(&want).as_str()));
+        assert_eq!(Avast.extract(t.path(), e).expect("extract"), want);
+        // A vault whose user32 stream changed after the scan is refused.
+        let mut other = plain.to_vec();
+        let at = other
+            .windows(4)
+            .position(|w| w == [7, 38, 69, 100])
+            .expect("data");
+        other[at] ^= 1;
+        std::fs::write(vault.join("vault.db"), xor_with(&other, vault_key())).expect("w");
+        let err = Avast.extract(t.path(), e).unwrap_err();
+        assert!(format!("{err:#}").contains("sha256"), "{err:#}");
+    }
+
     #[test]
     fn hostile_index_entries_are_refused() {
         let doc = "<aswObject><ChestEntry><ChestId>../../x</ChestId><OrigFileName>a</OrigFileName></ChestEntry><ChestEntry><ChestId>1</ChestId></ChestEntry></aswObject>";

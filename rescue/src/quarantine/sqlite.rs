@@ -307,6 +307,82 @@ mod tests {
         assert!(varint(&mut Cursor::new(&[0x81])).is_err());
     }
 
+    /// Made by SQLite itself (Python's sqlite3, page size 512) with the
+    /// Avast vault schema: a 20000-byte blob spans an overflow chain.
+    const FIXTURE: &[u8] = include_bytes!("testdata/vault-overflow.db");
+
+    fn pattern(n: usize, seed: usize) -> Vec<u8> {
+        (0..n).map(|i| ((i * 31 + seed) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn reads_rows_and_overflow_chains_written_by_sqlite() {
+        let db = Db::open(FIXTURE).expect("open");
+        let streams = db.table("stream").expect("stream");
+        let got: Vec<(i64, usize)> = streams
+            .iter()
+            .map(|r| (r.id_or_rowid(0), r.col(4).blob().map_or(0, <[u8]>::len)))
+            .collect();
+        assert_eq!(got, [(1, 20000), (2, 100), (3, 600)]);
+        assert_eq!(streams[0].col(4).blob().expect("blob"), pattern(20000, 7));
+        assert_eq!(streams[2].col(4).blob().expect("blob"), pattern(600, 5));
+        let vault = db.table("vault").expect("vault");
+        assert_eq!(
+            vault[0].col(2).text(),
+            Some(r"C:\WINDOWS\system32\user32.dll")
+        );
+        assert!(db
+            .table("nosuch")
+            .unwrap_err()
+            .to_string()
+            .contains("no table"));
+    }
+
+    /// Every leaf cell's payload length set to the largest varint.
+    #[test]
+    fn huge_declared_payloads_are_refused() {
+        let mut img = FIXTURE.to_vec();
+        let ps = 512;
+        for p in 1..img.len() / ps {
+            let base = p * ps;
+            let hdr = base;
+            if img[hdr] != 0x0D {
+                continue;
+            }
+            let n = usize::from(u16::from_be_bytes([img[hdr + 3], img[hdr + 4]]));
+            for i in 0..n {
+                let at = hdr + 8 + 2 * i;
+                let off = usize::from(u16::from_be_bytes([img[at], img[at + 1]]));
+                img[base + off..base + off + 9].fill(0xFF);
+            }
+        }
+        let db = Db::open(&img).expect("open");
+        let e = db.table("stream").unwrap_err();
+        assert!(format!("{e:#}").contains("more than"), "{e:#}");
+    }
+
+    #[test]
+    fn truncated_files_and_loops_are_refused() {
+        let e = Db::open(&FIXTURE[..FIXTURE.len() - 512]).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        // An interior page pointing at itself.
+        let mut img = FIXTURE.to_vec();
+        let db = Db::open(&img).expect("open");
+        let root = db
+            .walk(1)
+            .expect("schema")
+            .into_iter()
+            .find(|r| r.col(1).text() == Some("stream"))
+            .and_then(|r| r.col(3).int())
+            .expect("root") as usize;
+        let base = (root - 1) * 512;
+        img[base] = 0x05;
+        img[base + 3..base + 5].copy_from_slice(&0u16.to_be_bytes());
+        img[base + 8..base + 12].copy_from_slice(&(root as u32).to_be_bytes());
+        let e = Db::open(&img).expect("open").table("stream").unwrap_err();
+        assert!(format!("{e:#}").contains("a loop"), "{e:#}");
+    }
+
     #[test]
     fn refuses_non_databases() {
         assert!(Db::open(b"SQLite format 3\0").is_err());
