@@ -369,7 +369,7 @@ pub fn write_chest(items: &[(&str, &str, &str, &[u8])], time: i64) -> Result<Wri
             .rsplit_once('\\')
             .ok_or_else(|| anyhow!("{path:?} is not a Windows path"))?;
         if let Ok(n) = u32::from_str_radix(id, 16) {
-            next = next.max(n + 1);
+            next = next.max(n.saturating_add(1));
         }
         doc.push_str(&format!(
             "\t<ChestEntry>\n\t\t<ChestId>{id}</ChestId>\n\t\t<FileTime>{time}</FileTime>\n\t\t<OrigFileName>{}</OrigFileName>\n\t\t<OrigFolder>{}</OrigFolder>\n\t\t<Comment></Comment>\n\t\t<Virus>{}</Virus>\n\t\t<Category>Vir</Category>\n\t\t<Restore>yes</Restore>\n\t\t<TransferTime>{time}</TransferTime>\n\t\t<FileSize>{}</FileSize>\n\t</ChestEntry>\n",

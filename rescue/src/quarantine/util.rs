@@ -231,6 +231,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Reads a whole record file, refusing one above `cap` before reading it.
 pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let lm = std::fs::symlink_metadata(path).context("opening")?;
+    if lm.file_type().is_symlink() {
+        bail!("a symlink or reparse point; not followed");
+    }
     let f = std::fs::File::open(path).context("opening")?;
     let meta = f.metadata().context("reading its size")?;
     if !meta.is_file() {
@@ -356,14 +360,25 @@ pub(crate) fn rel(root: &Path, path: &Path) -> PathBuf {
     path.strip_prefix(root).unwrap_or(path).to_path_buf()
 }
 
-/// The file `rel` names below `root`, refusing `..` and absolute parts so
-/// an entry handed back to `extract` cannot leave the volume.
+/// The file `rel` names below `root`, refusing `..`, absolute parts and
+/// symlinked folders on the way, so an entry handed back to `extract`
+/// cannot lead out of the volume.
 pub(crate) fn under(root: &Path, rel: &Path) -> Result<PathBuf> {
     use std::path::Component;
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         bail!("record path {} leaves the volume", rel.display());
     }
-    Ok(root.join(rel))
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "record path {} goes through a symlink; not followed",
+                rel.display()
+            );
+        }
+    }
+    Ok(at)
 }
 
 /// Name ends with `ext` (no dot), without case.
@@ -442,6 +457,40 @@ mod tests {
         assert_eq!(strip_nt_prefix(r"\\.\C:\x"), r"C:\x");
         assert_eq!(strip_nt_prefix(r"\\?\UNC\s\x"), r"\\s\x");
         assert_eq!(strip_nt_prefix(r"C:\x"), r"C:\x");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_are_never_followed() {
+        use crate::quarantine::{avira, scan_all, QuarantineReader};
+        let t = tempfile::tempdir().expect("tempdir");
+        let q = t.path().join("ProgramData/Avira/Antivirus/INFECTED");
+        std::fs::create_dir_all(&q).expect("mkdir");
+        let outside = t.path().join("outside.qua");
+        let rec = avira::write(r"C:\x.dll", "y", b"z", 1).expect("write");
+        std::fs::write(&outside, &rec).expect("w");
+        std::os::unix::fs::symlink(&outside, q.join("link.qua")).expect("symlink");
+        std::fs::write(q.join("real.qua"), &rec).expect("w");
+        let s = scan_all(t.path());
+        assert_eq!(s.entries.len(), 1);
+        assert_eq!(s.unreadable.len(), 1);
+        assert!(s.unreadable[0].reason.contains("not followed"));
+        // An entry whose record was swapped for a symlink is refused.
+        let e = s.entries[0].clone();
+        std::fs::remove_file(q.join("real.qua")).expect("rm");
+        std::os::unix::fs::symlink(&outside, q.join("real.qua")).expect("symlink");
+        let err = avira::Avira.extract(t.path(), &e).unwrap_err();
+        assert!(format!("{err:#}").contains("not followed"), "{err:#}");
+        // So is one whose folder became a symlink.
+        std::fs::remove_file(q.join("real.qua")).expect("rm");
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::fs::write(elsewhere.join("real.qua"), &rec).expect("w");
+        std::fs::remove_file(q.join("link.qua")).expect("rm");
+        std::fs::remove_dir(&q).expect("rmdir");
+        std::os::unix::fs::symlink(&elsewhere, &q).expect("symlink");
+        let err = avira::Avira.extract(t.path(), &e).unwrap_err();
+        assert!(format!("{err:#}").contains("through a symlink"), "{err:#}");
     }
 
     #[test]
