@@ -14,7 +14,11 @@
 //!
 //! The two keys are byte strings from the Avast engine, published with
 //! quarantine tools (maldump); they are data, not code. Facts from the
-//! maldump samples and notes. This is NOT a reader for pre-2016 AVG
+//! maldump samples and notes. The vault path is proven on two real vaults;
+//! the chest-file path is not (both samples keep EICAR in the vault), so
+//! [`chest_key`] is trusted on maldump's word until a real chest file is
+//! seen. Avast 4/5 wrote chest files starting `-chest- ` (DeXRAY): that
+//! older layout is not read. This is NOT a reader for pre-2016 AVG
 //! "Virus Vault" (a different format), nor for vault streams stored
 //! outside the database (`storageType` other than 1: no sample).
 

@@ -10,12 +10,15 @@
 //! engine only needs the bytes of the few entries a playbook restores.
 //!
 //! This is NOT a restore: nothing here writes to the volume, deletes a
-//! record or edits a vendor's index. It does not decide what to restore
-//! (that is the engine's and the playbook's job), and it does not read
-//! formats without a real sample or a public description (Symantec `.vbn`,
-//! Sophos: see [`Vendor::Symantec`], [`Vendor::Sophos`]). Every record is
-//! untrusted input: read with a size cap ([`MAX_RECORD`]), parsed with
-//! bounds checks, under a panic guard.
+//! record or edits a vendor's index ([`fixture`], test support, is the one
+//! writer). It does not decide what to restore (that is the engine's and
+//! the playbook's job). It does not read Symantec `.vbn` (public notes
+//! describe two versions and a chunked payload only in part, and there is
+//! no real sample to check a reader against) nor Sophos (its SafeStore is
+//! an encrypted SQLite database whose cipher is not publicly described).
+//! Every record is untrusted input: read with a size cap ([`MAX_RECORD`]),
+//! parsed with bounds checks, under a panic guard; symlinks (how an NTFS
+//! reparse point appears) are never followed.
 //!
 //! The formats were learnt from real quarantine records of the EICAR test
 //! file (the maldump and defender-dump test sets) and from the maldump
