@@ -32,6 +32,7 @@ pub mod hivelog;
 pub mod journal;
 pub mod pe;
 pub mod playbook;
+pub mod quarantine;
 pub mod repair;
 pub mod store;
 pub mod volstate;
