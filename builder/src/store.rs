@@ -20,10 +20,12 @@ use defib_rescue::playbook::{split_path, Arch};
 use defib_rescue::store::{is_sha256, path_key, Entry, Store, INDEX_FILE, OBJECTS_DIR};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// The manifest's name inside an export.
 pub const MANIFEST: &str = "defib-export.json";
@@ -540,10 +542,36 @@ impl Export {
                     .zip
                     .as_mut()
                     .ok_or_else(|| anyhow!("internal: zip member without a zip"))?;
-                Box::new(
-                    z.by_index(*i)
-                        .with_context(|| format!("opening zip member {}", m.name))?,
-                )
+                // The raw (still compressed) bytes, inflated here rather
+                // than by the zip crate, so the bytes really taken from
+                // the archive can be counted against the bytes produced:
+                // the sizes in the zip's headers are the attacker's word.
+                // The zip's CRC-32 goes unchecked; the manifest's SHA-256
+                // is checked on every file instead.
+                let raw = z
+                    .by_index_raw(*i)
+                    .with_context(|| format!("opening zip member {}", m.name))?;
+                let method = raw.compression();
+                let consumed = Rc::new(Cell::new(0u64));
+                let counted = CountingBufRead {
+                    inner: BufReader::new(raw),
+                    consumed: Rc::clone(&consumed),
+                };
+                let inner: Box<dyn Read + '_> = match method {
+                    zip::CompressionMethod::Stored => Box::new(counted),
+                    zip::CompressionMethod::Deflated => {
+                        Box::new(flate2::bufread::DeflateDecoder::new(counted))
+                    }
+                    other => bail!(
+                        "member {:?} uses compression {other:?}; only stored and deflate are accepted",
+                        m.name
+                    ),
+                };
+                Box::new(RatioGuard {
+                    inner,
+                    consumed,
+                    produced: 0,
+                })
             }
             Loc::File(p) => {
                 // The folder may have changed since it was listed: re-check
@@ -574,6 +602,61 @@ impl Export {
             .sync_all()
             .with_context(|| format!("syncing {}", dest.display()))?;
         Ok((n, w.hex()))
+    }
+}
+
+/// A `BufRead` that counts the bytes its reader consumes: for an inflater
+/// reading through `fill_buf`/`consume`, exactly the compressed bytes it
+/// used, however the archive's headers describe them.
+struct CountingBufRead<R> {
+    inner: R,
+    consumed: Rc<Cell<u64>>,
+}
+
+impl<R: BufRead> Read for CountingBufRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for CountingBufRead<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.consumed.set(self.consumed.get() + amt as u64);
+        self.inner.consume(amt);
+    }
+}
+
+/// Refuses a member mid-stream once it has produced more than
+/// [`RATIO_FLOOR`] bytes at over [`MAX_RATIO`] bytes out per byte in, so a
+/// bomb is stopped after a bounded amount of output whatever its headers
+/// claim. Nothing is allocated from a declared size.
+struct RatioGuard<R> {
+    inner: R,
+    consumed: Rc<Cell<u64>>,
+    produced: u64,
+}
+
+impl<R: Read> Read for RatioGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.produced += n as u64;
+        let consumed = self.consumed.get().max(1);
+        if self.produced > RATIO_FLOOR && self.produced / consumed > MAX_RATIO {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "expands {}:1 ({consumed} compressed bytes gave {} bytes so far): a zip bomb, not a system file",
+                    self.produced / consumed,
+                    self.produced
+                ),
+            ));
+        }
+        Ok(n)
     }
 }
 
@@ -745,6 +828,8 @@ fn zip_members(z: &mut zip::ZipArchive<File>) -> Result<Vec<Member>> {
             if size > MAX_FILE {
                 bail!("member {name:?} says it is {size} bytes, over the {MAX_FILE}-byte limit");
             }
+            // A first filter on the declared sizes; they can lie, so
+            // RatioGuard measures the real ratio while inflating.
             if size > RATIO_FLOOR && size / e.compressed_size().max(1) > MAX_RATIO {
                 bail!(
                     "member {name:?} expands {}:1 ({} to {size} bytes): a zip bomb, not a system file",
@@ -1228,6 +1313,54 @@ mod tests {
         let z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", &zeros)]);
         assert!(z.len() < 64 << 10);
         refused(&z, "zip bomb");
+    }
+
+    #[test]
+    fn zip_bomb_with_lying_compressed_size_is_refused_while_streaming() {
+        // 8 MiB of zeros deflate to about 8 KiB (1000:1). The headers are
+        // patched to claim 8 MiB compressed, a harmless-looking 1:1, so
+        // only the bytes actually read can tell.
+        let zeros = vec![0u8; 8 << 20];
+        let m = manifest(&[(r"WINDOWS\system32\svchost.exe", &zeros, "files/svchost.exe")]);
+        let mut z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", &zeros)]);
+        let name = b"files/svchost.exe";
+        let lie = (8u32 << 20).to_le_bytes();
+        // Compressed size: +18 in a local header (APPNOTE 4.3.7), +20 in
+        // a central header (4.3.12); names at +30 and +46.
+        let mut patched = 0;
+        for off in records(&z, b"PK\x03\x04") {
+            if z[off + 30..].starts_with(name) {
+                z[off + 18..off + 22].copy_from_slice(&lie);
+                patched += 1;
+            }
+        }
+        for off in records(&z, b"PK\x01\x02") {
+            if z[off + 46..].starts_with(name) {
+                z[off + 20..off + 24].copy_from_slice(&lie);
+                patched += 1;
+            }
+        }
+        assert_eq!(patched, 2);
+        refused(&z, "zip bomb");
+    }
+
+    #[test]
+    fn honest_deflate_member_imports_through_the_ratio_guard() {
+        // Compressible but not a bomb: PE-like text repeats, well under
+        // 200:1, and over the 1 MiB floor so the guard is exercised.
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 % 16 + b'a')
+            .collect();
+        let m = manifest(&[(r"WINDOWS\system32\big.dll", &data, "files/big.dll")]);
+        let t = tempfile::tempdir().expect("tempdir");
+        let p = t.path().join("x.zip");
+        std::fs::write(
+            &p,
+            zip_of(&[(MANIFEST, m.as_bytes()), ("files/big.dll", &data)]),
+        )
+        .expect("w");
+        let s = import(&p, &t.path().join("store")).expect("import");
+        assert_eq!(s.objects_added, 1);
     }
 
     #[test]
