@@ -226,7 +226,7 @@ fn stage_and_commit(
                     f.zip_path
                 );
             }
-            match object_state(&store.object_path(&sha), f.size, &sha) {
+            match object_state(&store.object_path(&sha), f.size, &sha)? {
                 ObjectState::Good => {
                     present.insert(sha.clone());
                 }
@@ -297,36 +297,157 @@ fn stage_and_commit(
     sort_entries(&mut index.entries);
     let staged_index = staging.path.join(INDEX_FILE);
     write_synced(&staged_index, index.to_json()?.as_bytes())?;
-    // Everything is checked and durable in staging; commit. Objects first:
-    // named by their hash, they are harmless until the index points at
-    // them, and the index rename is the single commit point.
+    // The staging folder is shaped like a store: read the new index back
+    // as the rescue will before anything moves.
+    Store::open(&staging.path).context("re-reading the new index")?;
+    let mut undo = Undo::default();
+    match commit(root, &staging, &to_move, &staged_index, &mut undo) {
+        Ok(mut late) => {
+            warnings.append(&mut late);
+            // `staging`, with any replaced corrupt objects, goes on drop.
+            Ok((objects_added, objects_present, added, kept, warnings))
+        }
+        Err(e) => {
+            // Before the index rename nothing points at the moved objects:
+            // put the store back as it was, then report the first error.
+            let problems = undo.roll_back();
+            if problems.is_empty() {
+                Err(e)
+            } else {
+                Err(e.context(format!(
+                    "the import failed and undoing it did not fully work ({}); run `defib store verify`",
+                    problems.join("; ")
+                )))
+            }
+        }
+    }
+}
+
+/// What a commit changed in the store so far, to put back on failure.
+#[derive(Default)]
+struct Undo {
+    /// `objects/` did not exist before this import.
+    created_objects_dir: Option<PathBuf>,
+    /// Each object placed: its path, and where the corrupt file it
+    /// replaced was set aside (inside the staging folder).
+    placed: Vec<(PathBuf, Option<PathBuf>)>,
+    /// An object moved aside whose replacement was not placed yet.
+    aside: Option<(PathBuf, PathBuf)>,
+}
+
+impl Undo {
+    /// Restores what was there; returns what could not be restored.
+    fn roll_back(self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let restore = |to: &Path, from: &Path| {
+            std::fs::rename(from, to)
+                .err()
+                .map(|e| format!("restoring {}: {e}", to.display()))
+        };
+        if let Some((to, from)) = &self.aside {
+            problems.extend(restore(to, from));
+        }
+        for (path, aside) in self.placed.iter().rev() {
+            problems.extend(match aside {
+                Some(from) => restore(path, from),
+                None => std::fs::remove_file(path)
+                    .err()
+                    .map(|e| format!("removing {}: {e}", path.display())),
+            });
+        }
+        if let Some(dir) = &self.created_objects_dir {
+            // Only if empty: remove_dir never takes content with it.
+            let _ = std::fs::remove_dir(dir);
+        }
+        problems
+    }
+}
+
+/// Moves the staged objects into `objects/`, verifies them there, and
+/// renames the staged index over `index.json`: that rename is the single
+/// commit point, and every failure before it is undone by `undo`. Returns
+/// warnings for what failed after it (the import stands).
+fn commit(
+    root: &Path,
+    staging: &Staging,
+    to_move: &BTreeSet<String>,
+    staged_index: &Path,
+    undo: &mut Undo,
+) -> Result<Vec<String>> {
     let objects = root.join(OBJECTS_DIR);
-    std::fs::create_dir_all(&objects).with_context(|| format!("creating {}", objects.display()))?;
-    for sha in &to_move {
+    if !objects.exists() {
+        std::fs::create_dir(&objects).with_context(|| format!("creating {}", objects.display()))?;
+        undo.created_objects_dir = Some(objects.clone());
+    }
+    for sha in to_move {
+        fail_point("object")?;
         let to = objects.join(sha);
+        // A corrupt object being replaced is set aside, not overwritten,
+        // so a failed import can put it back.
+        let aside = if to.exists() {
+            let aside = staging.path.join(format!("replaced-{sha}"));
+            std::fs::rename(&to, &aside)
+                .with_context(|| format!("moving the corrupt {} aside", to.display()))?;
+            undo.aside = Some((to.clone(), aside.clone()));
+            Some(aside)
+        } else {
+            None
+        };
         std::fs::rename(staging.path.join(sha), &to)
             .with_context(|| format!("moving object {sha} into {}", objects.display()))?;
+        undo.aside = None;
+        undo.placed.push((to, aside));
     }
     sync_dir(&objects)?;
-    let index_path = root.join(INDEX_FILE);
-    std::fs::rename(&staged_index, &index_path)
-        .with_context(|| format!("replacing {}", index_path.display()))?;
-    sync_dir(root)?;
-    drop(staging);
-    // Read back what we wrote, as the rescue will.
-    let check = Store::open(root).context("re-reading the new index")?;
-    for sha in &to_move {
-        let e = check
-            .index
-            .entries
-            .iter()
-            .find(|e| &e.sha256 == sha)
-            .ok_or_else(|| anyhow!("object {sha} has no entry after import"))?;
-        check
-            .read_verified(e)
-            .context("verifying an object after writing it")?;
+    // Read back what we placed, as the rescue will, before the index
+    // points at it.
+    for sha in to_move {
+        let p = objects.join(sha);
+        let f = File::open(&p).with_context(|| format!("re-reading {}", p.display()))?;
+        let (_, got) =
+            hash_reader(f, MAX_FILE).with_context(|| format!("re-reading {}", p.display()))?;
+        if &got != sha {
+            bail!(
+                "{} reads back with SHA-256 {got} after writing; the disk may be failing",
+                p.display()
+            );
+        }
     }
-    Ok((objects_added, objects_present, added, kept, warnings))
+    fail_point("index")?;
+    let index_path = root.join(INDEX_FILE);
+    std::fs::rename(staged_index, &index_path)
+        .with_context(|| format!("replacing {}", index_path.display()))?;
+    // Committed. A failed directory sync now is not a failed import.
+    let mut late = Vec::new();
+    if let Err(e) = sync_dir(root) {
+        late.push(format!(
+            "{e:#}; the import is done but may not survive a power cut, run `defib store verify` after one"
+        ));
+    }
+    Ok(late)
+}
+
+/// Test-only fault injection: `FAIL_AT` = (point, n) makes the n-th
+/// (0-based) pass through `point` on this thread fail, so the rollback of
+/// a half-done commit can be tested without a failing disk.
+#[cfg(test)]
+thread_local! {
+    static FAIL_AT: Cell<Option<(&'static str, usize)>> = const { Cell::new(None) };
+}
+
+fn fail_point(point: &'static str) -> Result<()> {
+    #[cfg(test)]
+    if let Some((p, n)) = FAIL_AT.get() {
+        if p == point {
+            if n == 0 {
+                FAIL_AT.set(None);
+                bail!("injected failure at {point}");
+            }
+            FAIL_AT.set(Some((p, n - 1)));
+        }
+    }
+    let _ = point;
+    Ok(())
 }
 
 /// Sorts entries for reproducible index files.
@@ -355,14 +476,29 @@ enum ObjectState {
     Bad,
 }
 
-fn object_state(path: &Path, size: u64, sha: &str) -> ObjectState {
-    let Ok(f) = File::open(path) else {
-        return ObjectState::Missing;
+/// What is at an object's place in the store. Anything but a regular file
+/// (a folder, a link) is refused rather than replaced: the commit moves a
+/// bad object aside and deletes it, which must never take a folder of
+/// someone's files with it.
+fn object_state(path: &Path, size: u64, sha: &str) -> Result<ObjectState> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ObjectState::Missing),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    match hash_reader(f, size) {
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file (a folder or a link?); move it out of the store and import again",
+            path.display()
+        );
+    }
+    let Ok(f) = File::open(path) else {
+        return Ok(ObjectState::Bad);
+    };
+    Ok(match hash_reader(f, size) {
         Ok((n, h)) if n == size && h == sha => ObjectState::Good,
         _ => ObjectState::Bad,
-    }
+    })
 }
 
 fn hash_reader(r: impl Read, limit: u64) -> std::io::Result<(u64, String)> {
@@ -1361,6 +1497,103 @@ mod tests {
         .expect("w");
         let s = import(&p, &t.path().join("store")).expect("import");
         assert_eq!(s.objects_added, 1);
+    }
+
+    const WINLOGON: &[u8] = b"MZ pretend winlogon.exe from XP SP3";
+
+    /// An export of svchost, winlogon and lsass (the fixture's file).
+    fn three_file_zip(lsass: &[u8]) -> Vec<u8> {
+        let m = manifest(&[
+            (
+                r"WINDOWS\system32\svchost.exe",
+                SVCHOST,
+                "files/svchost.exe",
+            ),
+            (
+                r"WINDOWS\system32\winlogon.exe",
+                WINLOGON,
+                "files/winlogon.exe",
+            ),
+            (r"WINDOWS\system32\lsass.exe", LSASS, "files/lsass.exe"),
+        ]);
+        zip_of(&[
+            (MANIFEST, m.as_bytes()),
+            ("files/svchost.exe", SVCHOST),
+            ("files/winlogon.exe", WINLOGON),
+            ("files/lsass.exe", lsass),
+        ])
+    }
+
+    /// Imports with a failure injected at the `n`-th pass through `point`;
+    /// the store must come out exactly as it went in.
+    fn fails_cleanly(f: &Fixture, zip: &[u8], point: &'static str, n: usize) {
+        let before = snapshot(&f.store);
+        let p = f.dir.join("export.zip");
+        std::fs::write(&p, zip).expect("write");
+        FAIL_AT.set(Some((point, n)));
+        let err = import(&p, &f.store).map(|_| ()).expect_err("must fail");
+        FAIL_AT.set(None);
+        assert!(format!("{err:#}").contains("injected failure"), "{err:#}");
+        assert_eq!(
+            snapshot(&f.store),
+            before,
+            "a failed import changed the store ({point} #{n})"
+        );
+    }
+
+    #[test]
+    fn failed_import_after_some_objects_leaves_no_orphan() {
+        // Two new objects; the second rename fails after the first one
+        // was already in objects/.
+        let f = fixture();
+        fails_cleanly(&f, &three_file_zip(LSASS), "object", 1);
+        // And the last step before the index: both objects placed.
+        fails_cleanly(&f, &three_file_zip(LSASS), "index", 0);
+        // The same export then imports whole.
+        let p = f.dir.join("export.zip");
+        let s = import(&p, &f.store).expect("import");
+        assert_eq!((s.objects_added, s.objects_present), (2, 1));
+        let r = Store::open(&f.store)
+            .expect("open")
+            .verify()
+            .expect("verify");
+        assert!(r.is_clean(), "{r:?}");
+    }
+
+    #[test]
+    fn failed_import_puts_back_a_corrupt_object_it_was_replacing() {
+        let f = fixture();
+        let lsass = f.store.join(OBJECTS_DIR).join(sha(LSASS));
+        std::fs::write(&lsass, b"bit rot").expect("corrupt");
+        fails_cleanly(&f, &three_file_zip(LSASS), "index", 0);
+        assert_eq!(std::fs::read(&lsass).expect("read"), b"bit rot");
+    }
+
+    #[test]
+    fn later_member_hash_mismatch_leaves_no_orphan() {
+        let f = fixture();
+        let before = snapshot(&f.store);
+        let p = f.dir.join("export.zip");
+        let mut evil = LSASS.to_vec();
+        evil[0] = b'Z';
+        std::fs::write(&p, three_file_zip(&evil)).expect("write");
+        let err = format!("{:#}", import(&p, &f.store).expect_err("refused"));
+        assert!(err.contains("the manifest says"), "{err}");
+        assert_eq!(snapshot(&f.store), before);
+    }
+
+    #[test]
+    fn object_slot_that_is_a_folder_is_refused_not_replaced() {
+        let f = fixture();
+        let slot = f.store.join(OBJECTS_DIR).join(sha(SVCHOST));
+        std::fs::create_dir(&slot).expect("mkdir");
+        std::fs::write(slot.join("keep.txt"), b"someone's file").expect("w");
+        let before = snapshot(&f.store);
+        let p = f.dir.join("export.zip");
+        std::fs::write(&p, three_file_zip(LSASS)).expect("write");
+        let err = format!("{:#}", import(&p, &f.store).expect_err("refused"));
+        assert!(err.contains("not a regular file"), "{err}");
+        assert_eq!(snapshot(&f.store), before);
     }
 
     #[test]
