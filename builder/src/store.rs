@@ -427,9 +427,9 @@ fn commit(
     Ok(late)
 }
 
-/// Test-only fault injection: `FAIL_AT` = (point, n) makes the n-th
-/// (0-based) pass through `point` on this thread fail, so the rollback of
-/// a half-done commit can be tested without a failing disk.
+// Test-only fault injection: `FAIL_AT` = (point, n) makes the n-th
+// (0-based) pass through `point` on this thread fail, so the rollback of
+// a half-done commit can be tested without a failing disk.
 #[cfg(test)]
 thread_local! {
     static FAIL_AT: Cell<Option<(&'static str, usize)>> = const { Cell::new(None) };
