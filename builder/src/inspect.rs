@@ -107,21 +107,26 @@ pub fn reports(img: &UsbImage) -> Result<Vec<ReportFile>> {
 }
 
 /// Human-readable text for `defib inspect`.
+/// Every string read off the medium goes through `fleet::term`: a used
+/// stick (its manifest too) is input from the field.
 pub fn render(path: &Path, i: &Inspection) -> String {
+    use crate::fleet::term;
     let m = &i.manifest;
     let mut s = format!(
         "{}\n  defib {}  build {}  kernel {}  built at epoch {}  after: {}\n  parts:\n",
         path.display(),
-        m.defib_version,
-        m.build_id,
-        m.kernel_release,
+        term(&m.defib_version),
+        term(&m.build_id),
+        term(&m.kernel_release),
         m.source_date_epoch,
-        m.after
+        term(&m.after)
     );
     for p in &m.parts {
         s.push_str(&format!(
             "    {:<32} {:<36} sha256 {}\n",
-            p.package, p.version, p.deb_sha256
+            term(&p.package),
+            term(&p.version),
+            term(&p.deb_sha256)
         ));
     }
     s.push_str(&format!(
@@ -133,7 +138,9 @@ pub fn render(path: &Path, i: &Inspection) -> String {
     for f in &m.files {
         s.push_str(&format!(
             "    {:<28} {:>10}  {}\n",
-            f.path, f.size, f.sha256
+            term(&f.path),
+            f.size,
+            term(&f.sha256)
         ));
     }
     s.push_str(&format!("  reports: {}\n", i.reports.len()));
@@ -141,10 +148,10 @@ pub fn render(path: &Path, i: &Inspection) -> String {
         let v = &r.report;
         // Names and values come off a stick that a broken PC wrote to:
         // no control characters reach the terminal.
-        let get = |k: &str| crate::fleet::term(v.get(k).and_then(|x| x.as_str()).unwrap_or("-"));
-        let name = crate::fleet::term(&r.name);
+        let get = |k: &str| term(v.get(k).and_then(|x| x.as_str()).unwrap_or("-"));
+        let name = term(&r.name);
         match &r.error {
-            Some(e) => s.push_str(&format!("    {name:<48} {}\n", crate::fleet::term(e))),
+            Some(e) => s.push_str(&format!("    {name:<48} {}\n", term(e))),
             None => s.push_str(&format!(
                 "    {name:<48} {:<18} {}\n",
                 get("verdict"),

@@ -542,14 +542,16 @@ fn store(cmd: StoreCmd) -> Result<()> {
             if c.json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
+                // Warnings quote the export's manifest: escaped for the
+                // terminal even though import refuses control characters.
                 for w in &s.warnings {
-                    eprintln!("defib: warning: {w}");
+                    eprintln!("defib: warning: {}", defib_builder::fleet::term(w));
                 }
                 println!(
                     "{}: {} build {}{} {}: {} file(s); {} new object(s), {} already there; \
                      {} new entr(ies), {} already there",
                     c.input.display(),
-                    s.product,
+                    defib_builder::fleet::term(&s.product),
                     s.build,
                     s.ubr.map(|u| format!(".{u}")).unwrap_or_default(),
                     s.arch.as_str(),

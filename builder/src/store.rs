@@ -15,6 +15,7 @@
 //! The schema and the read side (lookup, verification) live in
 //! `defib_rescue::store`, shared with the rescue.
 
+use crate::fleet::term;
 use anyhow::{anyhow, bail, Context, Result};
 use defib_rescue::playbook::{split_path, Arch};
 use defib_rescue::store::{is_sha256, path_key, Entry, Store, INDEX_FILE, OBJECTS_DIR};
@@ -66,15 +67,17 @@ pub fn render_list(entries: &[Entry]) -> String {
             (Some(b), _, _) => b.to_string(),
             (None, _, _) => "-".into(),
         };
+        // index.json may be older than the import checks, or edited by
+        // hand: nothing in it reaches the terminal unescaped.
         out.push_str(&format!(
             "{:<24} {:<28} {:>10} {:<5} {:<40} {:<16} {:<12} {:>10}\n",
-            e.name.as_deref().unwrap_or("-"),
-            e.product,
+            term(e.name.as_deref().unwrap_or("-")),
+            term(&e.product),
             build,
             e.arch.map(Arch::as_str).unwrap_or("-"),
-            e.path,
-            e.file_version.as_deref().unwrap_or("-"),
-            e.sha256.get(..12).unwrap_or(&e.sha256),
+            term(&e.path),
+            term(e.file_version.as_deref().unwrap_or("-")),
+            term(&e.sha256.chars().take(12).collect::<String>()),
             e.size
         ));
     }
@@ -821,6 +824,26 @@ fn check_manifest(m: &ExportManifest, members: &[Member]) -> Result<()> {
     }
     if m.files.is_empty() {
         bail!("lists no files");
+    }
+    // These strings end up in the index and on terminals (`store list`,
+    // import warnings). Windows allows no control characters in names,
+    // and the registry values the script reads have none either.
+    let texts = [
+        ("product", Some(&m.product)),
+        ("service_pack", m.service_pack.as_ref()),
+        ("computer", m.computer.as_ref()),
+        ("exported", Some(&m.exported)),
+    ];
+    let files = m.files.iter().flat_map(|f| {
+        [
+            ("path", Some(&f.path)),
+            ("file_version", f.file_version.as_ref()),
+        ]
+    });
+    for (key, text) in texts.into_iter().chain(files) {
+        if let Some(t) = text.filter(|t| t.chars().any(char::is_control)) {
+            bail!("{key} {t:?} has control characters; re-export with the script");
+        }
     }
     let mut paths = BTreeSet::new();
     let mut used = BTreeMap::new();
@@ -1594,6 +1617,58 @@ mod tests {
         let err = format!("{:#}", import(&p, &f.store).expect_err("refused"));
         assert!(err.contains("not a regular file"), "{err}");
         assert_eq!(snapshot(&f.store), before);
+    }
+
+    #[test]
+    fn refuses_control_characters_in_manifest_text() {
+        let m = manifest(&[(
+            "WINDOWS\\system32\\\u{1b}[2Jsvchost.exe",
+            SVCHOST,
+            "files/svchost.exe",
+        )]);
+        let z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", SVCHOST)]);
+        refused(&z, "control characters");
+        let m = manifest(&[(
+            r"WINDOWS\system32\svchost.exe",
+            SVCHOST,
+            "files/svchost.exe",
+        )])
+        .replace(
+            "Windows XP Professional",
+            "Windows XP\\u001b]0;owned\\u0007",
+        );
+        let z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", SVCHOST)]);
+        refused(
+            &z,
+            "product \"Windows XP\\u{1b}]0;owned\\u{7}\" has control characters",
+        );
+    }
+
+    #[test]
+    fn store_list_escapes_what_the_index_holds() {
+        let mut e = Entry {
+            name: Some("\u{1b}[31mEXTRA.DAT".into()),
+            product: "p".into(),
+            build: None,
+            ubr_min: None,
+            ubr_max: None,
+            service_pack: None,
+            arch: None,
+            path: "a\u{9b}b".into(),
+            file_version: None,
+            sha256: "é".repeat(20),
+            size: 1,
+            source: String::new(),
+        };
+        let t = render_list(std::slice::from_ref(&e));
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(
+            t.contains("\\x1b[31mEXTRA.DAT") && t.contains("a\\u{9b}b"),
+            "{t}"
+        );
+        // A non-ASCII sha256 in a hand-edited index: no byte slicing.
+        e.sha256 = "ab".into();
+        render_list(&[e]);
     }
 
     #[test]
