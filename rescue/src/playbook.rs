@@ -262,6 +262,12 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>> {
 
 /// [`parse_hex`], with the 0-based character index the error is at.
 fn parse_hex_at(s: &str) -> std::result::Result<Vec<u8>, (usize, String)> {
+    let half = |at: usize| {
+        (at, format!(
+            "leading_bytes {s:?}: character {} starts a byte with one hex digit; write every byte as two digits, like \"0A\"",
+            at + 1
+        ))
+    };
     let mut out = Vec::new();
     let mut high: Option<(usize, u8)> = None;
     let mut last = 0;
@@ -269,10 +275,7 @@ fn parse_hex_at(s: &str) -> std::result::Result<Vec<u8>, (usize, String)> {
         last = i + 1;
         if c == ' ' || c == '\t' {
             if let Some((at, _)) = high {
-                return Err((at, format!(
-                    "leading_bytes {s:?}: character {} starts a byte with one hex digit; write every byte as two digits, like \"0A\"",
-                    at + 1
-                )));
+                return Err(half(at));
             }
             continue;
         }
@@ -289,10 +292,7 @@ fn parse_hex_at(s: &str) -> std::result::Result<Vec<u8>, (usize, String)> {
         }
     }
     if let Some((at, _)) = high {
-        return Err((at, format!(
-            "leading_bytes {s:?}: character {} starts a byte with one hex digit; write every byte as two digits, like \"0A\"",
-            at + 1
-        )));
+        return Err(half(at));
     }
     if out.is_empty() {
         return Err((last, format!("leading_bytes {s:?} holds no bytes")));
@@ -300,9 +300,8 @@ fn parse_hex_at(s: &str) -> std::result::Result<Vec<u8>, (usize, String)> {
     Ok(out)
 }
 
-/// A SHA-256 as the playbook writes it: 64 lowercase hex digits.
-/// Checked per character, so non-ASCII input is an error, not a panic
-/// from a byte-length test passing on a multi-byte string.
+/// A SHA-256 as the playbook writes it: 64 lowercase hex digits. Checked
+/// byte by byte, so no multi-byte character and no sign can pass.
 pub fn is_lower_sha256(h: &str) -> bool {
     h.len() == 64
         && h.bytes()
@@ -379,7 +378,7 @@ impl Playbook {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         };
         if !id_ok(&self.id) {
-            return Err(At::new(
+            return Err(At::error(
                 "id",
                 format!("id {:?}: use lowercase letters, digits and '-'", self.id),
             ));
@@ -395,7 +394,7 @@ impl Playbook {
                 _ => b.is_ascii_digit(),
             });
         if !date_shape || parse_instant(&format!("{}T00:00:00Z", self.date)).is_err() {
-            return Err(At::new(
+            return Err(At::error(
                 "date",
                 format!("date {:?}: use YYYY-MM-DD", self.date),
             ));
@@ -413,13 +412,13 @@ impl Playbook {
             let id = c.id();
             let here = |key: &str| format!("when.{ci}.{key}");
             if !id_ok(id) {
-                return Err(At::new(
+                return Err(At::error(
                     here("id"),
                     format!("condition id {id:?}: use lowercase letters, digits and '-'"),
                 ));
             }
             if cond_ids.contains(&id) {
-                return Err(At::new(
+                return Err(At::error(
                     here("id"),
                     format!("condition id {id:?} is used twice"),
                 ));
@@ -432,8 +431,9 @@ impl Playbook {
                     except_any,
                     ..
                 } => {
-                    split_path(glob)
-                        .map_err(|e| At::new(here("glob"), format!("condition {id}: glob {e}")))?;
+                    split_path(glob).map_err(|e| {
+                        At::error(here("glob"), format!("condition {id}: glob {e}"))
+                    })?;
                     for (list, tests) in [("match_any", match_any), ("except_any", except_any)] {
                         for (ti, t) in tests.iter().enumerate() {
                             t.validate_at(&format!("when.{ci}.{list}.{ti}"), id)?;
@@ -441,10 +441,11 @@ impl Playbook {
                     }
                 }
                 Condition::Missing { path, .. } => {
-                    let parts = split_path(path)
-                        .map_err(|e| At::new(here("path"), format!("condition {id}: path {e}")))?;
+                    let parts = split_path(path).map_err(|e| {
+                        At::error(here("path"), format!("condition {id}: path {e}"))
+                    })?;
                     if parts.iter().any(|p| p.contains(['*', '?'])) {
-                        return Err(At::new(
+                        return Err(At::error(
                             here("path"),
                             format!("condition {id}: a missing-file path cannot have wildcards"),
                         ));
@@ -503,9 +504,9 @@ impl Playbook {
                 }
                 Action::Restore { path, sources, .. } => {
                     let parts = split_path(path)
-                        .map_err(|e| At::new(here("path"), format!("action {n}: path {e}")))?;
+                        .map_err(|e| At::error(here("path"), format!("action {n}: path {e}")))?;
                     if parts.iter().any(|p| p.contains(['*', '?'])) {
-                        return Err(At::new(
+                        return Err(At::error(
                             here("path"),
                             format!("action {n}: a restore path cannot have wildcards"),
                         ));
@@ -516,9 +517,9 @@ impl Playbook {
                 }
                 Action::DropIn { path, name, .. } => {
                     let parts = split_path(path)
-                        .map_err(|e| At::new(here("path"), format!("action {n}: path {e}")))?;
+                        .map_err(|e| At::error(here("path"), format!("action {n}: path {e}")))?;
                     if parts.iter().any(|p| p.contains(['*', '?'])) {
-                        return Err(At::new(
+                        return Err(At::error(
                             here("path"),
                             format!("action {n}: a drop-in path cannot have wildcards"),
                         ));
@@ -542,7 +543,7 @@ impl FileTest {
     fn validate_at(&self, key: &str, cond: &str) -> Result<()> {
         for (i, h) in self.sha256.iter().enumerate() {
             if !is_lower_sha256(h) {
-                return Err(At::new(
+                return Err(At::error(
                     format!("{key}.sha256.{i}"),
                     format!("condition {cond}: sha256 {h:?}: write 64 lowercase hex digits"),
                 ));
@@ -550,7 +551,7 @@ impl FileTest {
         }
         if let Some(b) = &self.leading_bytes {
             if let Err((ch, msg)) = parse_hex_at(b) {
-                return Err(At::with_char(
+                return Err(At::error_at_char(
                     format!("{key}.leading_bytes"),
                     format!("condition {cond}: {msg}"),
                     ch,
@@ -563,7 +564,7 @@ impl FileTest {
         ] {
             if let Some(t) = t {
                 if let Err(e) = parse_instant(t) {
-                    return Err(At::new(
+                    return Err(At::error(
                         format!("{key}.{name}"),
                         format!("condition {cond}: {name} {e:#}"),
                     ));
@@ -571,7 +572,7 @@ impl FileTest {
             }
         }
         if self == &FileTest::default() {
-            return Err(At::new(
+            return Err(At::error(
                 key.to_string(),
                 format!("condition {cond}: an empty file test matches everything; give at least one field"),
             ));
@@ -594,8 +595,7 @@ struct At {
 }
 
 impl At {
-    #[allow(clippy::new_ret_no_self)]
-    fn new(key: impl Into<String>, msg: String) -> anyhow::Error {
+    fn error(key: impl Into<String>, msg: String) -> anyhow::Error {
         anyhow::Error::new(At {
             key: key.into(),
             msg,
@@ -604,7 +604,7 @@ impl At {
     }
 
     /// An error about character `ch` (0-based) of a string value.
-    fn with_char(key: String, msg: String, ch: usize) -> anyhow::Error {
+    fn error_at_char(key: String, msg: String, ch: usize) -> anyhow::Error {
         anyhow::Error::new(At {
             key,
             msg,
@@ -636,17 +636,18 @@ impl At {
         let Some(ch) = self.char_in_value else {
             return Some(span.start);
         };
+        // Point inside only a one-line string without escapes; otherwise
+        // (an escape, or a multi-line string whose first newline is
+        // trimmed) keep the value's start rather than guess.
         let raw = text.get(span.clone())?;
-        let body = raw
+        let inner = raw
             .strip_prefix('\'')
-            .or_else(|| raw.strip_prefix('"').filter(|b| !b.contains('\\')))?;
-        if body.starts_with(['\'', '"']) {
-            // A multi-line string: its first newline is trimmed; keep the
-            // value's start rather than guess.
-            return Some(span.start);
-        }
-        let inner = body.char_indices().nth(ch).map(|(i, _)| i)?;
-        Some(span.start + 1 + inner)
+            .or_else(|| raw.strip_prefix('"').filter(|b| !b.contains('\\')))
+            .filter(|body| !body.starts_with(['\'', '"']))
+            .and_then(|body| body.char_indices().nth(ch))
+            .map(|(i, _)| 1 + i)
+            .unwrap_or(0);
+        Some(span.start + inner)
     }
 }
 
@@ -862,6 +863,10 @@ files = "bad"
         assert!(e.contains("character 4 ('é')"), "{e}");
         let e = err(&with_test("leading_bytes = \"+A\""));
         assert!(e.starts_with("pb.toml:10:33: "), "{e}");
+        // With a TOML escape the characters no longer line up: the
+        // column is the value's opening quote.
+        let e = err(&with_test("leading_bytes = \"AA \\u00e9\""));
+        assert!(e.starts_with("pb.toml:10:32: "), "{e}");
     }
 
     #[test]
