@@ -218,7 +218,16 @@ fn gather_folder(dir: &Path, fleet: &mut Fleet) {
         }
     };
     let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|e| match e {
+            Ok(e) => Some(e.path()),
+            Err(err) => {
+                fleet.warnings.push(format!(
+                    "{}: an entry cannot be listed ({err})",
+                    dir.display()
+                ));
+                None
+            }
+        })
         .filter(|p| {
             p.extension()
                 .is_some_and(|x| x.eq_ignore_ascii_case("json"))
