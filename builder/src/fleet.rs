@@ -2,13 +2,26 @@
 //! (image files or devices) and folders of report files, for the admin
 //! who has to say which of 400 PCs are back.
 //!
-//! Reads reports as loose JSON so that reports from older or newer defib
-//! versions still list; unreadable files become rows with an error.
+//! Everything here is input from the field: a folder copied off sticks
+//! can hold anything, and every string in a report was written on (or
+//! about) a broken PC. So a source is read only as far as it is what it
+//! claims to be: regular files only (no FIFOs, devices or links), at most
+//! [`MAX_REPORT`] bytes, a defib report of a schema this code knows.
+//! Anything else is a warning naming the file, counted but not tabled, and
+//! one bad file or stick never stops the rest. Strings leave this module
+//! through [`term`] (terminal) or [`csv_cell`] (CSV); JSON output is
+//! serde's, faithful and escaped.
+//!
+//! This is not a report validator for the rescue's own use: it checks only
+//! what the table needs, and reads fields loosely within a known schema.
 
 use crate::image::UsbImage;
-use anyhow::{Context, Result};
+pub use crate::inspect::MAX_REPORT;
+use anyhow::Result;
+use defib_rescue::report::{Verdict, SCHEMA as REPORT_SCHEMA};
 use serde::Serialize;
 use serde_json::Value;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -88,68 +101,274 @@ pub fn row(source: String, r: &Value) -> Row {
     }
 }
 
-fn error_row(source: String, e: String) -> Row {
-    Row {
-        source,
-        run_id: String::new(),
-        finished: String::new(),
-        serial: String::new(),
-        uuid: String::new(),
-        computer: String::new(),
-        windows: String::new(),
-        verdict: "unreadable".into(),
-        changes: 0,
-        reason: e,
+/// Whether `v` is a defib report this code can table; the error says why
+/// not. Only what the table needs is required, so reports from older
+/// defib versions of the same schema still list.
+pub fn check_report(v: &Value) -> std::result::Result<(), String> {
+    let Some(obj) = v.as_object() else {
+        return Err("not a defib report (not a JSON object)".into());
+    };
+    match obj.get("schema").and_then(Value::as_u64) {
+        Some(n) if n == u64::from(REPORT_SCHEMA) => {}
+        Some(n) => {
+            return Err(format!(
+                "report schema {n}, this defib reads schema {REPORT_SCHEMA}; read it with the defib that wrote it"
+            ))
+        }
+        None => return Err("not a defib report (no schema number)".into()),
     }
-}
-
-/// Every report under the given images, devices and folders.
-pub fn collect(sources: &[PathBuf]) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for src in sources {
-        if src.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(src)
-                .with_context(|| format!("reading {}", src.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension()
-                        .is_some_and(|x| x.eq_ignore_ascii_case("json"))
-                })
-                .collect();
-            files.sort();
-            for f in files {
-                let name = f.display().to_string();
-                match std::fs::read(&f)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
-                {
-                    Ok(v) => rows.push(row(name, &v)),
-                    Err(e) => rows.push(error_row(name, e)),
-                }
-            }
-        } else {
-            let img = UsbImage::open(src)?;
-            for r in crate::inspect::reports(&img)? {
-                let name = format!("{}:{}", src.display(), r.name);
-                match r.error {
-                    Some(e) => rows.push(error_row(name, e)),
-                    None => rows.push(row(name, &r.report)),
-                }
-            }
+    for key in ["run_id", "finished"] {
+        if !obj.get(key).is_some_and(Value::is_string) {
+            return Err(format!("not a defib report (no {key:?} string)"));
         }
     }
-    Ok(rows)
-}
-
-fn csv_field(f: &str) -> String {
-    if f.contains([',', '"', '\n']) {
-        format!("\"{}\"", f.replace('"', "\"\""))
-    } else {
-        f.to_string()
+    if !obj.get("machine").is_some_and(Value::is_object) {
+        return Err("not a defib report (no \"machine\" object)".into());
+    }
+    if obj.get("windows").is_some_and(|w| !w.is_array()) {
+        return Err("not a defib report (\"windows\" is not a list)".into());
+    }
+    match obj
+        .get("verdict")
+        .cloned()
+        .map(serde_json::from_value::<Verdict>)
+    {
+        Some(Ok(_)) => Ok(()),
+        _ => Err("not a defib report (no known \"verdict\")".into()),
     }
 }
 
-/// RFC 4180 CSV with a header line.
+/// What [`gather`] found: the table, and what it passed over.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Fleet {
+    pub rows: Vec<Row>,
+    /// Files that are not defib reports or could not be read, and media
+    /// that could not be opened: `<source>: <why>`, one line each. Raw
+    /// text; print it through [`term`].
+    pub warnings: Vec<String>,
+    /// How many report files were skipped (media errors are not counted:
+    /// a stick that cannot be read has no count of files).
+    pub skipped: usize,
+}
+
+impl Fleet {
+    fn skip(&mut self, source: &str, why: impl std::fmt::Display) {
+        self.warnings.push(format!("{source}: skipped: {why}"));
+        self.skipped += 1;
+    }
+
+    fn add(&mut self, source: String, r: &Value) {
+        match check_report(r) {
+            Ok(()) => self.rows.push(row(source, r)),
+            Err(why) => self.skip(&source, why),
+        }
+    }
+}
+
+/// Every report under the given images, devices and folders. Never fails
+/// as a whole: a source or file that cannot be read becomes a warning.
+pub fn gather(sources: &[PathBuf]) -> Fleet {
+    let mut fleet = Fleet::default();
+    for src in sources {
+        let name = src.display().to_string();
+        // The admin named this path, so a link to it is followed; what is
+        // inside a folder is not.
+        let meta = match std::fs::metadata(src) {
+            Ok(m) => m,
+            Err(e) => {
+                fleet
+                    .warnings
+                    .push(format!("{name}: cannot read it ({e}); is the path right?"));
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            gather_folder(src, &mut fleet);
+        } else if meta.is_file() || is_block_device(&meta) {
+            gather_medium(src, &mut fleet);
+        } else {
+            // A FIFO or socket would block the open.
+            fleet.warnings.push(format!(
+                "{name}: not a folder, an image file or a block device; not read"
+            ));
+        }
+    }
+    fleet
+}
+
+#[cfg(unix)]
+fn is_block_device(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    m.file_type().is_block_device()
+}
+
+#[cfg(not(unix))]
+fn is_block_device(_: &std::fs::Metadata) -> bool {
+    false
+}
+
+fn gather_folder(dir: &Path, fleet: &mut Fleet) {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            fleet
+                .warnings
+                .push(format!("{}: cannot list it ({e})", dir.display()));
+            return;
+        }
+    };
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| match e {
+            Ok(e) => Some(e.path()),
+            Err(err) => {
+                fleet.warnings.push(format!(
+                    "{}: an entry cannot be listed ({err})",
+                    dir.display()
+                ));
+                None
+            }
+        })
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f.display().to_string();
+        match read_report_file(&f) {
+            Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) => fleet.add(name, &v),
+                Err(e) => fleet.skip(&name, format!("not valid JSON ({e})")),
+            },
+            Err(why) => fleet.skip(&name, why),
+        }
+    }
+}
+
+/// The bytes of one report file in a folder, if it is a regular file of
+/// at most [`MAX_REPORT`] bytes. The type is checked without following
+/// links before opening (opening a FIFO blocks until a writer comes), and
+/// again on the open handle, which must be the very file checked.
+fn read_report_file(p: &Path) -> std::result::Result<Vec<u8>, String> {
+    let before = std::fs::symlink_metadata(p).map_err(|e| format!("cannot read it ({e})"))?;
+    let ft = before.file_type();
+    if ft.is_symlink() {
+        return Err("a symbolic link; only regular files are read".into());
+    }
+    if !ft.is_file() {
+        return Err("not a regular file (a FIFO, device or folder); not opened".into());
+    }
+    if before.len() > MAX_REPORT {
+        return Err(format!(
+            "{} bytes, over the {MAX_REPORT}-byte limit for a report",
+            before.len()
+        ));
+    }
+    let f = std::fs::File::open(p).map_err(|e| format!("cannot open it ({e})"))?;
+    let after = f.metadata().map_err(|e| format!("cannot read it ({e})"))?;
+    if !same_file(&before, &after) || !after.is_file() {
+        return Err("it changed while being read; run again".into());
+    }
+    let mut data = Vec::new();
+    // Read at most one byte past the cap, in case it grew since the check.
+    f.take(MAX_REPORT + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if data.len() as u64 > MAX_REPORT {
+        return Err(format!("over the {MAX_REPORT}-byte limit for a report"));
+    }
+    Ok(data)
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    true
+}
+
+fn gather_medium(src: &Path, fleet: &mut Fleet) {
+    let reports = UsbImage::open(src).and_then(|img| crate::inspect::reports(&img));
+    let reports = match reports {
+        Ok(r) => r,
+        Err(e) => {
+            fleet.warnings.push(format!(
+                "{}: cannot read its reports ({e:#}); copy the reports off it another way, or pass a folder",
+                src.display()
+            ));
+            return;
+        }
+    };
+    for r in reports {
+        let name = format!("{}:{}", src.display(), r.name);
+        match r.error {
+            Some(e) => fleet.skip(&name, e),
+            None => fleet.add(name, &r.report),
+        }
+    }
+}
+
+/// The rows of [`gather`], for callers that want only the table.
+pub fn collect(sources: &[PathBuf]) -> Result<Vec<Row>> {
+    Ok(gather(sources).rows)
+}
+
+/// A string made safe to print on a terminal: control characters (C0,
+/// DEL, C1, which carry ANSI escapes and can move the cursor or rewrite
+/// lines) and bidirectional overrides (which reorder what is shown) are
+/// written as escapes (`\x1b`, `\u{202e}`); everything else is kept.
+pub fn term(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Unicode's explicit directional formatting characters (UAX #9): the
+/// "Trojan Source" characters that make text display in another order.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// One CSV cell (RFC 4180), safe to open in a spreadsheet and to print.
+///
+/// OWASP's CSV-injection rule: a cell starting with `=`, `+`, `-`, `@`,
+/// tab or carriage return is a formula to Excel, LibreOffice and Sheets,
+/// so it gets a leading `'`, which they show as text. Control characters
+/// are escaped as for [`term`] (the CSV often goes to a terminal first).
+/// A cell holding `,`, `;` (the separator in many locales) or `"` is
+/// quoted, so no part of it can become a cell of its own.
+pub fn csv_cell(f: &str) -> String {
+    let formula = |s: &str| s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let mut cell = term(f);
+    if formula(f) || formula(&cell) {
+        cell.insert(0, '\'');
+    }
+    if cell.contains([',', ';', '"']) {
+        format!("\"{}\"", cell.replace('"', "\"\""))
+    } else {
+        cell
+    }
+}
+
+/// RFC 4180 CSV with a header line, every cell through [`csv_cell`].
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
         "run_id,finished,serial,uuid,computer,windows,verdict,changes,reason,source\n",
@@ -167,14 +386,16 @@ pub fn csv(rows: &[Row]) -> String {
             &r.reason,
             &r.source,
         ];
-        out.push_str(&f.iter().map(|x| csv_field(x)).collect::<Vec<_>>().join(","));
+        out.push_str(&f.iter().map(|x| csv_cell(x)).collect::<Vec<_>>().join(","));
         out.push('\n');
     }
     out
 }
 
-/// A table for the terminal, with a count per verdict at the end.
-pub fn table(rows: &[Row]) -> String {
+/// A table for the terminal, with a count per verdict at the end and the
+/// number of files skipped. Every field goes through [`term`].
+pub fn table(fleet: &Fleet) -> String {
+    let rows = &fleet.rows;
     let mut out = format!(
         "{:<18} {:<16} {:<24} {:<17} {:>3}  {}\n",
         "FINISHED", "COMPUTER", "WINDOWS", "VERDICT", "CHG", "MACHINE"
@@ -185,14 +406,15 @@ pub fn table(rows: &[Row]) -> String {
         } else {
             &r.serial
         };
+        // Escape first, then cut: a cut escape is still inert text.
         out.push_str(&format!(
             "{:<18} {:<16} {:<24} {:<17} {:>3}  {}\n",
-            r.finished.get(..16).unwrap_or(&r.finished),
-            r.computer,
-            r.windows.chars().take(24).collect::<String>(),
-            r.verdict,
+            term(&r.finished).chars().take(16).collect::<String>(),
+            term(&r.computer),
+            term(&r.windows).chars().take(24).collect::<String>(),
+            term(&r.verdict),
             r.changes,
-            machine
+            term(machine)
         ));
     }
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
@@ -208,6 +430,12 @@ pub fn table(rows: &[Row]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if fleet.skipped > 0 {
+        out.push_str(&format!(
+            "{} file(s) skipped: not defib reports or unreadable (see the warnings)\n",
+            fleet.skipped
+        ));
+    }
     out
 }
 
@@ -219,30 +447,64 @@ pub fn collect_one(p: &Path) -> Result<Vec<Row>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn report(computer: &str, reason: &str) -> Value {
+        serde_json::json!({
+            "schema": 1, "run_id": "20261126T050215Z-1a2b3c4d", "finished": "2026-11-26T05:02:21Z",
+            "machine": {"product_serial": "SN1", "product_uuid": "u"},
+            "verdict": "repaired",
+            "windows": [{"identity": {"computer_name": computer, "product_name": "Microsoft Windows XP", "build": 2600},
+                         "verdict": "repaired", "reason": reason,
+                         "playbooks": [{"actions": [{"status": "done"}, {"status": "skipped"}, {"status": "done"}]}]}]
+        })
+    }
+
+    fn write(dir: &Path, name: &str, v: &Value) {
+        std::fs::write(dir.join(name), serde_json::to_vec(v).unwrap()).unwrap();
+    }
+
+    /// Runs `gather` on another thread: a test that would hang fails
+    /// after `secs` instead.
+    fn gather_within(dir: &Path, secs: u64) -> Fleet {
+        let (tx, rx) = mpsc::channel();
+        let d = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(gather(&[d]));
+        });
+        rx.recv_timeout(Duration::from_secs(secs))
+            .expect("defib reports hung on this folder")
+    }
 
     #[test]
     fn rows_from_a_folder_with_a_bad_file() {
         let d = tempfile::tempdir().unwrap();
-        let rep = serde_json::json!({
-            "schema": 1, "run_id": "20261126T050215Z-1a2b3c4d", "finished": "2026-11-26T05:02:21Z",
-            "machine": {"product_serial": "SN1", "product_uuid": "u"},
-            "verdict": "repaired",
-            "windows": [{"identity": {"computer_name": "WARD3-PC07", "product_name": "Microsoft Windows XP", "build": 2600},
-                         "verdict": "repaired", "reason": "repaired: mcafee-dat-5958",
-                         "playbooks": [{"actions": [{"status": "done"}, {"status": "skipped"}, {"status": "done"}]}]}]
-        });
-        std::fs::write(d.path().join("a.json"), serde_json::to_vec(&rep).unwrap()).unwrap();
+        write(
+            d.path(),
+            "a.json",
+            &report("WARD3-PC07", "repaired: mcafee-dat-5958"),
+        );
         std::fs::write(d.path().join("b.json"), b"{ torn").unwrap();
-        let rows = collect_one(d.path()).unwrap();
-        assert_eq!(rows.len(), 2);
+        let fleet = gather_within(d.path(), 30);
+        let rows = &fleet.rows;
+        assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].computer, "WARD3-PC07");
         assert_eq!(rows[0].windows, "Microsoft Windows XP 2600");
         assert_eq!(rows[0].changes, 2);
-        assert_eq!(rows[1].verdict, "unreadable");
-        let t = table(&rows);
-        assert!(t.contains("2 reports: 1 repaired, 1 unreadable"), "{t}");
-        let c = csv(&rows);
-        assert_eq!(c.lines().count(), 3);
+        assert_eq!(fleet.skipped, 1);
+        assert!(
+            fleet.warnings[0].contains("b.json") && fleet.warnings[0].contains("not valid JSON"),
+            "{:?}",
+            fleet.warnings
+        );
+        let t = table(&fleet);
+        assert!(
+            t.contains("1 reports: 1 repaired\n1 file(s) skipped"),
+            "{t}"
+        );
+        let c = csv(rows);
+        assert_eq!(c.lines().count(), 2);
         assert!(
             c.lines()
                 .nth(1)
@@ -250,5 +512,227 @@ mod tests {
                 .contains(",repaired,2,repaired: mcafee-dat-5958,"),
             "{c}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifo_named_json_does_not_hang() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.json", &report("PC1", "r"));
+        let fifo =
+            std::ffi::CString::new(d.path().join("x.json").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let fleet = gather_within(d.path(), 20);
+        assert_eq!(fleet.rows.len(), 1);
+        assert_eq!(fleet.skipped, 1);
+        assert!(
+            fleet.warnings[0].contains("x.json")
+                && fleet.warnings[0].contains("not a regular file")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_report_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "r.json", &report("OUTSIDE", "r"));
+        std::os::unix::fs::symlink(outside.path().join("r.json"), d.path().join("l.json")).unwrap();
+        let fleet = gather_within(d.path(), 20);
+        assert!(fleet.rows.is_empty());
+        assert!(
+            fleet.warnings[0].contains("symbolic link"),
+            "{:?}",
+            fleet.warnings
+        );
+    }
+
+    #[test]
+    fn non_report_json_and_unknown_schema_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.json", &report("PC1", "r"));
+        write(
+            d.path(),
+            "package.json",
+            &serde_json::json!({"name": "x", "version": "1.0.0"}),
+        );
+        write(d.path(), "list.json", &serde_json::json!([1, 2, 3]));
+        let mut future = report("PC2", "r");
+        future["schema"] = 99.into();
+        write(d.path(), "future.json", &future);
+        let mut odd = report("PC3", "r");
+        odd["verdict"] = "pwned".into();
+        write(d.path(), "odd.json", &odd);
+        let fleet = gather_within(d.path(), 30);
+        assert_eq!(fleet.rows.len(), 1, "{:?}", fleet.rows);
+        assert_eq!(fleet.skipped, 4);
+        let w = fleet.warnings.join("\n");
+        assert!(w.contains("future.json: skipped: report schema 99"), "{w}");
+        assert!(
+            w.contains("package.json: skipped: not a defib report"),
+            "{w}"
+        );
+        assert!(w.contains("list.json: skipped: not a defib report"), "{w}");
+        assert!(w.contains("odd.json: skipped: not a defib report"), "{w}");
+        let t = table(&fleet);
+        assert!(
+            t.contains("1 reports: 1 repaired\n4 file(s) skipped"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn oversized_report_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(d.path().join("big.json")).unwrap();
+        f.set_len(MAX_REPORT + 1).unwrap();
+        let fleet = gather_within(d.path(), 30);
+        assert_eq!(fleet.skipped, 1);
+        assert!(fleet.warnings[0].contains("limit"), "{:?}", fleet.warnings);
+    }
+
+    #[test]
+    fn unreadable_medium_is_a_warning_and_the_rest_still_lists() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.json", &report("PC1", "r"));
+        let junk = d.path().join("stick.img");
+        std::fs::write(&junk, vec![0u8; 64 << 10]).unwrap();
+        let fleet = gather(&[junk, d.path().join("missing"), d.path().to_path_buf()]);
+        assert_eq!(fleet.rows.len(), 1);
+        assert_eq!(fleet.warnings.len(), 2, "{:?}", fleet.warnings);
+        assert!(fleet.warnings[0].contains("stick.img: cannot read its reports"));
+    }
+
+    /// A small defib-shaped stick holding `reports`.
+    fn stick(dir: &Path, reports: &[(&str, Vec<u8>)]) -> PathBuf {
+        let mut files = std::collections::BTreeMap::new();
+        files.insert("defib/manifest.json".to_string(), b"{}".to_vec());
+        for (name, data) in reports {
+            files.insert(format!("reports/{name}"), data.clone());
+        }
+        let spec = crate::image::EspSpec {
+            files,
+            dirs: vec!["reports".into()],
+            label: "DEFIB".into(),
+            free_space: 1 << 20,
+            seed: [3; 32],
+            mtime: 1_721_347_200,
+            legacy_bios_bootable: false,
+        };
+        let out = dir.join("stick.img");
+        crate::image::write_usb_image(&spec, &out).unwrap();
+        out
+    }
+
+    #[test]
+    fn corrupt_fat_chain_on_a_stick_skips_one_report_not_the_table() {
+        let d = tempfile::tempdir().unwrap();
+        let good = serde_json::to_vec(&report("PC1", "r")).unwrap();
+        let mut big = report("PC2", "r");
+        big["pad"] = "FATCHAIN".repeat(8 << 10).into(); // 64 KiB: many clusters
+        let big = serde_json::to_vec(&big).unwrap();
+        let img = stick(d.path(), &[("a.json", good), ("b.json", big.clone())]);
+        let clean = std::fs::read(&img).unwrap();
+        let mut bytes = clean.clone();
+        // FAT32 boot sector fields (Microsoft's FAT spec): bytes per
+        // sector @11, sectors per cluster @13, reserved sectors @14, FAT
+        // count @16, sectors per FAT @36.
+        let esp = crate::image::UsbImage::open(&img).unwrap().esp_offset() as usize;
+        let le16 = |o: usize| u16::from_le_bytes([bytes[esp + o], bytes[esp + o + 1]]) as usize;
+        let le32 =
+            |o: usize| u32::from_le_bytes(bytes[esp + o..esp + o + 4].try_into().unwrap()) as usize;
+        let (bps, spc, reserved, nfats, fatsz) = (
+            le16(11),
+            bytes[esp + 13] as usize,
+            le16(14),
+            bytes[esp + 16] as usize,
+            le32(36),
+        );
+        let data = esp + (reserved + nfats * fatsz) * bps;
+        // Both reports start alike (sorted keys); the pad is b.json's alone.
+        let pad = big
+            .windows(16)
+            .position(|w| w == b"FATCHAINFATCHAIN")
+            .unwrap();
+        let at = (data..bytes.len() - 16)
+            .find(|&i| bytes[i..].starts_with(b"FATCHAINFATCHAIN"))
+            .expect("b.json on the stick")
+            - pad;
+        let cluster = (at - data) / (bps * spc) + 2;
+        // Point its first cluster's successor far past the volume (a read
+        // error), or mark it free (fatfs quietly ends the file there), in
+        // every FAT copy.
+        for next in [0x0FFF_FFEFu32, 0] {
+            bytes.copy_from_slice(&clean);
+            for n in 0..nfats {
+                let e = esp + (reserved + n * fatsz) * bps + cluster * 4;
+                bytes[e..e + 4].copy_from_slice(&next.to_le_bytes());
+            }
+            std::fs::write(&img, &bytes).unwrap();
+            let fleet = gather(std::slice::from_ref(&img));
+            assert_eq!(fleet.rows.len(), 1, "{next:#x}: {:?}", fleet.warnings);
+            assert_eq!(fleet.rows[0].computer, "PC1");
+            assert_eq!(fleet.skipped, 1);
+            assert!(
+                fleet.warnings[0].contains("stick.img:b.json: skipped: unreadable"),
+                "{next:#x}: {:?}",
+                fleet.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn formula_computer_name_is_neutralised_in_csv() {
+        for (evil, want) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"",
+            ),
+            ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\\t=1"),
+            ("\r=1", "'\\r=1"),
+            ("PC;=1+1", "\"PC;=1+1\""),
+        ] {
+            assert_eq!(csv_cell(evil), want, "{evil:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.json", &report("=cmd|'/C calc'!A0", "r"));
+        let c = csv(&gather_within(d.path(), 30).rows);
+        assert!(
+            c.lines().nth(1).unwrap().contains(",'=cmd|'/C calc'!A0,"),
+            "{c}"
+        );
+        assert_eq!(csv_cell("WARD3-PC07"), "WARD3-PC07");
+    }
+
+    #[test]
+    fn ansi_escape_in_reason_is_shown_escaped() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "a.json",
+            &report(
+                "PC\u{1b}]0;owned\u{7}",
+                "\u{1b}[2J\u{1b}[1;1Hall clean\u{202e}",
+            ),
+        );
+        let fleet = gather_within(d.path(), 30);
+        // JSON stays faithful: the raw text, escaped by serde.
+        assert_eq!(
+            fleet.rows[0].reason,
+            "\u{1b}[2J\u{1b}[1;1Hall clean\u{202e}"
+        );
+        let t = table(&fleet);
+        let c = csv(&fleet.rows);
+        for out in [&t, &c] {
+            assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+            assert!(!out.contains('\u{202e}'), "{out:?}");
+        }
+        assert!(t.contains("PC\\x1b]0;owned\\x07"), "{t}");
+        assert!(c.contains("\\x1b[2J\\x1b[1;1Hall clean\\u{202e}"), "{c}");
+        assert_eq!(term("a\u{9b}b\u{7f}"), "a\\u{9b}b\\x7f");
     }
 }

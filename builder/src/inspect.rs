@@ -2,7 +2,9 @@
 //! manifest it was built with and the reports the rescue left under
 //! `\reports\`.
 //!
-//! Read-only: the image or device is opened for reading only.
+//! Read-only: the image or device is opened for reading only. A used
+//! stick is input from the field: one unreadable or oversized report is
+//! an error on that report, never on the whole listing.
 
 use crate::image::UsbImage;
 use crate::manifest::Manifest;
@@ -10,6 +12,11 @@ use anyhow::{Context, Result};
 use defib_rescue::layout;
 use serde::Serialize;
 use std::path::Path;
+
+/// No report the rescue writes comes near this; a bigger file under
+/// `\reports\` is not read (its size comes from the FAT directory entry,
+/// so nothing is allocated for it).
+pub const MAX_REPORT: u64 = 4 << 20;
 
 /// One report file found on the medium.
 #[derive(Debug, Clone, Serialize)]
@@ -60,13 +67,34 @@ pub fn reports(img: &UsbImage) -> Result<Vec<ReportFile>> {
         if e.is_dir || !e.name.to_ascii_lowercase().ends_with(".json") {
             continue;
         }
-        let data = img.read_file(&format!("reports/{}", e.name))?;
-        let (report, error) = match serde_json::from_slice(&data) {
+        // Per-file problems (a broken cluster chain, a huge entry) stay
+        // with that file so the other reports on the stick still list.
+        let read = if e.size > MAX_REPORT {
+            Err(format!(
+                "{} bytes, over the {MAX_REPORT}-byte limit for a report; not read",
+                e.size
+            ))
+        } else {
+            img.read_file(&format!("reports/{}", e.name))
+                .map_err(|err| format!("unreadable ({err:#}); the stick's FAT may be damaged"))
+                .and_then(|data| {
+                    // fatfs ends a read quietly where a broken chain ends.
+                    if data.len() as u64 == e.size {
+                        Ok(data)
+                    } else {
+                        Err(format!(
+                            "unreadable: the FAT gives {} of its {} bytes; the stick's FAT may be damaged",
+                            data.len(),
+                            e.size
+                        ))
+                    }
+                })
+        };
+        let (report, error) = match read.and_then(|data| {
+            serde_json::from_slice(&data).map_err(|err| format!("not valid JSON: {err}"))
+        }) {
             Ok(v) => (v, None),
-            Err(err) => (
-                serde_json::Value::Null,
-                Some(format!("not valid JSON: {err}")),
-            ),
+            Err(err) => (serde_json::Value::Null, Some(err)),
         };
         out.push(ReportFile {
             name: e.name,
@@ -79,21 +107,26 @@ pub fn reports(img: &UsbImage) -> Result<Vec<ReportFile>> {
 }
 
 /// Human-readable text for `defib inspect`.
+/// Every string read off the medium goes through `fleet::term`: a used
+/// stick (its manifest too) is input from the field.
 pub fn render(path: &Path, i: &Inspection) -> String {
+    use crate::fleet::term;
     let m = &i.manifest;
     let mut s = format!(
         "{}\n  defib {}  build {}  kernel {}  built at epoch {}  after: {}\n  parts:\n",
         path.display(),
-        m.defib_version,
-        m.build_id,
-        m.kernel_release,
+        term(&m.defib_version),
+        term(&m.build_id),
+        term(&m.kernel_release),
         m.source_date_epoch,
-        m.after
+        term(&m.after)
     );
     for p in &m.parts {
         s.push_str(&format!(
             "    {:<32} {:<36} sha256 {}\n",
-            p.package, p.version, p.deb_sha256
+            term(&p.package),
+            term(&p.version),
+            term(&p.deb_sha256)
         ));
     }
     s.push_str(&format!(
@@ -105,18 +138,22 @@ pub fn render(path: &Path, i: &Inspection) -> String {
     for f in &m.files {
         s.push_str(&format!(
             "    {:<28} {:>10}  {}\n",
-            f.path, f.size, f.sha256
+            term(&f.path),
+            f.size,
+            term(&f.sha256)
         ));
     }
     s.push_str(&format!("  reports: {}\n", i.reports.len()));
     for r in &i.reports {
         let v = &r.report;
-        let get = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+        // Names and values come off a stick that a broken PC wrote to:
+        // no control characters reach the terminal.
+        let get = |k: &str| term(v.get(k).and_then(|x| x.as_str()).unwrap_or("-"));
+        let name = term(&r.name);
         match &r.error {
-            Some(e) => s.push_str(&format!("    {:<48} {e}\n", r.name)),
+            Some(e) => s.push_str(&format!("    {name:<48} {}\n", term(e))),
             None => s.push_str(&format!(
-                "    {:<48} {:<18} {}\n",
-                r.name,
+                "    {name:<48} {:<18} {}\n",
                 get("verdict"),
                 get("finished")
             )),

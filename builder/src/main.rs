@@ -436,14 +436,27 @@ fn cmd_playbook_check(paths: Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `defib reports`: the table (or CSV, JSON) on stdout; files and media
+/// that were skipped are warnings on stderr, escaped for the terminal.
 fn cmd_reports(c: ReportsConfig) -> Result<()> {
-    let rows = defib_builder::fleet::collect(&c.sources)?;
+    use defib_builder::fleet;
+    let f = fleet::gather(&c.sources);
+    for w in &f.warnings {
+        eprintln!("defib: warning: {}", fleet::term(w));
+    }
     if c.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&f.rows)?);
     } else if c.csv {
-        print!("{}", defib_builder::fleet::csv(&rows));
+        print!("{}", fleet::csv(&f.rows));
     } else {
-        print!("{}", defib_builder::fleet::table(&rows));
+        print!("{}", fleet::table(&f));
+    }
+    // The table has its own summary line; CSV and JSON say it here.
+    if (c.json || c.csv) && f.skipped > 0 {
+        eprintln!(
+            "defib: {} file(s) skipped; see the warnings above",
+            f.skipped
+        );
     }
     Ok(())
 }
@@ -529,14 +542,16 @@ fn store(cmd: StoreCmd) -> Result<()> {
             if c.json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
+                // Warnings quote the export's manifest: escaped for the
+                // terminal even though import refuses control characters.
                 for w in &s.warnings {
-                    eprintln!("defib: warning: {w}");
+                    eprintln!("defib: warning: {}", defib_builder::fleet::term(w));
                 }
                 println!(
                     "{}: {} build {}{} {}: {} file(s); {} new object(s), {} already there; \
                      {} new entr(ies), {} already there",
                     c.input.display(),
-                    s.product,
+                    defib_builder::fleet::term(&s.product),
                     s.build,
                     s.ubr.map(|u| format!(".{u}")).unwrap_or_default(),
                     s.arch.as_str(),

@@ -15,15 +15,18 @@
 //! The schema and the read side (lookup, verification) live in
 //! `defib_rescue::store`, shared with the rescue.
 
+use crate::fleet::term;
 use anyhow::{anyhow, bail, Context, Result};
 use defib_rescue::playbook::{split_path, Arch};
 use defib_rescue::store::{is_sha256, path_key, Entry, Store, INDEX_FILE, OBJECTS_DIR};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// The manifest's name inside an export.
 pub const MANIFEST: &str = "defib-export.json";
@@ -64,15 +67,17 @@ pub fn render_list(entries: &[Entry]) -> String {
             (Some(b), _, _) => b.to_string(),
             (None, _, _) => "-".into(),
         };
+        // index.json may be older than the import checks, or edited by
+        // hand: nothing in it reaches the terminal unescaped.
         out.push_str(&format!(
             "{:<24} {:<28} {:>10} {:<5} {:<40} {:<16} {:<12} {:>10}\n",
-            e.name.as_deref().unwrap_or("-"),
-            e.product,
+            term(e.name.as_deref().unwrap_or("-")),
+            term(&e.product),
             build,
             e.arch.map(Arch::as_str).unwrap_or("-"),
-            e.path,
-            e.file_version.as_deref().unwrap_or("-"),
-            e.sha256.get(..12).unwrap_or(&e.sha256),
+            term(&e.path),
+            term(e.file_version.as_deref().unwrap_or("-")),
+            term(&e.sha256.chars().take(12).collect::<String>()),
             e.size
         ));
     }
@@ -224,7 +229,7 @@ fn stage_and_commit(
                     f.zip_path
                 );
             }
-            match object_state(&store.object_path(&sha), f.size, &sha) {
+            match object_state(&store.object_path(&sha), f.size, &sha)? {
                 ObjectState::Good => {
                     present.insert(sha.clone());
                 }
@@ -295,36 +300,157 @@ fn stage_and_commit(
     sort_entries(&mut index.entries);
     let staged_index = staging.path.join(INDEX_FILE);
     write_synced(&staged_index, index.to_json()?.as_bytes())?;
-    // Everything is checked and durable in staging; commit. Objects first:
-    // named by their hash, they are harmless until the index points at
-    // them, and the index rename is the single commit point.
+    // The staging folder is shaped like a store: read the new index back
+    // as the rescue will before anything moves.
+    Store::open(&staging.path).context("re-reading the new index")?;
+    let mut undo = Undo::default();
+    match commit(root, &staging, &to_move, &staged_index, &mut undo) {
+        Ok(mut late) => {
+            warnings.append(&mut late);
+            // `staging`, with any replaced corrupt objects, goes on drop.
+            Ok((objects_added, objects_present, added, kept, warnings))
+        }
+        Err(e) => {
+            // Before the index rename nothing points at the moved objects:
+            // put the store back as it was, then report the first error.
+            let problems = undo.roll_back();
+            if problems.is_empty() {
+                Err(e)
+            } else {
+                Err(e.context(format!(
+                    "the import failed and undoing it did not fully work ({}); run `defib store verify`",
+                    problems.join("; ")
+                )))
+            }
+        }
+    }
+}
+
+/// What a commit changed in the store so far, to put back on failure.
+#[derive(Default)]
+struct Undo {
+    /// `objects/` did not exist before this import.
+    created_objects_dir: Option<PathBuf>,
+    /// Each object placed: its path, and where the corrupt file it
+    /// replaced was set aside (inside the staging folder).
+    placed: Vec<(PathBuf, Option<PathBuf>)>,
+    /// An object moved aside whose replacement was not placed yet.
+    aside: Option<(PathBuf, PathBuf)>,
+}
+
+impl Undo {
+    /// Restores what was there; returns what could not be restored.
+    fn roll_back(self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let restore = |to: &Path, from: &Path| {
+            std::fs::rename(from, to)
+                .err()
+                .map(|e| format!("restoring {}: {e}", to.display()))
+        };
+        if let Some((to, from)) = &self.aside {
+            problems.extend(restore(to, from));
+        }
+        for (path, aside) in self.placed.iter().rev() {
+            problems.extend(match aside {
+                Some(from) => restore(path, from),
+                None => std::fs::remove_file(path)
+                    .err()
+                    .map(|e| format!("removing {}: {e}", path.display())),
+            });
+        }
+        if let Some(dir) = &self.created_objects_dir {
+            // Only if empty: remove_dir never takes content with it.
+            let _ = std::fs::remove_dir(dir);
+        }
+        problems
+    }
+}
+
+/// Moves the staged objects into `objects/`, verifies them there, and
+/// renames the staged index over `index.json`: that rename is the single
+/// commit point, and every failure before it is undone by `undo`. Returns
+/// warnings for what failed after it (the import stands).
+fn commit(
+    root: &Path,
+    staging: &Staging,
+    to_move: &BTreeSet<String>,
+    staged_index: &Path,
+    undo: &mut Undo,
+) -> Result<Vec<String>> {
     let objects = root.join(OBJECTS_DIR);
-    std::fs::create_dir_all(&objects).with_context(|| format!("creating {}", objects.display()))?;
-    for sha in &to_move {
+    if !objects.exists() {
+        std::fs::create_dir(&objects).with_context(|| format!("creating {}", objects.display()))?;
+        undo.created_objects_dir = Some(objects.clone());
+    }
+    for sha in to_move {
+        fail_point("object")?;
         let to = objects.join(sha);
+        // A corrupt object being replaced is set aside, not overwritten,
+        // so a failed import can put it back.
+        let aside = if to.exists() {
+            let aside = staging.path.join(format!("replaced-{sha}"));
+            std::fs::rename(&to, &aside)
+                .with_context(|| format!("moving the corrupt {} aside", to.display()))?;
+            undo.aside = Some((to.clone(), aside.clone()));
+            Some(aside)
+        } else {
+            None
+        };
         std::fs::rename(staging.path.join(sha), &to)
             .with_context(|| format!("moving object {sha} into {}", objects.display()))?;
+        undo.aside = None;
+        undo.placed.push((to, aside));
     }
     sync_dir(&objects)?;
-    let index_path = root.join(INDEX_FILE);
-    std::fs::rename(&staged_index, &index_path)
-        .with_context(|| format!("replacing {}", index_path.display()))?;
-    sync_dir(root)?;
-    drop(staging);
-    // Read back what we wrote, as the rescue will.
-    let check = Store::open(root).context("re-reading the new index")?;
-    for sha in &to_move {
-        let e = check
-            .index
-            .entries
-            .iter()
-            .find(|e| &e.sha256 == sha)
-            .ok_or_else(|| anyhow!("object {sha} has no entry after import"))?;
-        check
-            .read_verified(e)
-            .context("verifying an object after writing it")?;
+    // Read back what we placed, as the rescue will, before the index
+    // points at it.
+    for sha in to_move {
+        let p = objects.join(sha);
+        let f = File::open(&p).with_context(|| format!("re-reading {}", p.display()))?;
+        let (_, got) =
+            hash_reader(f, MAX_FILE).with_context(|| format!("re-reading {}", p.display()))?;
+        if &got != sha {
+            bail!(
+                "{} reads back with SHA-256 {got} after writing; the disk may be failing",
+                p.display()
+            );
+        }
     }
-    Ok((objects_added, objects_present, added, kept, warnings))
+    fail_point("index")?;
+    let index_path = root.join(INDEX_FILE);
+    std::fs::rename(staged_index, &index_path)
+        .with_context(|| format!("replacing {}", index_path.display()))?;
+    // Committed. A failed directory sync now is not a failed import.
+    let mut late = Vec::new();
+    if let Err(e) = sync_dir(root) {
+        late.push(format!(
+            "{e:#}; the import is done but may not survive a power cut, run `defib store verify` after one"
+        ));
+    }
+    Ok(late)
+}
+
+// Test-only fault injection: `FAIL_AT` = (point, n) makes the n-th
+// (0-based) pass through `point` on this thread fail, so the rollback of
+// a half-done commit can be tested without a failing disk.
+#[cfg(test)]
+thread_local! {
+    static FAIL_AT: Cell<Option<(&'static str, usize)>> = const { Cell::new(None) };
+}
+
+fn fail_point(point: &'static str) -> Result<()> {
+    #[cfg(test)]
+    if let Some((p, n)) = FAIL_AT.get() {
+        if p == point {
+            if n == 0 {
+                FAIL_AT.set(None);
+                bail!("injected failure at {point}");
+            }
+            FAIL_AT.set(Some((p, n - 1)));
+        }
+    }
+    let _ = point;
+    Ok(())
 }
 
 /// Sorts entries for reproducible index files.
@@ -353,14 +479,29 @@ enum ObjectState {
     Bad,
 }
 
-fn object_state(path: &Path, size: u64, sha: &str) -> ObjectState {
-    let Ok(f) = File::open(path) else {
-        return ObjectState::Missing;
+/// What is at an object's place in the store. Anything but a regular file
+/// (a folder, a link) is refused rather than replaced: the commit moves a
+/// bad object aside and deletes it, which must never take a folder of
+/// someone's files with it.
+fn object_state(path: &Path, size: u64, sha: &str) -> Result<ObjectState> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ObjectState::Missing),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    match hash_reader(f, size) {
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file (a folder or a link?); move it out of the store and import again",
+            path.display()
+        );
+    }
+    let Ok(f) = File::open(path) else {
+        return Ok(ObjectState::Bad);
+    };
+    Ok(match hash_reader(f, size) {
         Ok((n, h)) if n == size && h == sha => ObjectState::Good,
         _ => ObjectState::Bad,
-    }
+    })
 }
 
 fn hash_reader(r: impl Read, limit: u64) -> std::io::Result<(u64, String)> {
@@ -540,10 +681,36 @@ impl Export {
                     .zip
                     .as_mut()
                     .ok_or_else(|| anyhow!("internal: zip member without a zip"))?;
-                Box::new(
-                    z.by_index(*i)
-                        .with_context(|| format!("opening zip member {}", m.name))?,
-                )
+                // The raw (still compressed) bytes, inflated here rather
+                // than by the zip crate, so the bytes really taken from
+                // the archive can be counted against the bytes produced:
+                // the sizes in the zip's headers are the attacker's word.
+                // The zip's CRC-32 goes unchecked; the manifest's SHA-256
+                // is checked on every file instead.
+                let raw = z
+                    .by_index_raw(*i)
+                    .with_context(|| format!("opening zip member {}", m.name))?;
+                let method = raw.compression();
+                let consumed = Rc::new(Cell::new(0u64));
+                let counted = CountingBufRead {
+                    inner: BufReader::new(raw),
+                    consumed: Rc::clone(&consumed),
+                };
+                let inner: Box<dyn Read + '_> = match method {
+                    zip::CompressionMethod::Stored => Box::new(counted),
+                    zip::CompressionMethod::Deflated => {
+                        Box::new(flate2::bufread::DeflateDecoder::new(counted))
+                    }
+                    other => bail!(
+                        "member {:?} uses compression {other:?}; only stored and deflate are accepted",
+                        m.name
+                    ),
+                };
+                Box::new(RatioGuard {
+                    inner,
+                    consumed,
+                    produced: 0,
+                })
             }
             Loc::File(p) => {
                 // The folder may have changed since it was listed: re-check
@@ -577,6 +744,61 @@ impl Export {
     }
 }
 
+/// A `BufRead` that counts the bytes its reader consumes: for an inflater
+/// reading through `fill_buf`/`consume`, exactly the compressed bytes it
+/// used, however the archive's headers describe them.
+struct CountingBufRead<R> {
+    inner: R,
+    consumed: Rc<Cell<u64>>,
+}
+
+impl<R: BufRead> Read for CountingBufRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for CountingBufRead<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.consumed.set(self.consumed.get() + amt as u64);
+        self.inner.consume(amt);
+    }
+}
+
+/// Refuses a member mid-stream once it has produced more than
+/// [`RATIO_FLOOR`] bytes at over [`MAX_RATIO`] bytes out per byte in, so a
+/// bomb is stopped after a bounded amount of output whatever its headers
+/// claim. Nothing is allocated from a declared size.
+struct RatioGuard<R> {
+    inner: R,
+    consumed: Rc<Cell<u64>>,
+    produced: u64,
+}
+
+impl<R: Read> Read for RatioGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.produced += n as u64;
+        let consumed = self.consumed.get().max(1);
+        if self.produced > RATIO_FLOOR && self.produced / consumed > MAX_RATIO {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "expands {}:1 ({consumed} compressed bytes gave {} bytes so far): a zip bomb, not a system file",
+                    self.produced / consumed,
+                    self.produced
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 /// Parses the manifest; errors carry line and column.
 pub fn parse_manifest(text: &str, origin: &str) -> Result<ExportManifest> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
@@ -602,6 +824,26 @@ fn check_manifest(m: &ExportManifest, members: &[Member]) -> Result<()> {
     }
     if m.files.is_empty() {
         bail!("lists no files");
+    }
+    // These strings end up in the index and on terminals (`store list`,
+    // import warnings). Windows allows no control characters in names,
+    // and the registry values the script reads have none either.
+    let texts = [
+        ("product", Some(&m.product)),
+        ("service_pack", m.service_pack.as_ref()),
+        ("computer", m.computer.as_ref()),
+        ("exported", Some(&m.exported)),
+    ];
+    let files = m.files.iter().flat_map(|f| {
+        [
+            ("path", Some(&f.path)),
+            ("file_version", f.file_version.as_ref()),
+        ]
+    });
+    for (key, text) in texts.into_iter().chain(files) {
+        if let Some(t) = text.filter(|t| t.chars().any(char::is_control)) {
+            bail!("{key} {t:?} has control characters; re-export with the script");
+        }
     }
     let mut paths = BTreeSet::new();
     let mut used = BTreeMap::new();
@@ -745,6 +987,8 @@ fn zip_members(z: &mut zip::ZipArchive<File>) -> Result<Vec<Member>> {
             if size > MAX_FILE {
                 bail!("member {name:?} says it is {size} bytes, over the {MAX_FILE}-byte limit");
             }
+            // A first filter on the declared sizes; they can lie, so
+            // RatioGuard measures the real ratio while inflating.
             if size > RATIO_FLOOR && size / e.compressed_size().max(1) > MAX_RATIO {
                 bail!(
                     "member {name:?} expands {}:1 ({} to {size} bytes): a zip bomb, not a system file",
@@ -1228,6 +1472,203 @@ mod tests {
         let z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", &zeros)]);
         assert!(z.len() < 64 << 10);
         refused(&z, "zip bomb");
+    }
+
+    #[test]
+    fn zip_bomb_with_lying_compressed_size_is_refused_while_streaming() {
+        // 8 MiB of zeros deflate to about 8 KiB (1000:1). The headers are
+        // patched to claim 8 MiB compressed, a harmless-looking 1:1, so
+        // only the bytes actually read can tell.
+        let zeros = vec![0u8; 8 << 20];
+        let m = manifest(&[(r"WINDOWS\system32\svchost.exe", &zeros, "files/svchost.exe")]);
+        let mut z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", &zeros)]);
+        let name = b"files/svchost.exe";
+        let lie = (8u32 << 20).to_le_bytes();
+        // Compressed size: +18 in a local header (APPNOTE 4.3.7), +20 in
+        // a central header (4.3.12); names at +30 and +46.
+        let mut patched = 0;
+        for off in records(&z, b"PK\x03\x04") {
+            if z[off + 30..].starts_with(name) {
+                z[off + 18..off + 22].copy_from_slice(&lie);
+                patched += 1;
+            }
+        }
+        for off in records(&z, b"PK\x01\x02") {
+            if z[off + 46..].starts_with(name) {
+                z[off + 20..off + 24].copy_from_slice(&lie);
+                patched += 1;
+            }
+        }
+        assert_eq!(patched, 2);
+        refused(&z, "zip bomb");
+    }
+
+    #[test]
+    fn honest_deflate_member_imports_through_the_ratio_guard() {
+        // Compressible but not a bomb: PE-like text repeats, well under
+        // 200:1, and over the 1 MiB floor so the guard is exercised.
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 % 16 + b'a')
+            .collect();
+        let m = manifest(&[(r"WINDOWS\system32\big.dll", &data, "files/big.dll")]);
+        let t = tempfile::tempdir().expect("tempdir");
+        let p = t.path().join("x.zip");
+        std::fs::write(
+            &p,
+            zip_of(&[(MANIFEST, m.as_bytes()), ("files/big.dll", &data)]),
+        )
+        .expect("w");
+        let s = import(&p, &t.path().join("store")).expect("import");
+        assert_eq!(s.objects_added, 1);
+    }
+
+    const WINLOGON: &[u8] = b"MZ pretend winlogon.exe from XP SP3";
+
+    /// An export of svchost, winlogon and lsass (the fixture's file).
+    fn three_file_zip(lsass: &[u8]) -> Vec<u8> {
+        let m = manifest(&[
+            (
+                r"WINDOWS\system32\svchost.exe",
+                SVCHOST,
+                "files/svchost.exe",
+            ),
+            (
+                r"WINDOWS\system32\winlogon.exe",
+                WINLOGON,
+                "files/winlogon.exe",
+            ),
+            (r"WINDOWS\system32\lsass.exe", LSASS, "files/lsass.exe"),
+        ]);
+        zip_of(&[
+            (MANIFEST, m.as_bytes()),
+            ("files/svchost.exe", SVCHOST),
+            ("files/winlogon.exe", WINLOGON),
+            ("files/lsass.exe", lsass),
+        ])
+    }
+
+    /// Imports with a failure injected at the `n`-th pass through `point`;
+    /// the store must come out exactly as it went in.
+    fn fails_cleanly(f: &Fixture, zip: &[u8], point: &'static str, n: usize) {
+        let before = snapshot(&f.store);
+        let p = f.dir.join("export.zip");
+        std::fs::write(&p, zip).expect("write");
+        FAIL_AT.set(Some((point, n)));
+        let err = import(&p, &f.store).map(|_| ()).expect_err("must fail");
+        FAIL_AT.set(None);
+        assert!(format!("{err:#}").contains("injected failure"), "{err:#}");
+        assert_eq!(
+            snapshot(&f.store),
+            before,
+            "a failed import changed the store ({point} #{n})"
+        );
+    }
+
+    #[test]
+    fn failed_import_after_some_objects_leaves_no_orphan() {
+        // Two new objects; the second rename fails after the first one
+        // was already in objects/.
+        let f = fixture();
+        fails_cleanly(&f, &three_file_zip(LSASS), "object", 1);
+        // And the last step before the index: both objects placed.
+        fails_cleanly(&f, &three_file_zip(LSASS), "index", 0);
+        // The same export then imports whole.
+        let p = f.dir.join("export.zip");
+        let s = import(&p, &f.store).expect("import");
+        assert_eq!((s.objects_added, s.objects_present), (2, 1));
+        let r = Store::open(&f.store)
+            .expect("open")
+            .verify()
+            .expect("verify");
+        assert!(r.is_clean(), "{r:?}");
+    }
+
+    #[test]
+    fn failed_import_puts_back_a_corrupt_object_it_was_replacing() {
+        let f = fixture();
+        let lsass = f.store.join(OBJECTS_DIR).join(sha(LSASS));
+        std::fs::write(&lsass, b"bit rot").expect("corrupt");
+        fails_cleanly(&f, &three_file_zip(LSASS), "index", 0);
+        assert_eq!(std::fs::read(&lsass).expect("read"), b"bit rot");
+    }
+
+    #[test]
+    fn later_member_hash_mismatch_leaves_no_orphan() {
+        let f = fixture();
+        let before = snapshot(&f.store);
+        let p = f.dir.join("export.zip");
+        let mut evil = LSASS.to_vec();
+        evil[0] = b'Z';
+        std::fs::write(&p, three_file_zip(&evil)).expect("write");
+        let err = format!("{:#}", import(&p, &f.store).expect_err("refused"));
+        assert!(err.contains("the manifest says"), "{err}");
+        assert_eq!(snapshot(&f.store), before);
+    }
+
+    #[test]
+    fn object_slot_that_is_a_folder_is_refused_not_replaced() {
+        let f = fixture();
+        let slot = f.store.join(OBJECTS_DIR).join(sha(SVCHOST));
+        std::fs::create_dir(&slot).expect("mkdir");
+        std::fs::write(slot.join("keep.txt"), b"someone's file").expect("w");
+        let before = snapshot(&f.store);
+        let p = f.dir.join("export.zip");
+        std::fs::write(&p, three_file_zip(LSASS)).expect("write");
+        let err = format!("{:#}", import(&p, &f.store).expect_err("refused"));
+        assert!(err.contains("not a regular file"), "{err}");
+        assert_eq!(snapshot(&f.store), before);
+    }
+
+    #[test]
+    fn refuses_control_characters_in_manifest_text() {
+        let m = manifest(&[(
+            "WINDOWS\\system32\\\u{1b}[2Jsvchost.exe",
+            SVCHOST,
+            "files/svchost.exe",
+        )]);
+        let z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", SVCHOST)]);
+        refused(&z, "control characters");
+        let m = manifest(&[(
+            r"WINDOWS\system32\svchost.exe",
+            SVCHOST,
+            "files/svchost.exe",
+        )])
+        .replace(
+            "Windows XP Professional",
+            "Windows XP\\u001b]0;owned\\u0007",
+        );
+        let z = zip_of(&[(MANIFEST, m.as_bytes()), ("files/svchost.exe", SVCHOST)]);
+        refused(
+            &z,
+            "product \"Windows XP\\u{1b}]0;owned\\u{7}\" has control characters",
+        );
+    }
+
+    #[test]
+    fn store_list_escapes_what_the_index_holds() {
+        let mut e = Entry {
+            name: Some("\u{1b}[31mEXTRA.DAT".into()),
+            product: "p".into(),
+            build: None,
+            ubr_min: None,
+            ubr_max: None,
+            service_pack: None,
+            arch: None,
+            path: "a\u{9b}b".into(),
+            file_version: None,
+            sha256: "é".repeat(20),
+            size: 1,
+            source: String::new(),
+        };
+        let t = render_list(std::slice::from_ref(&e));
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(
+            t.contains("\\x1b[31mEXTRA.DAT") && t.contains("a\\u{9b}b"),
+            "{t}"
+        );
+        // A non-ASCII sha256 in a hand-edited index: no byte slicing.
+        e.sha256 = "ab".into();
+        render_list(&[e]);
     }
 
     #[test]

@@ -250,18 +250,62 @@ impl Action {
     }
 }
 
-/// Parses hex with optional spaces (`"AA AA 01"`).
+/// Parses `leading_bytes`: pairs of hex digits (`0-9`, `a-f`, `A-F`),
+/// optionally separated by spaces or tabs (`"AA AA 01"`, `"AAAA01"`).
+///
+/// Walked character by character, never sliced by byte offset, so any
+/// UTF-8 is an error and never a panic; and digits are checked by hand,
+/// because `u8::from_str_radix` accepts a sign (`"+A"` would be 0x0A).
 pub fn parse_hex(s: &str) -> Result<Vec<u8>> {
-    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact.is_empty() || !compact.len().is_multiple_of(2) {
-        bail!("{s:?} is not an even number of hex digits");
+    parse_hex_at(s).map_err(|(_, msg)| anyhow::anyhow!("{msg}"))
+}
+
+/// [`parse_hex`], with the 0-based character index the error is at.
+fn parse_hex_at(s: &str) -> std::result::Result<Vec<u8>, (usize, String)> {
+    let half = |at: usize| {
+        (at, format!(
+            "leading_bytes {s:?}: character {} starts a byte with one hex digit; write every byte as two digits, like \"0A\"",
+            at + 1
+        ))
+    };
+    let mut out = Vec::new();
+    let mut high: Option<(usize, u8)> = None;
+    let mut last = 0;
+    for (i, c) in s.chars().enumerate() {
+        last = i + 1;
+        if c == ' ' || c == '\t' {
+            if let Some((at, _)) = high {
+                return Err(half(at));
+            }
+            continue;
+        }
+        let Some(d) = c.to_digit(16) else {
+            return Err((i, format!(
+                "leading_bytes {s:?}: character {} ({c:?}) is not a hex digit; use pairs of 0-9 and A-F, spaces between bytes",
+                i + 1
+            )));
+        };
+        // to_digit(16) is ASCII-only, so d < 16 here.
+        match high.take() {
+            None => high = Some((i, d as u8)),
+            Some((_, h)) => out.push(h << 4 | d as u8),
+        }
     }
-    (0..compact.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&compact[i..i + 2], 16).with_context(|| format!("{s:?} is not hex"))
-        })
-        .collect()
+    if let Some((at, _)) = high {
+        return Err(half(at));
+    }
+    if out.is_empty() {
+        return Err((last, format!("leading_bytes {s:?} holds no bytes")));
+    }
+    Ok(out)
+}
+
+/// A SHA-256 as the playbook writes it: 64 lowercase hex digits. Checked
+/// byte by byte, so no multi-byte character and no sign can pass.
+pub fn is_lower_sha256(h: &str) -> bool {
+    h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses an RFC 3339 instant to seconds since the epoch.
@@ -305,8 +349,17 @@ impl Playbook {
             let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             anyhow::anyhow!("{origin}:{line}:{col}: {}", e.message())
         })?;
-        pb.validate()
-            .with_context(|| format!("{origin}: invalid playbook"))?;
+        if let Err(e) = pb.validate() {
+            // A value-level error names its key; point at the value in the
+            // file, as TOML syntax errors do.
+            if let Some(at) = e.downcast_ref::<At>() {
+                if let Some(off) = at.offset_in(text) {
+                    let (line, col) = line_col(text, off);
+                    bail!("{origin}:{line}:{col}: {}", at.msg);
+                }
+            }
+            return Err(e.context(format!("{origin}: invalid playbook")));
+        }
         Ok(pb)
     }
 
@@ -325,13 +378,26 @@ impl Playbook {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         };
         if !id_ok(&self.id) {
-            bail!("id {:?}: use lowercase letters, digits and '-'", self.id);
+            return Err(At::error(
+                "id",
+                format!("id {:?}: use lowercase letters, digits and '-'", self.id),
+            ));
         }
         if self.title.trim().is_empty() {
             bail!("title is empty");
         }
-        if self.date.len() != 10 || parse_instant(&format!("{}T00:00:00Z", self.date)).is_err() {
-            bail!("date {:?}: use YYYY-MM-DD", self.date);
+        // Only ASCII digits and '-' get as far as the time parser, so its
+        // fixed byte offsets always land on the characters meant.
+        let date_shape = self.date.len() == 10
+            && self.date.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                _ => b.is_ascii_digit(),
+            });
+        if !date_shape || parse_instant(&format!("{}T00:00:00Z", self.date)).is_err() {
+            return Err(At::error(
+                "date",
+                format!("date {:?}: use YYYY-MM-DD", self.date),
+            ));
         }
         if let (Some(a), Some(b)) = (self.applies.min_build, self.applies.max_build) {
             if a > b {
@@ -342,13 +408,20 @@ impl Playbook {
             bail!("no [[when]] conditions: a playbook must say how to recognise the damage");
         }
         let mut cond_ids: Vec<&str> = Vec::new();
-        for c in &self.conditions {
+        for (ci, c) in self.conditions.iter().enumerate() {
             let id = c.id();
+            let here = |key: &str| format!("when.{ci}.{key}");
             if !id_ok(id) {
-                bail!("condition id {id:?}: use lowercase letters, digits and '-'");
+                return Err(At::error(
+                    here("id"),
+                    format!("condition id {id:?}: use lowercase letters, digits and '-'"),
+                ));
             }
             if cond_ids.contains(&id) {
-                bail!("condition id {id:?} is used twice");
+                return Err(At::error(
+                    here("id"),
+                    format!("condition id {id:?} is used twice"),
+                ));
             }
             cond_ids.push(id);
             match c {
@@ -358,16 +431,24 @@ impl Playbook {
                     except_any,
                     ..
                 } => {
-                    split_path(glob).with_context(|| format!("condition {id}: glob"))?;
-                    for t in match_any.iter().chain(except_any) {
-                        t.validate().with_context(|| format!("condition {id}"))?;
+                    split_path(glob).map_err(|e| {
+                        At::error(here("glob"), format!("condition {id}: glob {e}"))
+                    })?;
+                    for (list, tests) in [("match_any", match_any), ("except_any", except_any)] {
+                        for (ti, t) in tests.iter().enumerate() {
+                            t.validate_at(&format!("when.{ci}.{list}.{ti}"), id)?;
+                        }
                     }
                 }
                 Condition::Missing { path, .. } => {
-                    let parts =
-                        split_path(path).with_context(|| format!("condition {id}: path"))?;
+                    let parts = split_path(path).map_err(|e| {
+                        At::error(here("path"), format!("condition {id}: path {e}"))
+                    })?;
                     if parts.iter().any(|p| p.contains(['*', '?'])) {
-                        bail!("condition {id}: a missing-file path cannot have wildcards");
+                        return Err(At::error(
+                            here("path"),
+                            format!("condition {id}: a missing-file path cannot have wildcards"),
+                        ));
                     }
                 }
                 Condition::Registry {
@@ -397,6 +478,7 @@ impl Playbook {
         let mut action_ids: Vec<&str> = Vec::new();
         for (i, a) in self.actions.iter().enumerate() {
             let n = i + 1;
+            let here = |key: &str| format!("action.{i}.{key}");
             if let Some(u) = a.unless() {
                 if !action_ids.contains(&u) {
                     bail!("action {n}: unless = {u:?} names no earlier action");
@@ -421,18 +503,26 @@ impl Playbook {
                     }
                 }
                 Action::Restore { path, sources, .. } => {
-                    let parts = split_path(path).with_context(|| format!("action {n}: path"))?;
+                    let parts = split_path(path)
+                        .map_err(|e| At::error(here("path"), format!("action {n}: path {e}")))?;
                     if parts.iter().any(|p| p.contains(['*', '?'])) {
-                        bail!("action {n}: a restore path cannot have wildcards");
+                        return Err(At::error(
+                            here("path"),
+                            format!("action {n}: a restore path cannot have wildcards"),
+                        ));
                     }
                     if sources.is_empty() {
                         bail!("action {n}: restore needs at least one source");
                     }
                 }
                 Action::DropIn { path, name, .. } => {
-                    let parts = split_path(path).with_context(|| format!("action {n}: path"))?;
+                    let parts = split_path(path)
+                        .map_err(|e| At::error(here("path"), format!("action {n}: path {e}")))?;
                     if parts.iter().any(|p| p.contains(['*', '?'])) {
-                        bail!("action {n}: a drop-in path cannot have wildcards");
+                        return Err(At::error(
+                            here("path"),
+                            format!("action {n}: a drop-in path cannot have wildcards"),
+                        ));
                     }
                     if name.trim().is_empty() {
                         bail!("action {n}: drop-in needs a store entry name");
@@ -448,36 +538,139 @@ impl Playbook {
 }
 
 impl FileTest {
-    fn validate(&self) -> Result<()> {
-        for h in &self.sha256 {
-            if h.len() != 64
-                || !h
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-            {
-                bail!("sha256 {h:?}: 64 lowercase hex digits");
+    /// Checks one test; `key` is where it sits (`when.0.match_any.1`) and
+    /// `cond` the condition's id, for the message.
+    fn validate_at(&self, key: &str, cond: &str) -> Result<()> {
+        for (i, h) in self.sha256.iter().enumerate() {
+            if !is_lower_sha256(h) {
+                return Err(At::error(
+                    format!("{key}.sha256.{i}"),
+                    format!("condition {cond}: sha256 {h:?}: write 64 lowercase hex digits"),
+                ));
             }
         }
         if let Some(b) = &self.leading_bytes {
-            parse_hex(b)?;
+            if let Err((ch, msg)) = parse_hex_at(b) {
+                return Err(At::error_at_char(
+                    format!("{key}.leading_bytes"),
+                    format!("condition {cond}: {msg}"),
+                    ch,
+                ));
+            }
         }
-        if let Some(t) = &self.mtime_from {
-            parse_instant(t)?;
-        }
-        if let Some(t) = &self.mtime_before {
-            parse_instant(t)?;
+        for (name, t) in [
+            ("mtime_from", &self.mtime_from),
+            ("mtime_before", &self.mtime_before),
+        ] {
+            if let Some(t) = t {
+                if let Err(e) = parse_instant(t) {
+                    return Err(At::error(
+                        format!("{key}.{name}"),
+                        format!("condition {cond}: {name} {e:#}"),
+                    ));
+                }
+            }
         }
         if self == &FileTest::default() {
-            bail!("an empty file test matches everything; give at least one field");
+            return Err(At::error(
+                key.to_string(),
+                format!("condition {cond}: an empty file test matches everything; give at least one field"),
+            ));
         }
         Ok(())
     }
 }
 
+/// A validation error about one value: `key` is its place in the TOML
+/// document (`when.0.match_any.1.leading_bytes`, array items by index),
+/// which [`Playbook::parse`] turns into a line and column. Carried inside
+/// `anyhow::Error` so `validate` keeps its plain signature.
+#[derive(Debug)]
+struct At {
+    key: String,
+    msg: String,
+    /// 0-based character index inside a string value, when the error is
+    /// about one character of it.
+    char_in_value: Option<usize>,
+}
+
+impl At {
+    fn error(key: impl Into<String>, msg: String) -> anyhow::Error {
+        anyhow::Error::new(At {
+            key: key.into(),
+            msg,
+            char_in_value: None,
+        })
+    }
+
+    /// An error about character `ch` (0-based) of a string value.
+    fn error_at_char(key: String, msg: String, ch: usize) -> anyhow::Error {
+        anyhow::Error::new(At {
+            key,
+            msg,
+            char_in_value: Some(ch),
+        })
+    }
+
+    /// Byte offset in `text` of the value this error is about, or of the
+    /// offending character inside it when the string holds no escapes (so
+    /// source characters and value characters line up).
+    fn offset_in(&self, text: &str) -> Option<usize> {
+        let doc = toml::de::DeTable::parse(text).ok()?;
+        let mut span = doc.span();
+        let mut cur: Option<&toml::de::DeValue> = None;
+        let mut table = Some(doc.get_ref());
+        for part in self.key.split('.') {
+            let next = match (table, cur) {
+                (Some(t), _) => t.iter().find(|(k, _)| k.get_ref() == part).map(|(_, v)| v),
+                (None, Some(toml::de::DeValue::Array(a))) => a.get(part.parse::<usize>().ok()?),
+                _ => None,
+            }?;
+            span = next.span();
+            cur = Some(next.get_ref());
+            table = match next.get_ref() {
+                toml::de::DeValue::Table(t) => Some(t),
+                _ => None,
+            };
+        }
+        let Some(ch) = self.char_in_value else {
+            return Some(span.start);
+        };
+        // Point inside only a one-line string without escapes; otherwise
+        // (an escape, or a multi-line string whose first newline is
+        // trimmed) keep the value's start rather than guess.
+        let raw = text.get(span.clone())?;
+        let inner = raw
+            .strip_prefix('\'')
+            .or_else(|| raw.strip_prefix('"').filter(|b| !b.contains('\\')))
+            .filter(|body| !body.starts_with(['\'', '"']))
+            .and_then(|body| body.char_indices().nth(ch))
+            .map(|(i, _)| 1 + i)
+            .unwrap_or(0);
+        Some(span.start + inner)
+    }
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for At {}
+
+/// 1-based line and column (in characters) of byte `offset`. An offset
+/// inside a character or past the end is moved back to a boundary, so a
+/// position never panics.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = before[line_start..].chars().count() + 1;
     (line, col)
 }
 
@@ -589,7 +782,7 @@ files = "bad"
             (GOOD.replace(r"glob = 'Windows\a\*.sys'", r"glob = '\Windows\a'"), "relative to the volume root"),
             (GOOD.replace("[[action]]\nkind = \"neutralize\"\nfiles = \"bad\"\n", ""), "no [[action]]"),
             (GOOD.replace("glob = 'Windows\\a\\*.sys'", "glob = 'a'\nmatch_any = [{}]"), "empty file test"),
-            (GOOD.replace("glob = 'Windows\\a\\*.sys'", "glob = 'a'\nmatch_any = [{ leading_bytes = \"ZZ\" }]"), "not hex"),
+            (GOOD.replace("glob = 'Windows\\a\\*.sys'", "glob = 'a'\nmatch_any = [{ leading_bytes = \"ZZ\" }]"), "not a hex digit"),
             (GOOD.replace("glob = 'Windows\\a\\*.sys'", "glob = 'a'\nmatch_any = [{ mtime_from = \"yesterday\" }]"), "RFC 3339"),
             (GOOD.replace("files = \"bad\"", "files = \"bad\"\nunless = \"later\""), "names no earlier action"),
             (format!("{GOOD}[[action]]\nkind = \"restore\"\npath = 'a\\*.exe'\nsources = [\"store\"]\n"), "wildcards"),
@@ -613,6 +806,118 @@ files = "bad"
             e.contains("b.toml") && e.contains("used by another playbook"),
             "{e}"
         );
+    }
+
+    /// The `files` condition of GOOD with one file test.
+    fn with_test(test: &str) -> String {
+        GOOD.replace(
+            "glob = 'Windows\\a\\*.sys'",
+            &format!("glob = 'a'\nmatch_any = [{{ {test} }}]"),
+        )
+    }
+
+    #[test]
+    fn leading_bytes_with_non_ascii_is_an_error_not_a_panic() {
+        // 'é' is two bytes: the old parser sliced `compact[i..i + 2]` by
+        // byte offset and panicked inside the character.
+        for bad in [
+            "é",
+            "Aé",
+            "AAé0",
+            "ÿÿ",
+            "A\u{300}",
+            "\u{1F600}A",
+            "AA\u{a0}01",
+        ] {
+            assert!(parse_hex(bad).is_err(), "{bad:?}");
+            let e = err(&with_test(&format!("leading_bytes = '{bad}'")));
+            assert!(e.contains("not a hex digit"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn leading_bytes_with_a_sign_is_refused() {
+        // u8::from_str_radix("+A", 16) is Ok(10): a sign is not a digit.
+        for bad in ["+A", "-1", "+0 01", "AA +A"] {
+            assert!(parse_hex(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn leading_bytes_are_pairs_of_hex_digits() {
+        assert_eq!(parse_hex("AA aa 01").unwrap(), [0xAA, 0xAA, 1]);
+        assert_eq!(parse_hex("AAaa01").unwrap(), [0xAA, 0xAA, 1]);
+        assert_eq!(parse_hex(" 0f\t10 ").unwrap(), [0x0F, 0x10]);
+        for bad in ["", "   ", "A", "A AA", "AAA", "0x41", "AA\n01"] {
+            assert!(parse_hex(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn bad_leading_bytes_error_names_file_line_and_column() {
+        // Line 10 is the match_any line; 'match_any = [{ leading_bytes = "'
+        // is 32 characters, so the value starts at column 33 and its 4th
+        // character, 'é', is at column 36.
+        let e = err(&with_test("leading_bytes = \"AA é0\""));
+        assert!(e.starts_with("pb.toml:10:36: "), "{e}");
+        assert!(e.contains("character 4 ('é')"), "{e}");
+        let e = err(&with_test("leading_bytes = \"+A\""));
+        assert!(e.starts_with("pb.toml:10:33: "), "{e}");
+        // With a TOML escape the characters no longer line up: the
+        // column is the value's opening quote.
+        let e = err(&with_test("leading_bytes = \"AA \\u00e9\""));
+        assert!(e.starts_with("pb.toml:10:32: "), "{e}");
+    }
+
+    #[test]
+    fn bad_sha256_and_instants_name_file_line_and_column() {
+        let long = "é".repeat(32); // 64 bytes, 32 characters
+        let e = err(&with_test(&format!(
+            "sha256 = [\"{}\", \"{long}\"]",
+            "0".repeat(64)
+        )));
+        assert!(
+            e.starts_with("pb.toml:10:") && e.contains("64 lowercase hex"),
+            "{e}"
+        );
+        let e = err(&with_test(&format!("sha256 = [\"+{}\"]", "0".repeat(63))));
+        assert!(e.contains("64 lowercase hex"), "{e}");
+        for bad in [
+            "2024-07-19T04:09:0é",
+            "+024-07-19T04:09:00Z",
+            "é",
+            "2024-07-19T04:09:00.é",
+        ] {
+            let e = err(&with_test(&format!("mtime_from = '{bad}'")));
+            assert!(
+                e.starts_with("pb.toml:10:") && e.contains("RFC 3339"),
+                "{bad:?}: {e}"
+            );
+        }
+        for bad in ["2024-07-1é", "+024-07-19", "2024-+7-19", "２０２４-07-19"] {
+            let e = err(&GOOD.replace("2024-07-19", bad));
+            assert!(
+                e.starts_with("pb.toml:5:8: ") && e.contains("YYYY-MM-DD"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_paths_name_file_line_and_column() {
+        let e = err(&GOOD.replace(r"glob = 'Windows\a\*.sys'", r"glob = 'C:\é\a.sys'"));
+        assert!(
+            e.starts_with("pb.toml:9:8: ") && e.contains("drive letters"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn line_col_never_panics_inside_a_character() {
+        let t = "a\néé";
+        assert_eq!(line_col(t, 3), (2, 1));
+        assert_eq!(line_col(t, 4), (2, 2));
+        assert_eq!(line_col(t, 99), (2, 3));
     }
 
     #[test]
