@@ -92,11 +92,11 @@ pub fn identify(root: &Path, windows_dir: &str) -> Result<WindowsInstall> {
         notes: Vec::new(),
     };
 
-    match open_hive(&win, "SOFTWARE") {
+    match open_hive(&win, "SOFTWARE", &mut w.notes) {
         Ok(hive) => read_software(&hive, &mut w),
         Err(e) => w.notes.push(format!("SOFTWARE hive unreadable: {e:#}")),
     }
-    match open_hive(&win, "SYSTEM") {
+    match open_hive(&win, "SYSTEM", &mut w.notes) {
         Ok(hive) => read_system(&hive, &mut w),
         Err(e) => w.notes.push(format!("SYSTEM hive unreadable: {e:#}")),
     }
@@ -115,10 +115,23 @@ pub fn identify(root: &Path, windows_dir: &str) -> Result<WindowsInstall> {
     Ok(w)
 }
 
-fn open_hive(win: &Path, name: &str) -> Result<Hive> {
+/// Opens a hive with its transaction logs replayed in memory (a
+/// crash-looping PC leaves its newest values only in `.LOG1`/`.LOG2`); what
+/// the replay did or refused goes into `notes`. The parser runs contained:
+/// a crafted hive is an error about that hive, not a stopped rescue.
+fn open_hive(win: &Path, name: &str, notes: &mut Vec<String>) -> Result<Hive> {
     let path = resolve_ci(win, &["System32", "config", name])?
         .with_context(|| format!("System32\\config\\{name} not found"))?;
-    Hive::open(&path)
+    let what = format!("System32\\config\\{name}");
+    let (hive, replay) = crate::guard::contain(&what, || Hive::open_with_logs(&path))??;
+    // A clean hive needs no word; a replay (or a refused log) does.
+    notes.extend(
+        replay
+            .into_iter()
+            .filter(|n| !n.starts_with("hive is clean"))
+            .map(|n| format!("{name}: {n}")),
+    );
+    Ok(hive)
 }
 
 /// Reads a value, turning a read error into a note (one bad value must not

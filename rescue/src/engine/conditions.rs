@@ -241,7 +241,11 @@ impl Ctx<'_> {
         if !self.hives.contains_key(name) {
             let parts = self.split(&format!("Windows\\System32\\config\\{name}"))?;
             let h = match winpath::resolve(self.root(), &parts)? {
-                Some(p) => crate::winreg::Hive::open(&p).map_err(|e| format!("{e:#}")),
+                // Logs replayed in memory: a condition decided on the base
+                // file alone could read a value the crash loop superseded.
+                Some(p) => crate::guard::contain(name, || crate::winreg::Hive::open_with_logs(&p))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(|(h, _)| h).map_err(|e| format!("{e:#}"))),
                 None => Err(format!("no {name} hive")),
             };
             self.hives.insert(name, h);
