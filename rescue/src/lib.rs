@@ -7,6 +7,7 @@
 //! The formats the builder shares ([`report::Report`],
 //! [`buildinfo::BuildInfo`], [`playbook`], [`store`]) live here too.
 
+pub mod bitlocker;
 pub mod buildinfo;
 pub mod bup;
 pub mod cmdline;
