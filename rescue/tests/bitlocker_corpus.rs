@@ -10,6 +10,7 @@
 //! it takes a few tens of milliseconds.
 
 use defib_rescue::bitlocker::dm::{self, Target};
+use defib_rescue::bitlocker::keyfile::KeyStore;
 use defib_rescue::bitlocker::keys::{check_group, GroupCheck};
 use defib_rescue::bitlocker::metadata::CopyState;
 use defib_rescue::bitlocker::soft::{self, PlainReader};
@@ -19,6 +20,7 @@ use defib_rescue::bitlocker::{
 };
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -121,7 +123,7 @@ fn mappable(name: &str) -> bool {
 }
 
 #[test]
-fn metadata_reads_like_cryptsetup() {
+fn bitlocker_metadata_reads_like_cryptsetup() {
     let Some(dir) = extract() else { return };
     let conf = images_conf();
     let oracle = Command::new("cryptsetup").arg("--version").output().is_ok();
@@ -243,7 +245,7 @@ fn metadata_reads_like_cryptsetup() {
 }
 
 #[test]
-fn protector_kinds_and_ids_as_windows_shows_them() {
+fn bitlocker_protector_kinds_and_ids_as_windows_shows_them() {
     let Some(dir) = extract() else { return };
     let sc = read_metadata(
         &mut File::open(dir.path().join("bitlk-aes-xts-128-smart-card.img")).unwrap(),
@@ -274,8 +276,13 @@ fn protector_kinds_and_ids_as_windows_shows_them() {
     assert!(!ProtectorKind::TpmPin.usable_offline());
 }
 
+/// Release-only in the default run: 26 stretches of 2²⁰ SHA-256 rounds
+/// and twelve 100 MiB decrypts take ~9 minutes unoptimised, ~10 s
+/// optimised. `cargo test --release -p defib-rescue --test
+/// bitlocker_corpus -- --nocapture` runs it (or `--include-ignored`).
 #[test]
-fn every_protector_unlocks_and_the_plain_device_hashes_right() {
+#[cfg_attr(debug_assertions, ignore = "slow unoptimised: run with --release")]
+fn bitlocker_every_protector_unlocks_and_the_plain_device_hashes_right() {
     let Some(dir) = extract() else { return };
     let conf = images_conf();
     let mut passed = Vec::new();
@@ -318,7 +325,6 @@ fn every_protector_unlocks_and_the_plain_device_hashes_right() {
         }
         // The plain volume starts with the file system the corpus names.
         let mut boot = [0u8; 512];
-        use std::io::{Read, Seek, SeekFrom};
         reader.seek(SeekFrom::Start(0)).unwrap();
         reader.read_exact(&mut boot).unwrap();
         assert!(
@@ -328,4 +334,463 @@ fn every_protector_unlocks_and_the_plain_device_hashes_right() {
         );
     }
     eprintln!("unlocked: {}", passed.join(", "));
+}
+
+fn open_meta(dir: &Path, name: &str) -> defib_rescue::bitlocker::Metadata {
+    read_metadata(&mut File::open(dir.join(format!("{name}.img"))).unwrap(), 0).unwrap()
+}
+
+/// The first sector of the plain volume.
+fn plain_boot(dir: &Path, name: &str, key: &defib_rescue::bitlocker::VolumeKey) -> [u8; 512] {
+    let path = dir.join(format!("{name}.img"));
+    let meta = read_metadata(&mut File::open(&path).unwrap(), 0).unwrap();
+    let plan = dm::plan(&meta, std::fs::metadata(&path).unwrap().len()).unwrap();
+    let mut r = PlainReader::new(File::open(&path).unwrap(), 0, plan, key).unwrap();
+    let mut boot = [0u8; 512];
+    r.read_exact(&mut boot).unwrap();
+    boot
+}
+
+/// Keys that need no stretch (startup key, clear key) unlock in any build,
+/// and the plain boot sector carries the NTFS serial images.conf names.
+#[test]
+fn bitlocker_startup_key_and_clear_key_unlock_quickly() {
+    let Some(dir) = extract() else { return };
+    let conf = images_conf();
+    for (name, label) in [
+        ("bitlk-aes-xts-128-startup-key", "BEK"),
+        ("bitlk-aes-xts-128-clearkey-only", "clear key"),
+    ] {
+        let meta = open_meta(dir.path(), name);
+        let (_, cred, expected) = credentials(dir.path(), &conf[name])
+            .into_iter()
+            .find(|(l, _, _)| *l == label)
+            .unwrap();
+        let u = unlock(&meta, &cred).unwrap();
+        assert_eq!(u.protector, expected);
+        let boot = plain_boot(dir.path(), name, &u.key);
+        assert_eq!(&boot[3..11], b"NTFS    ", "{name}");
+        let serial = u64::from_le_bytes(boot[0x48..0x50].try_into().unwrap());
+        assert_eq!(
+            format!("{serial:016X}"),
+            conf[name]["UUID"],
+            "{name}: NTFS serial"
+        );
+    }
+}
+
+#[test]
+fn bitlocker_wrong_and_foreign_startup_keys() {
+    let Some(dir) = extract() else { return };
+    let meta = open_meta(dir.path(), "bitlk-aes-xts-128-startup-key");
+    // The tarball's other .BEK belongs to no protector of this volume.
+    let other =
+        StartupKey::parse(&std::fs::read(find_bek(dir.path(), "AA80A52B").unwrap()).unwrap())
+            .unwrap();
+    let e = unlock(&meta, &Credential::StartupKey(other)).unwrap_err();
+    assert!(
+        matches!(e, UnlockError::StartupKeyNotForThisVolume { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("AA80A52B"), "{e}");
+    // The right file with one key byte changed: the AES-CCM tag says no.
+    let mut bytes = std::fs::read(find_bek(dir.path(), "4381F759").unwrap()).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x55;
+    let bad = StartupKey::parse(&bytes).unwrap();
+    let e = unlock(&meta, &Credential::StartupKey(bad)).unwrap_err();
+    match &e {
+        UnlockError::WrongKey { tried } => {
+            assert_eq!(tried, &vec![guid("4381f759-c4f8-4de0-bb61-fc33a831bda5")])
+        }
+        other => panic!("expected WrongKey, got {other}"),
+    }
+    assert!(e.to_string().contains("4381F759"), "{e}");
+    // A clear key on a volume without one.
+    let e = unlock(&meta, &Credential::ClearKey).unwrap_err();
+    assert!(matches!(e, UnlockError::NoProtector { .. }), "{e}");
+}
+
+/// Wrong recovery password and wrong password: one stretch each.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "slow unoptimised: run with --release")]
+fn bitlocker_wrong_recovery_password_and_password() {
+    let Some(dir) = extract() else { return };
+    let conf = images_conf();
+    let meta = open_meta(dir.path(), "bitlk-aes-xts-128");
+    let foreign = RecoveryPassword::parse(&conf["bitlk-aes-cbc-128"]["RP"]).unwrap();
+    let e = unlock(&meta, &Credential::RecoveryPassword(foreign)).unwrap_err();
+    assert!(matches!(e, UnlockError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("64311DEA"), "{e}");
+    let e = unlock(&meta, &Credential::Password(PasswordKey::new("anaconda!"))).unwrap_err();
+    assert!(matches!(e, UnlockError::WrongKey { .. }), "{e}");
+}
+
+/// Copies an image into `dir` and corrupts bytes of metadata copies.
+fn corrupt_copy(src: &Path, dst: &Path, copies: &[usize], fix_crc: bool) {
+    std::fs::copy(src, dst).unwrap();
+    let meta = read_metadata(&mut File::open(dst).unwrap(), 0).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dst)
+        .unwrap();
+    for &i in copies {
+        let at = meta.metadata_offsets[i];
+        let mut block = vec![0u8; 65536];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut block).unwrap();
+        // The metadata header's nonce counter (+64+32): parses either way.
+        block[64 + 32] ^= 0xff;
+        if fix_crc {
+            let len = (u16::from_le_bytes([block[8], block[9]]) as usize) << 4;
+            let crc = crc32(&block[..len]);
+            block[len + 4..len + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&block).unwrap();
+    }
+}
+
+/// CRC-32 (IEEE), written out here so the test does not trust the
+/// library's choice of polynomial.
+fn crc32(b: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &x in b {
+        c ^= u32::from(x);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[test]
+fn bitlocker_damaged_metadata_falls_back_and_tampering_is_caught() {
+    let Some(dir) = extract() else { return };
+    let src = dir.path().join("bitlk-aes-xts-128-clearkey-only.img");
+    // Two of three copies fail their CRC: the third is used, and unlocks
+    // (its sealed hash matches).
+    let two_bad = dir.path().join("two-bad.img");
+    corrupt_copy(&src, &two_bad, &[0, 1], false);
+    let meta = read_metadata(&mut File::open(&two_bad).unwrap(), 0).unwrap();
+    assert_eq!(meta.used_copy, 2);
+    for c in &meta.copies[..2] {
+        assert!(
+            matches!(c, CopyState::Invalid(e) if e.contains("CRC-32 mismatch")),
+            "{c:?}"
+        );
+    }
+    let u = unlock(&meta, &Credential::ClearKey).unwrap();
+    assert_eq!(u.protector, guid("f99f18e8-0348-4a6b-afdf-58b1dd71f0d1"));
+    // All three bad: a clear error naming each copy.
+    let all_bad = dir.path().join("all-bad.img");
+    corrupt_copy(&src, &all_bad, &[0, 1, 2], false);
+    let e = read_metadata(&mut File::open(&all_bad).unwrap(), 0).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("copy 1") && msg.contains("copy 3") && msg.contains("CRC-32"),
+        "{msg}"
+    );
+    // A copy altered with its CRC fixed up passes the CRC but not the
+    // VMK-sealed SHA-256.
+    let forged = dir.path().join("forged.img");
+    corrupt_copy(&src, &forged, &[0], true);
+    let meta = read_metadata(&mut File::open(&forged).unwrap(), 0).unwrap();
+    assert_eq!(meta.used_copy, 0);
+    let e = unlock(&meta, &Credential::ClearKey).unwrap_err();
+    assert!(matches!(e, UnlockError::Integrity(_)), "{e}");
+}
+
+#[test]
+fn bitlocker_special_states_are_refused_with_a_reason() {
+    let Some(dir) = extract() else { return };
+    for name in [
+        "bitlk-aes-xts-128-eow",
+        "bitlk-partially-encrypted-aes-cbc-128",
+    ] {
+        let meta = open_meta(dir.path(), name);
+        let e = dm::plan(&meta, 100 << 20).unwrap_err();
+        // Both carry the encrypt-on-write identifier in the boot sector:
+        // which sectors are encrypted lives in a bitmap, not a range.
+        assert_eq!(
+            e.downcast_ref::<Refusal>(),
+            Some(&Refusal::EncryptOnWrite),
+            "{name}: {e}"
+        );
+        assert!(e.to_string().contains("unlock it in Windows"), "{e}");
+    }
+    // The other refusals, on a healthy volume's metadata with one field
+    // changed (no corpus image has them).
+    let good = open_meta(dir.path(), "bitlk-aes-xts-128");
+    let len = 100 << 20;
+    assert!(dm::plan(&good, len).is_ok());
+    let mut m = good.clone();
+    m.current_state = 2;
+    assert_eq!(
+        dm::plan(&m, len).unwrap_err().downcast_ref::<Refusal>(),
+        Some(&Refusal::ConversionInProgress {
+            current: 2,
+            next: 4
+        })
+    );
+    let mut m = good.clone();
+    m.encrypted_size = 50 << 20;
+    assert!(matches!(
+        dm::plan(&m, len).unwrap_err().downcast_ref::<Refusal>(),
+        Some(Refusal::PartiallyEncrypted { .. })
+    ));
+    let mut m = good.clone();
+    m.version = 3;
+    assert_eq!(
+        dm::plan(&m, len).unwrap_err().downcast_ref::<Refusal>(),
+        Some(&Refusal::UnsupportedVersion(3))
+    );
+    // Smart card: the offline-unusable protector is reported, not tried.
+    let sc = open_meta(dir.path(), "bitlk-aes-xts-128-smart-card");
+    assert!(sc
+        .vmks()
+        .any(|v| v.kind == ProtectorKind::SmartCard && !v.kind.usable_offline()));
+}
+
+#[test]
+fn bitlocker_dm_tables_for_xts_elephant_and_4k() {
+    let Some(dir) = extract() else { return };
+    let xts = open_meta(dir.path(), "bitlk-aes-xts-128");
+    let plan = dm::plan(&xts, 104857600).unwrap();
+    eprintln!("bitlk-aes-xts-128:\n{}", plan.describe());
+    // Offsets as cryptsetup bitlkDump shows them, in 512-byte sectors:
+    // header 35278848 (68904) x 8192 (16); metadata areas of 128 sectors.
+    assert_eq!(
+        plan.segments[0],
+        dm::Segment {
+            start: 0,
+            len: 16,
+            target: Target::Crypt {
+                device_offset: 68904,
+                iv_offset: 68904
+            }
+        }
+    );
+    let zeros: Vec<_> = plan
+        .segments
+        .iter()
+        .filter(|s| s.target == Target::Zero)
+        .map(|s| (s.start * 512, s.len * 512))
+        .collect();
+    let mut expect: Vec<_> = xts.metadata_offsets.iter().map(|&o| (o, 65536)).collect();
+    expect.push((35278848, 8192));
+    expect.sort();
+    // Touching areas stay separate zero segments, as cryptsetup has them.
+    assert_eq!(zeros, expect);
+    // Contiguous, identity-mapped crypt everywhere else.
+    let mut at = 0;
+    for s in &plan.segments {
+        assert_eq!(s.start, at);
+        if let Target::Crypt {
+            device_offset,
+            iv_offset,
+        } = s.target
+        {
+            assert_eq!(device_offset, iv_offset);
+            if s.start != 0 {
+                assert_eq!(device_offset, s.start);
+            }
+        }
+        at += s.len;
+    }
+    assert_eq!(at * 512, 104857600);
+    let key =
+        defib_rescue::bitlocker::VolumeKey::from_bytes(xts.method.unwrap(), &[0x11; 32]).unwrap();
+    let table = dm::render_table(&plan, &key, "/dev/sda2").unwrap();
+    assert!(
+        table.starts_with(&format!(
+            "0 16 crypt aes-xts-plain64 {} 68904 /dev/sda2 68904\n",
+            "11".repeat(32)
+        )),
+        "{}",
+        table.as_str()
+    );
+    assert!(!plan.describe().contains("1111"), "describe() holds no key");
+    assert!(!format!("{plan:?}").contains("1111"));
+
+    let el = open_meta(dir.path(), "bitlk-aes-cbc-elephant-128");
+    let plan = dm::plan(&el, 134217728).unwrap();
+    eprintln!("bitlk-aes-cbc-elephant-128:\n{}", plan.describe());
+    assert_eq!(
+        plan.describe().lines().next(),
+        Some("0 16 crypt aes-cbc-elephant <key> 86376 <device> 86376")
+    );
+    let key =
+        defib_rescue::bitlocker::VolumeKey::from_bytes(el.method.unwrap(), &[0x22; 32]).unwrap();
+    assert!(dm::render_table(&plan, &key, "/dev/sdb1")
+        .unwrap()
+        .contains(&format!("crypt aes-cbc-elephant {} ", "22".repeat(32))));
+    assert!(dm::render_table(&plan, &key, "bad path").is_err());
+
+    let k4 = open_meta(dir.path(), "bitlk-aes-xts-128-4k");
+    let plan = dm::plan(&k4, 104857600).unwrap();
+    eprintln!("bitlk-aes-xts-128-4k:\n{}", plan.describe());
+    for line in plan.describe().lines().filter(|l| l.contains("crypt")) {
+        assert!(
+            line.ends_with(" 2 iv_large_sectors sector_size:4096"),
+            "{line}"
+        );
+    }
+    for s in &plan.segments {
+        assert_eq!(s.start % 8, 0);
+        assert_eq!(s.len % 8, 0);
+    }
+}
+
+#[test]
+fn bitlocker_key_files_find_the_corpus_keys() {
+    let Some(dir) = extract() else { return };
+    let conf = images_conf();
+    let keys = tempfile::tempdir().unwrap();
+    // A CrowdStrike-style CSV of every recovery password in the corpus,
+    // IDs upper-case in braces.
+    let mut csv = String::from("KeyID,RecoveryKey\n");
+    for c in conf.values() {
+        if let (Some(id), Some(rp)) = (c.get("RP_VMK_GUID"), c.get("RP")) {
+            if !id.is_empty() {
+                csv.push_str(&format!("{{{}}},{rp}\n", id.to_uppercase()));
+            }
+        }
+    }
+    std::fs::write(keys.path().join("BitLockerKeys.csv"), csv).unwrap();
+    for bek in [
+        "4381F759-C4F8-4DE0-BB61-FC33A831BDA5.BEK",
+        "AA80A52B-9B66-47AE-B097-33F536FFBB07.BEK",
+    ] {
+        std::fs::copy(dir.path().join(bek), keys.path().join(bek)).unwrap();
+    }
+    let mut store = KeyStore::new();
+    let n = store.add_dir(keys.path()).unwrap();
+    assert_eq!(
+        n, 15,
+        "13 recovery passwords + 2 startup keys; rejected: {:?}",
+        store.rejected
+    );
+    for (name, c) in &conf {
+        let meta = open_meta(dir.path(), name);
+        for v in meta.vmks() {
+            let found = store.candidates(&v.guid);
+            let expect = match v.kind {
+                ProtectorKind::RecoveryPassword => {
+                    c.get("RP_VMK_GUID") == Some(&v.guid.to_string())
+                }
+                ProtectorKind::StartupKey => true,
+                _ => false,
+            };
+            assert_eq!(
+                found.len(),
+                usize::from(expect),
+                "{name} {} {:?}",
+                v.guid,
+                v.kind
+            );
+        }
+    }
+    // The startup key found through the store opens its volume.
+    let meta = open_meta(dir.path(), "bitlk-aes-xts-128-startup-key");
+    let sk = meta
+        .vmks()
+        .find(|v| v.kind == ProtectorKind::StartupKey)
+        .unwrap();
+    let cred = store.candidates(&sk.guid)[0].credential();
+    assert!(unlock(&meta, &cred).is_ok());
+}
+
+/// Decrypt → re-encrypt gives back the original image byte for byte; a
+/// changed plain volume re-encrypts into an image every protector still
+/// opens, showing the change (how fixtures with any NTFS tree are built).
+#[test]
+#[cfg_attr(debug_assertions, ignore = "slow unoptimised: run with --release")]
+fn bitlocker_decrypt_reencrypt_round_trip_and_fixture() {
+    let Some(dir) = extract() else { return };
+    let conf = images_conf();
+    for name in [
+        "bitlk-aes-xts-128-startup-key",
+        "bitlk-aes-cbc-elephant-128",
+        "bitlk-togo-aes-cbc-128",
+        "bitlk-aes-xts-128-4k",
+    ] {
+        let path = dir.path().join(format!("{name}.img"));
+        let meta = open_meta(dir.path(), name);
+        let (_, cred, _) = credentials(dir.path(), &conf[name])
+            .into_iter()
+            .last()
+            .unwrap();
+        let key = unlock(&meta, &cred).unwrap().key;
+        let len = std::fs::metadata(&path).unwrap().len();
+        let plan = dm::plan(&meta, len).unwrap();
+        let plain_path = dir.path().join("plain.raw");
+        let mut reader = PlainReader::new(File::open(&path).unwrap(), 0, plan, &key).unwrap();
+        std::io::copy(&mut reader, &mut File::create(&plain_path).unwrap()).unwrap();
+        let out = dir.path().join("again.img");
+        soft::reencrypt_with_plain(&path, &key, &plain_path, &out).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&path).unwrap(),
+            "{name}: round trip differs"
+        );
+
+        // Change the plain volume (a byte of the boot sector's boot code)
+        // and build a new BitLocker image from it.
+        let mut plain = std::fs::read(&plain_path).unwrap();
+        plain[0x100] ^= 0x5a;
+        std::fs::write(&plain_path, &plain).unwrap();
+        soft::reencrypt_with_plain(&path, &key, &plain_path, &out).unwrap();
+        let meta2 = read_metadata(&mut File::open(&out).unwrap(), 0).unwrap();
+        let key2 = unlock(&meta2, &cred).unwrap().key;
+        let plan2 = dm::plan(&meta2, len).unwrap();
+        let mut r = PlainReader::new(File::open(&out).unwrap(), 0, plan2, &key2).unwrap();
+        assert_eq!(
+            hex(&soft::plain_sha256(&mut r).unwrap()),
+            hex(&sha256(&plain)),
+            "{name}"
+        );
+        // Data in a reserved range is refused before anything is written.
+        let zero_at = meta.metadata_offsets[1] as usize;
+        plain[zero_at + 10] = 1;
+        std::fs::write(&plain_path, &plain).unwrap();
+        let e = soft::reencrypt_with_plain(&path, &key, &plain_path, &out).unwrap_err();
+        assert!(format!("{e:#}").contains("reserved"), "{e:#}");
+        // A plain volume of the wrong size is refused.
+        std::fs::write(&plain_path, &plain[..plain.len() - 512]).unwrap();
+        assert!(soft::reencrypt_with_plain(&path, &key, &plain_path, &out).is_err());
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+/// Prints how long the stretch takes (the whole cost of a password or
+/// recovery-password unlock). Meaningful with --release.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "timing is meaningful only with --release")]
+fn bitlocker_key_derivation_time() {
+    let rp =
+        RecoveryPassword::parse("042647-302313-590458-071500-554323-116567-412181-516978").unwrap();
+    let t = Instant::now();
+    let _ = rp.protector_key(&[7u8; 16]);
+    let rp_time = t.elapsed();
+    let pw = PasswordKey::new("anaconda");
+    let t = Instant::now();
+    let _ = pw.protector_key(&[7u8; 16]);
+    eprintln!(
+        "key derivation (2^20 SHA-256 rounds): recovery password {rp_time:?}, password {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn bitlocker_group_check_is_exported_for_typing() {
+    assert_eq!(check_group("042647"), GroupCheck::Valid);
 }

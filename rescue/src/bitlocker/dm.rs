@@ -77,7 +77,10 @@ pub fn plan(meta: &Metadata, device_len: u64) -> Result<Plan> {
         "relocated volume header ({vh_len} bytes at {vh_off}) lies past the volume's end ({device_len})"
     );
 
-    // Byte ranges that read as zeros, merged where they touch or overlap.
+    // Byte ranges that read as zeros. They may touch (Windows often puts the
+    // relocated header right after the first metadata area) but must not
+    // overlap; touching ones stay separate segments, as cryptsetup emits
+    // them, so a `dmsetup table` of either compares line for line.
     let mut holes: Vec<(u64, u64)> = Vec::new();
     for (i, &off) in meta.metadata_offsets.iter().enumerate() {
         ensure!(
@@ -92,15 +95,18 @@ pub fn plan(meta: &Metadata, device_len: u64) -> Result<Plan> {
     }
     holes.push((vh_off, vh_off + vh_len));
     holes.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in holes {
-        match merged.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
-        }
+    for w in holes.windows(2) {
+        ensure!(
+            w[1].0 >= w[0].1,
+            "BitLocker reserved ranges overlap ({}..{} and {}..{}): damaged metadata",
+            w[0].0,
+            w[0].1,
+            w[1].0,
+            w[1].1
+        );
     }
     ensure!(
-        merged.first().is_none_or(|&(s, _)| s >= vh_len),
+        holes[0].0 >= vh_len,
         "a metadata area overlaps the volume's first {vh_len} bytes, where the relocated header is shown"
     );
 
@@ -125,7 +131,7 @@ pub fn plan(meta: &Metadata, device_len: u64) -> Result<Plan> {
             });
         }
     };
-    for (s, e) in merged {
+    for (s, e) in holes {
         identity(at, s, &mut segments);
         segments.push(Segment {
             start: s / DM_SECTOR,
