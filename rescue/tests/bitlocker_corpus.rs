@@ -15,8 +15,8 @@ use defib_rescue::bitlocker::keys::{check_group, GroupCheck};
 use defib_rescue::bitlocker::metadata::CopyState;
 use defib_rescue::bitlocker::soft::{self, PlainReader};
 use defib_rescue::bitlocker::{
-    read_metadata, unlock, Credential, Guid, PasswordKey, ProtectorKind, RecoveryPassword, Refusal,
-    StartupKey, UnlockError,
+    assess, read_metadata, unlock, Credential, Guid, PasswordKey, ProtectorKind, Readiness,
+    RecoveryPassword, Refusal, StartupKey, UnlockError,
 };
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -291,7 +291,7 @@ impl KeyStore {
         let labelled = text
             .lines()
             .enumerate()
-            .find(|(_, l)| l.to_ascii_lowercase().contains("identifier"))
+            .find(|(_, l)| l.to_ascii_lowercase().contains("identifier:"))
             .and_then(|(i, _)| {
                 text.lines()
                     .skip(i)

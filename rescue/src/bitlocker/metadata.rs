@@ -624,15 +624,28 @@ impl Metadata {
 
     /// [`Self::refusal`] plus the size check that needs the device size:
     /// an encrypted size short of the volume means a partial conversion.
+    /// One 4 KiB sector of slack is allowed, because the BDE format notes
+    /// volumes one sector shorter than their partition; a real partial
+    /// conversion leaves far more (and changes the states as well).
     pub fn refusal_for_device(&self, device_len: u64) -> Option<Refusal> {
         self.refusal().or_else(|| {
-            (self.encrypted_size < device_len).then_some(Refusal::PartiallyEncrypted {
-                encrypted: self.encrypted_size,
-                volume: device_len,
-            })
+            (self.encrypted_size.saturating_add(PARTIAL_SLACK) < device_len).then_some(
+                Refusal::PartiallyEncrypted {
+                    encrypted: self.encrypted_size,
+                    volume: device_len,
+                },
+            )
         })
     }
+
+    /// Protectors a technician can use here (no TPM, no smart card).
+    pub fn offline_protectors(&self) -> Vec<&VmkEntry> {
+        self.vmks().filter(|v| v.kind.usable_offline()).collect()
+    }
 }
+
+/// See [`Metadata::refusal_for_device`].
+const PARTIAL_SLACK: u64 = 4096;
 
 fn read_exact_at(dev: &mut (impl Read + Seek), at: u64, buf: &mut [u8]) -> Result<()> {
     dev.seek(SeekFrom::Start(at))

@@ -40,6 +40,68 @@ pub use keys::{
 };
 pub use metadata::{read_metadata, EncryptionMethod, Metadata, ProtectorKind, Refusal};
 
+/// Whether the rescue can open a volume, for the console and reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Mappable; these protectors can open it here (ask for one of them).
+    Ready { usable: Vec<(Guid, ProtectorKind)> },
+    /// Must not be mapped (conversion, encrypt-on-write, unknown format).
+    Refused(Refusal),
+    /// Mappable, but every protector needs this PC's TPM or a smart card:
+    /// only a recovery password from the organisation's escrow helps.
+    NoOfflineProtector {
+        protectors: Vec<(Guid, ProtectorKind)>,
+    },
+}
+
+impl std::fmt::Display for Readiness {
+    /// Protector IDs as the recovery screen shows them: the first 8 hex
+    /// digits, and the full GUID in braces.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |p: &[(Guid, ProtectorKind)]| {
+            p.iter()
+                .map(|(g, k)| {
+                    format!(
+                        "{} key ID {} ({})",
+                        k.name(),
+                        g.short_id(),
+                        g.windows_form()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Readiness::Ready { usable } => write!(f, "can be unlocked with: {}", list(usable)),
+            Readiness::Refused(r) => write!(f, "{r}"),
+            Readiness::NoOfflineProtector { protectors } => write!(
+                f,
+                "no protector usable without this PC's TPM or a smart card ({}); find the recovery password in the organisation's key escrow (AD, Entra ID, Intune, MBAM)",
+                list(protectors)
+            ),
+        }
+    }
+}
+
+/// Judges a volume of `device_len` bytes whose metadata is `meta`.
+pub fn assess(meta: &Metadata, device_len: u64) -> Readiness {
+    if let Some(r) = meta.refusal_for_device(device_len) {
+        return Readiness::Refused(r);
+    }
+    let usable: Vec<_> = meta
+        .offline_protectors()
+        .iter()
+        .map(|v| (v.guid, v.kind))
+        .collect();
+    if usable.is_empty() {
+        Readiness::NoOfflineProtector {
+            protectors: meta.vmks().map(|v| (v.guid, v.kind)).collect(),
+        }
+    } else {
+        Readiness::Ready { usable }
+    }
+}
+
 /// A Microsoft GUID as BitLocker stores it: Data1..Data3 little-endian,
 /// Data4 as bytes. Shown lowercase 8-4-4-4-12 like `manage-bde`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
