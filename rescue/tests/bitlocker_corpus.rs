@@ -550,11 +550,45 @@ fn bitlocker_special_states_are_refused_with_a_reason() {
         dm::plan(&m, len).unwrap_err().downcast_ref::<Refusal>(),
         Some(&Refusal::UnsupportedVersion(3))
     );
-    // Smart card: the offline-unusable protector is reported, not tried.
+    // One sector short is slack, not a partial conversion.
+    let mut m = good.clone();
+    m.encrypted_size = len - 512;
+    assert!(dm::plan(&m, len).is_ok());
+    // Smart card: the offline-unusable protector is reported, not tried;
+    // with the recovery password gone, nothing usable is left.
     let sc = open_meta(dir.path(), "bitlk-aes-xts-128-smart-card");
-    assert!(sc
-        .vmks()
-        .any(|v| v.kind == ProtectorKind::SmartCard && !v.kind.usable_offline()));
+    let status = assess(&sc, len);
+    assert!(
+        matches!(&status, Readiness::Ready { usable } if usable.len() == 1),
+        "{status}"
+    );
+    assert!(
+        status
+            .to_string()
+            .contains("recovery-password key ID 1F9DA098"),
+        "{status}"
+    );
+    let mut only_sc = sc.clone();
+    only_sc.entries.retain(|d| match &d.value {
+        defib_rescue::bitlocker::metadata::Value::Vmk(v) => v.kind == ProtectorKind::SmartCard,
+        _ => true,
+    });
+    let status = assess(&only_sc, len);
+    assert!(
+        matches!(status, Readiness::NoOfflineProtector { .. }),
+        "{status}"
+    );
+    assert!(
+        status
+            .to_string()
+            .contains("smart-card key ID 7D2245B9 ({7D2245B9-CCD5-49D0-B4F5-653162A71744})"),
+        "{status}"
+    );
+    let eow = open_meta(dir.path(), "bitlk-aes-xts-128-eow");
+    assert_eq!(
+        assess(&eow, len),
+        Readiness::Refused(Refusal::EncryptOnWrite)
+    );
 }
 
 #[test]

@@ -135,7 +135,7 @@ pub fn check_group(group: &str) -> GroupCheck {
         return GroupCheck::Incomplete;
     }
     let n: u32 = group.parse().unwrap_or(u32::MAX);
-    if n % 11 != 0 {
+    if !n.is_multiple_of(11) {
         GroupCheck::NotMultipleOf11
     } else if n / 11 > 0xffff {
         GroupCheck::TooLarge

@@ -33,22 +33,23 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use xts_mode::{get_tweak_default, Xts128};
 
-/// AES with either key size.
+/// AES with either key size (boxed: the expanded AES-256 key schedule is
+/// large next to AES-128's).
 #[derive(Clone)]
 enum AnyAes {
-    A128(Aes128),
-    A256(Aes256),
+    A128(Box<Aes128>),
+    A256(Box<Aes256>),
 }
 
 impl AnyAes {
     fn new(key: &[u8]) -> Result<Self> {
         Ok(match key.len() {
-            16 => {
-                AnyAes::A128(Aes128::new_from_slice(key).map_err(|_| anyhow::anyhow!("AES key"))?)
-            }
-            32 => {
-                AnyAes::A256(Aes256::new_from_slice(key).map_err(|_| anyhow::anyhow!("AES key"))?)
-            }
+            16 => AnyAes::A128(Box::new(
+                Aes128::new_from_slice(key).map_err(|_| anyhow::anyhow!("AES key"))?,
+            )),
+            32 => AnyAes::A256(Box::new(
+                Aes256::new_from_slice(key).map_err(|_| anyhow::anyhow!("AES key"))?,
+            )),
             n => bail!("AES key of {n} bytes"),
         })
     }
