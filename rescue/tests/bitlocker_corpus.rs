@@ -10,7 +10,7 @@
 //! it takes a few tens of milliseconds.
 
 use defib_rescue::bitlocker::dm::{self, Target};
-use defib_rescue::bitlocker::keyfile::KeyStore;
+use defib_rescue::bitlocker::keyfile::{unlock_from_store, KeyStore};
 use defib_rescue::bitlocker::keys::{check_group, GroupCheck};
 use defib_rescue::bitlocker::metadata::CopyState;
 use defib_rescue::bitlocker::soft::{self, PlainReader};

@@ -37,7 +37,8 @@
 //! Not here: unlocking ([`super::keys::unlock`] does), or any logging of
 //! keys: errors and reports name files, lines and protector IDs only.
 
-use super::keys::{RecoveryPassword, StartupKey};
+use super::keys::{unlock, RecoveryPassword, StartupKey, UnlockError, Unlocked};
+use super::metadata::Metadata;
 use super::{Credential, Guid};
 use anyhow::{ensure, Context, Result};
 use std::fmt;
@@ -323,6 +324,45 @@ impl KeyStore {
         }
         added
     }
+}
+
+/// Opens the volume with whatever `store` holds for its protectors:
+/// startup keys first (no stretch), then recovery passwords, every
+/// candidate for each protector. `NoKeyForVolume` when nothing matches;
+/// `WrongKey` naming the protectors tried when keys matched by ID but none
+/// opened (an old key for a re-keyed volume, or a mistyped export).
+pub fn unlock_from_store(meta: &Metadata, store: &KeyStore) -> Result<Unlocked, UnlockError> {
+    let mut candidates: Vec<&KeyRecord> = meta
+        .vmks()
+        .flat_map(|v| store.candidates(&v.guid))
+        .collect();
+    if candidates.is_empty() {
+        return Err(UnlockError::NoKeyForVolume {
+            protectors: meta.vmks().map(|v| (v.guid, v.kind)).collect(),
+        });
+    }
+    candidates.sort_by_key(|r| match r.material {
+        KeyMaterial::StartupKey(_) => 0,
+        KeyMaterial::RecoveryPassword(_) => 1,
+    });
+    let mut tried = Vec::new();
+    let mut last = None;
+    for record in candidates {
+        match unlock(meta, &record.credential()) {
+            Ok(u) => return Ok(u),
+            Err(UnlockError::WrongKey { tried: t }) => tried.extend(t),
+            // A recovery password listed under a startup key's ID, say.
+            Err(e) => last = Some(e),
+        }
+    }
+    tried.sort();
+    tried.dedup();
+    if tried.is_empty() {
+        if let Some(e) = last {
+            return Err(e);
+        }
+    }
+    Err(UnlockError::WrongKey { tried })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,6 +61,14 @@ pub enum UnlockError {
     /// metadata was altered (or is of a kind we do not know).
     #[error("BitLocker metadata failed its integrity check after unlocking ({0}); do not trust this volume's metadata")]
     Integrity(String),
+    /// Key files were given, but none names a protector of this volume.
+    #[error(
+        "no key in the key files is for this volume; its protectors are: {}",
+        show_protectors(protectors)
+    )]
+    NoKeyForVolume {
+        protectors: Vec<(Guid, ProtectorKind)>,
+    },
     /// A key opened but what it unsealed is malformed.
     #[error("malformed BitLocker key data: {0}")]
     Malformed(String),
