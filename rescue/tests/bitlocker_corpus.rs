@@ -738,6 +738,15 @@ fn bitlocker_key_files_find_the_corpus_keys() {
         .unwrap();
     let cred = store.candidates(&sk.guid)[0].credential();
     assert!(unlock(&meta, &cred).is_ok());
+    // unlock_from_store tries it before the recovery password the CSV
+    // also has for this volume.
+    let u = unlock_from_store(&meta, &store).unwrap();
+    assert_eq!(u.kind, ProtectorKind::StartupKey);
+    // A volume none of the files knows.
+    let clear = open_meta(dir.path(), "bitlk-aes-xts-128-clearkey-only");
+    let e = unlock_from_store(&clear, &store).unwrap_err();
+    assert!(matches!(e, UnlockError::NoKeyForVolume { .. }), "{e}");
+    assert!(e.to_string().contains("F99F18E8"), "{e}");
 }
 
 /// Decrypt → re-encrypt gives back the original image byte for byte; a
