@@ -610,6 +610,17 @@ fn bitlocker_dm_tables_for_xts_elephant_and_4k() {
             }
         }
     );
+    // As bitlkDump prints them: areas at 35213312, 46256128, 57909248 (64 KiB
+    // each), volume header at 35278848 (8 KiB).
+    assert_eq!(
+        plan.reserved_ranges(),
+        vec![
+            (35213312, 35278848),
+            (35278848, 35287040),
+            (46256128, 46321664),
+            (57909248, 57974784)
+        ]
+    );
     let zeros: Vec<_> = plan
         .segments
         .iter()

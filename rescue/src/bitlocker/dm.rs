@@ -157,6 +157,19 @@ impl Plan {
         self.segments.get(i).filter(|s| s.start <= sector)
     }
 
+    /// Byte ranges of the plain volume that read as zeros and cannot hold
+    /// data (the metadata areas and the relocated header's own place): a
+    /// fixture's plain volume must leave them zero. A volume Windows
+    /// encrypted already has them allocated to its hidden FVE files, so
+    /// editing such a volume's file system keeps them free.
+    pub fn reserved_ranges(&self) -> Vec<(u64, u64)> {
+        self.segments
+            .iter()
+            .filter(|s| s.target == Target::Zero)
+            .map(|s| (s.start * DM_SECTOR, (s.start + s.len) * DM_SECTOR))
+            .collect()
+    }
+
     /// A key-free description, one line per segment, for logs and reports.
     pub fn describe(&self) -> String {
         let mut s = String::new();
