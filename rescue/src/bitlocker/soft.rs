@@ -127,8 +127,9 @@ impl SectorCipher {
         })
     }
 
-    /// Decrypts whole sectors in place; `offset` is the first sector's
-    /// byte offset on the BitLocker volume.
+    /// Decrypts whole sectors in place (a partial trailing sector is left
+    /// untouched); `offset` is the first sector's byte offset on the
+    /// BitLocker volume.
     pub fn decrypt(&self, buf: &mut [u8], offset: u64) {
         self.each_sector(buf, offset, false)
     }
@@ -140,6 +141,10 @@ impl SectorCipher {
 
     fn each_sector(&self, buf: &mut [u8], offset: u64, encrypt: bool) {
         let ss = self.sector_size;
+        // Whole sectors only: a partial tail is left as it is (xts-mode
+        // would panic on it).
+        let whole = buf.len() - buf.len() % ss;
+        let buf = &mut buf[..whole];
         match &self.engine {
             Engine::Xts128(x) => xts(x, buf, ss, offset, encrypt),
             Engine::Xts256(x) => xts(x, buf, ss, offset, encrypt),
@@ -529,6 +534,13 @@ mod tests {
                 );
                 c.decrypt(&mut b, 8192);
                 assert_eq!(b, orig, "{m:?} {ss}");
+                let mut odd = orig[..ss as usize + 100].to_vec();
+                c.encrypt(&mut odd, 0);
+                assert_eq!(
+                    odd[ss as usize..],
+                    orig[ss as usize..ss as usize + 100],
+                    "tail untouched"
+                );
             }
         }
     }
