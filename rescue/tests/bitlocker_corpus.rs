@@ -428,6 +428,18 @@ fn bitlocker_wrong_recovery_password_and_password() {
 
 /// Copies an image into `dir` and corrupts bytes of metadata copies.
 fn corrupt_copy(src: &Path, dst: &Path, copies: &[usize], fix_crc: bool) {
+    patch_copies(src, dst, copies, fix_crc, |block| block[64 + 32] ^= 0xff);
+}
+
+/// Copies an image and changes each listed metadata copy with `patch`
+/// (then, if asked, makes its CRC-32 match again).
+fn patch_copies(
+    src: &Path,
+    dst: &Path,
+    copies: &[usize],
+    fix_crc: bool,
+    patch: impl Fn(&mut [u8]),
+) {
     std::fs::copy(src, dst).unwrap();
     let meta = read_metadata(&mut File::open(dst).unwrap(), 0).unwrap();
     let mut f = std::fs::OpenOptions::new()
@@ -440,8 +452,8 @@ fn corrupt_copy(src: &Path, dst: &Path, copies: &[usize], fix_crc: bool) {
         let mut block = vec![0u8; 65536];
         f.seek(SeekFrom::Start(at)).unwrap();
         f.read_exact(&mut block).unwrap();
-        // The metadata header's nonce counter (+64+32): parses either way.
-        block[64 + 32] ^= 0xff;
+        // e.g. the metadata header's nonce counter (+64+32): parses either way.
+        patch(&mut block);
         if fix_crc {
             let len = (u16::from_le_bytes([block[8], block[9]]) as usize) << 4;
             let crc = crc32(&block[..len]);
@@ -504,6 +516,16 @@ fn bitlocker_damaged_metadata_falls_back_and_tampering_is_caught() {
     assert_eq!(meta.used_copy, 0);
     let e = unlock(&meta, &Credential::ClearKey).unwrap_err();
     assert!(matches!(e, UnlockError::Integrity(_)), "{e}");
+    // Every copy claims an unknown block version (CRC intact): a typed
+    // refusal, not a guess.
+    let v3 = dir.path().join("v3.img");
+    patch_copies(&src, &v3, &[0, 1, 2], true, |b| b[10] = 3);
+    let e = read_metadata(&mut File::open(&v3).unwrap(), 0).unwrap_err();
+    assert_eq!(
+        e.downcast_ref::<Refusal>(),
+        Some(&Refusal::UnsupportedVersion(3)),
+        "{e:#}"
+    );
 }
 
 #[test]
