@@ -24,6 +24,11 @@
 //!     resource calls them `id` and `key`. These names are collected from
 //!     admin guides and the Graph resource, not from a file we hold; the
 //!     matching is loose on purpose.
+//!   - Community Graph scripts' CSVs (e.g. michevnew/PowerShell
+//!     `GraphSDK_Bitlocker_report.ps1`): `BitLockerKeyId`,
+//!     `BitLockerRecoveryKey`, `DeviceName`; its device report also has
+//!     the device's own `Id`/`DeviceId` GUIDs, so the generic `id` column
+//!     ranks below every specific key-ID column.
 //!   - MBAM / Configuration Manager reports: `Recovery Key ID`, `Recovery
 //!     Key`, `Computer Name` (from memory of the MBAM report columns,
 //!     unverified here).
@@ -222,13 +227,19 @@ impl KeyStore {
                 format!("{source}: no recovery key column (looked for RecoveryKey, Recovery Key, msFVE-RecoveryPassword, ...)")
             })?;
         let header = &rows[header_at].1;
+        // Columns of a role, most specific name first.
         let cols = |role: Role| -> Vec<usize> {
-            header
+            let mut v: Vec<(usize, usize)> = header
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| column_role(c) == Some(role))
-                .map(|(i, _)| i)
-                .collect()
+                .filter_map(|(i, c)| {
+                    column_role_ranked(c)
+                        .filter(|(r, _)| *r == role)
+                        .map(|(_, rank)| (rank, i))
+                })
+                .collect();
+            v.sort_unstable();
+            v.into_iter().map(|(_, i)| i).collect()
         };
         let (key_cols, id_cols, name_cols, device_cols) = (
             cols(Role::Key),
@@ -376,6 +387,46 @@ enum Role {
 }
 
 fn column_role(header: &str) -> Option<Role> {
+    column_role_ranked(header).map(|(r, _)| r)
+}
+
+/// Header names per role, most specific first (the rank is the position).
+const KEY_NAMES: &[&str] = &[
+    "recoverykey",
+    "recoverypassword",
+    "msfverecoverypassword",
+    "bitlockerrecoverykey",
+    "bitlockerrecoverypassword",
+    "numericalpassword",
+    "bitlockerkey",
+    "key",
+];
+const ID_NAMES: &[&str] = &[
+    "keyid",
+    "bitlockerkeyid",
+    "recoverykeyid",
+    "bitlockerrecoverykeyid",
+    "keyprotectorid",
+    "protectorid",
+    "msfverecoveryguid",
+    "recoveryguid",
+    "recoverykeyidentifier",
+    "passwordid",
+    "identifier",
+    "id",
+];
+const OBJECT_NAMES: &[&str] = &["name", "cn", "distinguishedname", "objectname"];
+const DEVICE_NAMES: &[&str] = &[
+    "device",
+    "devicename",
+    "computername",
+    "computer",
+    "hostname",
+    "machinename",
+    "displayname",
+];
+
+fn column_role_ranked(header: &str) -> Option<(Role, usize)> {
     let n: String = header
         .trim()
         .trim_start_matches('\u{feff}')
@@ -383,32 +434,14 @@ fn column_role(header: &str) -> Option<Role> {
         .filter(|c| !matches!(c, ' ' | '-' | '_' | '"' | '.'))
         .flat_map(char::to_lowercase)
         .collect();
-    Some(match n.as_str() {
-        "recoverykey"
-        | "recoverypassword"
-        | "msfverecoverypassword"
-        | "bitlockerrecoverykey"
-        | "bitlockerrecoverypassword"
-        | "key"
-        | "numericalpassword"
-        | "bitlockerkey" => Role::Key,
-        "keyid"
-        | "bitlockerkeyid"
-        | "recoverykeyid"
-        | "keyprotectorid"
-        | "msfverecoveryguid"
-        | "recoveryguid"
-        | "passwordid"
-        | "identifier"
-        | "id"
-        | "recoverykeyidentifier"
-        | "bitlockerrecoverykeyid"
-        | "protectorid" => Role::Id,
-        "name" | "cn" | "distinguishedname" | "objectname" => Role::ObjectName,
-        "device" | "devicename" | "computername" | "computer" | "hostname" | "machinename"
-        | "displayname" => Role::Device,
-        _ => return None,
-    })
+    [
+        (Role::Key, KEY_NAMES),
+        (Role::Id, ID_NAMES),
+        (Role::ObjectName, OBJECT_NAMES),
+        (Role::Device, DEVICE_NAMES),
+    ]
+    .into_iter()
+    .find_map(|(role, names)| names.iter().position(|x| *x == n).map(|rank| (role, rank)))
 }
 
 /// A GUID anywhere in `v`, else a lone 8-hex-digit short ID.
@@ -638,6 +671,18 @@ mod tests {
         );
         assert!(format!("{s:?}").contains("redacted"));
         assert!(!format!("{s:?}").contains("042647"));
+    }
+
+    #[test]
+    fn graph_device_report_prefers_the_key_id_over_device_ids() {
+        let csv = format!(
+            "\"Id\",\"DeviceId\",\"DisplayName\",\"BitLockerKeyId\",\"BitLockerRecoveryKey\"\n\
+             \"11111111-2222-3333-4444-555555555555\",\"66666666-7777-8888-9999-000000000000\",\"PC1\",\"{ID}\",\"{RP}\"\n"
+        );
+        let mut s = KeyStore::new();
+        assert_eq!(s.add_csv(&csv, "report.csv").unwrap(), 1);
+        assert_eq!(s.candidates(&g()).len(), 1);
+        assert_eq!(s.candidates(&g())[0].device.as_deref(), Some("PC1"));
     }
 
     #[test]
