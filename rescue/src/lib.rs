@@ -26,6 +26,7 @@ pub mod runid;
 
 // The repair engine and what it reads.
 pub mod bcd;
+pub mod bitlocker;
 pub mod bup;
 pub mod engine;
 pub mod hivelog;
@@ -41,6 +42,7 @@ pub mod winpath;
 pub mod winreg;
 
 // Disks and machines, each behind a root.
+pub mod devmapper;
 pub mod firmware;
 pub mod probe;
 pub mod verdict;
