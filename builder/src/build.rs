@@ -35,6 +35,8 @@ pub struct BuildConfig {
     /// The module list's text, hashed into the build id.
     pub modules_text: String,
     pub after: After,
+    /// BitLocker key files copied into `\keys\` on the stick.
+    pub keys: Vec<PathBuf>,
 }
 
 /// What a build made, for the CLI's summary.
@@ -394,6 +396,37 @@ pub fn payload_archive(dir: &Path) -> Result<Archive> {
     Ok(ar)
 }
 
+/// Reads and checks `--keys` files: each must hold at least one key the
+/// rescue can use (a wrong file is found now, not at a PC in a crisis).
+/// Returns (file name on the stick, bytes).
+pub fn key_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for p in paths {
+        let mut store = defib_rescue::bitlocker::keyfile::KeyStore::default();
+        let n = store
+            .add_file(p)
+            .with_context(|| format!("--keys {}", p.display()))?;
+        if n == 0 {
+            anyhow::bail!(
+                "--keys {}: no BitLocker key in it (a CSV export, the .TXT Windows saves, or a .BEK)",
+                p.display()
+            );
+        }
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty() && n.len() <= 200 && !n.contains(['/', '\\']))
+            .with_context(|| format!("--keys {}: unusable file name", p.display()))?
+            .to_string();
+        if out.iter().any(|(o, _)| o.eq_ignore_ascii_case(&name)) {
+            anyhow::bail!("--keys: two files named {name}");
+        }
+        let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        out.push((name, data));
+    }
+    Ok(out)
+}
+
 /// Builds the USB image.
 pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummary> {
     let mut staged = stage(cfg, log)?;
@@ -418,12 +451,17 @@ pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummar
         layout::MANIFEST.into(),
         serde_json::to_vec_pretty(&staged.manifest)?,
     );
+    // Key files go on the stick but not into the manifest: no list of
+    // recovery-key file names and hashes on a medium that can be lost.
+    for (name, data) in key_files(&cfg.keys)? {
+        files.insert(format!("{}/{name}", layout::KEYS_DIR), data);
+    }
     let seed_hex = sha256_hex(format!("defib image seed {}", staged.manifest.build_id).as_bytes());
     let mut seed = [0u8; 32];
     hex::decode_to_slice(&seed_hex, &mut seed).context("seed")?;
     let spec = EspSpec {
         files,
-        dirs: vec![layout::REPORTS_DIR.into()],
+        dirs: vec![layout::REPORTS_DIR.into(), layout::KEYS_DIR.into()],
         label: LABEL.into(),
         free_space: cfg.free_space,
         seed,

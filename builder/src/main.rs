@@ -163,6 +163,11 @@ struct Inputs {
     /// What the rescue does after its verdict
     #[arg(long, value_enum, default_value = "reboot")]
     after: After,
+    /// BitLocker key files to carry in the stick's keys folder: CSV
+    /// exports, the .TXT Windows saves, .BEK startup keys (repeatable).
+    /// Whoever holds the stick holds the keys: seal them or keep it safe
+    #[arg(long, value_name = "FILE")]
+    keys: Vec<PathBuf>,
     /// Never download: fail if the boot parts are not in the cache
     #[arg(long)]
     offline: bool,
@@ -328,6 +333,7 @@ fn build_config(i: Inputs, out: PathBuf, free_space: u64, p: &mut Progress) -> R
         modules: ModuleList::parse(&modules_text, &origin)?,
         modules_text,
         after: i.after,
+        keys: i.keys,
     })
 }
 

@@ -394,3 +394,210 @@ fn bitlocker_volume_is_reported_with_its_protectors_and_left_alone() {
         "a locked volume must not be touched"
     );
 }
+
+/// One corpus image's facts from `images.conf`.
+struct Corpus {
+    img: PathBuf,
+    rp: String,
+    rp_guid: String,
+    sha256: String,
+    serial: String,
+}
+
+fn corpus_images(dir: &Path, names: &[&str]) -> Vec<Corpus> {
+    let corpora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/bitlocker");
+    let tarball = corpora.join("bitlk-images.tar.xz");
+    assert!(
+        tarball.is_file(),
+        "{} missing: the shared corpora must sit beside the repo",
+        tarball.display()
+    );
+    let mut files: Vec<String> = names.iter().map(|n| format!("{n}.img")).collect();
+    files.push("4381F759-C4F8-4DE0-BB61-FC33A831BDA5.BEK".into());
+    let st = Command::new("tar")
+        .arg("xJSf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(dir)
+        .args(&files)
+        .status()
+        .unwrap();
+    assert!(st.success(), "extracting {files:?}");
+    let conf = std::fs::read_to_string(corpora.join("images.conf")).unwrap();
+    names
+        .iter()
+        .map(|n| {
+            let section = conf
+                .split(&format!("[{n}]"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{n} not in images.conf"))
+                .split("\n[")
+                .next()
+                .unwrap();
+            let get = |key: &str| {
+                section
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            Corpus {
+                img: dir.join(format!("{n}.img")),
+                rp: get("RP"),
+                rp_guid: get("RP_VMK_GUID").to_lowercase(),
+                sha256: get("SHA256SUM"),
+                serial: get("UUID"),
+            }
+        })
+        .collect()
+}
+
+/// The stick's default entry with extra kernel words (GRUB's config is
+/// not signed; the kernel and GRUB are).
+fn with_kernel_args(stick: &Path, extra: &str) {
+    let img = UsbImage::open(stick).unwrap();
+    let cfg = String::from_utf8(img.read_file("EFI/debian/grub.cfg").unwrap()).unwrap();
+    drop(img);
+    let cfg = cfg.replacen("defib.mode=auto", &format!("defib.mode=auto {extra}"), 1);
+    defib_builder::image::add_file_to_image(stick, "EFI/debian/grub.cfg", cfg.as_bytes()).unwrap();
+}
+
+/// Every BitLocker method of the corpus, unlocked by the rescue in the
+/// kernel (dm-crypt through our DM ioctls) with keys from the stick's keys
+/// folder in each form fleets have — CrowdStrike's CSV, the UTF-16 .TXT
+/// Windows saves, a .BEK startup key — and a suspended (clear key) volume
+/// with none: the SHA-256 of each mapped device equals the corpus', the
+/// NTFS serial is read through the mapping, no key reaches the screen or
+/// the report, and no disk changes by a byte.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn bitlocker_volumes_unlock_in_the_kernel_with_keys_from_the_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "bitlk-aes-xts-128",
+        "bitlk-aes-cbc-128",
+        "bitlk-aes-cbc-elephant-128",
+        "bitlk-aes-xts-128-4k",
+        "bitlk-aes-xts-128-startup-key",
+        "bitlk-aes-xts-128-clearkey-only",
+    ];
+    let images = corpus_images(dir.path(), &names);
+    let stick = image_copy(dir.path());
+    // CrowdStrike's export form for three volumes.
+    let mut csv = String::from("KeyID,RecoveryKey\n");
+    for c in [&images[0], &images[2], &images[3]] {
+        csv.push_str(&format!("{{{}}},{}\n", c.rp_guid.to_uppercase(), c.rp));
+    }
+    defib_builder::image::add_file_to_image(&stick, "keys/BitLockerKeys.csv", csv.as_bytes())
+        .unwrap();
+    // The .TXT Windows saves: UTF-16 LE with a BOM.
+    let c = &images[1];
+    let txt = format!(
+        "BitLocker Drive Encryption recovery key\r\n\r\nTo verify that this is the correct recovery key, compare the start of the following identifier with the identifier value displayed on your PC.\r\n\r\nIdentifier:\r\n\r\n\t{}\r\n\r\nRecovery Key:\r\n\r\n\t{}\r\n",
+        c.rp_guid.to_uppercase(),
+        c.rp
+    );
+    let mut utf16 = vec![0xFF, 0xFE];
+    for u in txt.encode_utf16() {
+        utf16.extend_from_slice(&u.to_le_bytes());
+    }
+    defib_builder::image::add_file_to_image(
+        &stick,
+        &format!(
+            "keys/BitLocker Recovery Key {}.TXT",
+            c.rp_guid.to_uppercase()
+        ),
+        &utf16,
+    )
+    .unwrap();
+    let bek = std::fs::read(dir.path().join("4381F759-C4F8-4DE0-BB61-FC33A831BDA5.BEK")).unwrap();
+    defib_builder::image::add_file_to_image(
+        &stick,
+        "keys/4381F759-C4F8-4DE0-BB61-FC33A831BDA5.BEK",
+        &bek,
+    )
+    .unwrap();
+    with_kernel_args(&stick, "defib.hash-unlocked=1");
+    let before: Vec<String> = images
+        .iter()
+        .map(|c| victim::sha256_hex(&std::fs::read(&c.img).unwrap()))
+        .collect();
+
+    let mut b = Boot::new(Firmware::UefiSb, dir.path());
+    b.stick = Some(stick.clone());
+    b.disks = images
+        .iter()
+        .map(|c| (c.img.clone(), Bus::Virtio))
+        .collect();
+    b.uuid = Some(UUID.to_string());
+    b.timeout = Duration::from_secs(600);
+    let out = qemu::run(&b).expect("running qemu");
+    assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
+    for c in &images {
+        if !c.rp.is_empty() {
+            assert!(
+                !out.text().contains(&c.rp),
+                "a recovery key reached the screen"
+            );
+        }
+    }
+    let r = single_report(&stick);
+    let text = r.to_string();
+    for c in &images {
+        if !c.rp.is_empty() {
+            assert!(!text.contains(&c.rp), "a recovery key reached the report");
+        }
+    }
+    let vols = r["windows"].as_array().unwrap();
+    assert_eq!(vols.len(), images.len(), "{r:#}\n{}", out.text());
+    for (i, (c, source)) in images
+        .iter()
+        .zip([
+            "key-file",
+            "key-file",
+            "key-file",
+            "key-file",
+            "startup-key",
+            "clear-key",
+        ])
+        .enumerate()
+    {
+        let dev = format!("vd{}", (b'a' + i as u8) as char);
+        let w = vols
+            .iter()
+            .find(|w| {
+                w["volume"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{dev} "))
+            })
+            .unwrap_or_else(|| panic!("no report for {dev}: {r:#}\n{}", out.text()));
+        let bl = &w["state"]["bitlocker"];
+        assert_eq!(bl["unlocked"], true, "{}: {w:#}\n{}", names[i], out.text());
+        assert_eq!(bl["key_source"], source, "{}: {w:#}", names[i]);
+        assert_eq!(bl["plain_sha256"], c.sha256.as_str(), "{}: {w:#}", names[i]);
+        assert_eq!(
+            w["state"]["ntfs_serial"],
+            c.serial.as_str(),
+            "{}: {w:#}",
+            names[i]
+        );
+        if source == "key-file" {
+            assert_eq!(
+                bl["unlocked_with"],
+                c.rp_guid.as_str(),
+                "{}: {w:#}",
+                names[i]
+            );
+        }
+    }
+    for (c, h) in images.iter().zip(&before) {
+        assert_eq!(
+            &victim::sha256_hex(&std::fs::read(&c.img).unwrap()),
+            h,
+            "{} changed",
+            c.img.display()
+        );
+    }
+}

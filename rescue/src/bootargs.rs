@@ -71,6 +71,8 @@ pub struct BootArgs {
     pub bootif: Option<String>,
     /// `defib.fault=`: the journal fault point to stop at (tests only).
     pub fault: Option<u64>,
+    /// `defib.hash-unlocked=1`: hash each unlocked BitLocker volume.
+    pub hash_unlocked: bool,
 }
 
 impl Default for BootArgs {
@@ -86,6 +88,7 @@ impl Default for BootArgs {
             ip: None,
             bootif: None,
             fault: None,
+            hash_unlocked: false,
         }
     }
 }
@@ -122,6 +125,11 @@ impl BootArgs {
                 keys::FAULT => match value.parse::<u64>() {
                     Ok(n) if n > 0 => args.fault = Some(n),
                     _ => args.bad(key, value, "none"),
+                },
+                keys::HASH_UNLOCKED => match value {
+                    "1" => args.hash_unlocked = true,
+                    "0" => args.hash_unlocked = false,
+                    _ => args.bad(key, value, "0"),
                 },
                 keys::IP => args.ip = Some(value.into()),
                 keys::BOOTIF => args.bootif = Some(value.into()),

@@ -71,8 +71,12 @@ pub fn parse_table(text: &str) -> Result<Vec<TableLine<'_>>> {
             bail!("table line {} is incomplete", i + 1);
         };
         out.push(TableLine {
-            start: s.parse().with_context(|| format!("table line {}: start", i + 1))?,
-            len: n.parse().with_context(|| format!("table line {}: length", i + 1))?,
+            start: s
+                .parse()
+                .with_context(|| format!("table line {}: start", i + 1))?,
+            len: n
+                .parse()
+                .with_context(|| format!("table line {}: length", i + 1))?,
             target: t,
             params: it.next().unwrap_or(""),
         });
@@ -203,13 +207,23 @@ fn load(ctl: &Path, name: &str, table: &str, read_only: bool) -> Result<()> {
     b.0[DM_IOCTL_SIZE..DM_IOCTL_SIZE + payload.len()].copy_from_slice(&payload);
     payload.zeroize();
     b.0[20..24].copy_from_slice(&(lines.len() as u32).to_ne_bytes()); // target_count
-    ioctl(ctl, DM_TABLE_LOAD, &mut b, &format!("load the table of {name}"))
+    ioctl(
+        ctl,
+        DM_TABLE_LOAD,
+        &mut b,
+        &format!("load the table of {name}"),
+    )
 }
 
 /// Removes device `name` (its table goes with it).
 pub fn remove(root: &Path, name: &str) -> Result<()> {
     let mut b = Buf::new(name, 0, 0)?;
-    ioctl(&control(root), DM_DEV_REMOVE, &mut b, &format!("remove {name}"))
+    ioctl(
+        &control(root),
+        DM_DEV_REMOVE,
+        &mut b,
+        &format!("remove {name}"),
+    )
 }
 
 #[cfg(test)]

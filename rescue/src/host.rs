@@ -77,7 +77,13 @@ fn partitions_of(dev: &str) -> Result<Vec<(String, bool)>> {
 
 /// Runs scan or fix; returns the report (already written to the victim
 /// when the run changed it).
-pub fn run(target: &Target, payloads: &Path, mode: Mode, only: Option<&str>) -> Result<Report> {
+pub fn run(
+    target: &Target,
+    payloads: &Path,
+    mode: Mode,
+    only: Option<&str>,
+    keys: crate::bitlocker::keyfile::KeyStore,
+) -> Result<Report> {
     let payloads = Payloads::load(payloads)?;
     if payloads.playbooks.is_empty() {
         bail!(
@@ -100,6 +106,7 @@ pub fn run(target: &Target, payloads: &Path, mode: Mode, only: Option<&str>) -> 
         .into_owned();
     rep.boot.cmdline = std::env::args().collect::<Vec<_>>().join(" ");
     let mut vols = crate::volumes::KernelVolumes::new(Path::new("/"));
+    vols.keys = keys;
     let windows = match target {
         Target::Root(root) => {
             // The same safe path as the image: scan read-only, decide

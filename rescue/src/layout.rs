@@ -27,6 +27,10 @@ pub const PAYLOADS_DIR: &str = "payloads";
 /// `\reports\` on the medium: one report per machine and run.
 pub const REPORTS_DIR: &str = "reports";
 
+/// `\keys\` on the medium: BitLocker key files the rescue reads (CSV
+/// exports, `BitLocker Recovery Key <GUID>.TXT`, `.BEK` startup keys).
+pub const KEYS_DIR: &str = "keys";
+
 /// The kernel command line keys the rescue reads.
 pub mod keys {
     /// `defib.mode=auto|scan|shell` ([`crate::bootargs::Mode`]).
@@ -46,6 +50,10 @@ pub mod keys {
     /// `defib.fault=N`: abort at the N-th journal fault point, as a power
     /// cut would (tests of crash consistency; see `journal`).
     pub const FAULT: &str = "defib.fault";
+    /// `defib.hash-unlocked=1`: record the SHA-256 of every BitLocker
+    /// volume's mapped plain device in the report (proves an unlock
+    /// end to end; costs one full read per volume).
+    pub const HASH_UNLOCKED: &str = "defib.hash-unlocked";
     /// `console=`: where the rescue prints.
     pub const CONSOLE: &str = "console";
 }

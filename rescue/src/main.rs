@@ -45,6 +45,14 @@ struct RunArgs {
     /// Playbooks and store [default: /payloads in the image, else ./payloads]
     #[arg(long, value_name = "DIR")]
     payloads: Option<PathBuf>,
+    /// A BitLocker recovery password for --device (48 digits; better: a
+    /// key file, which keeps it out of shell history)
+    #[arg(long, value_name = "DIGITS")]
+    recovery_password: Option<String>,
+    /// BitLocker key files for --device: CSV exports, the .TXT Windows
+    /// saves, .BEK startup keys (repeatable)
+    #[arg(long, value_name = "FILE")]
+    key_file: Vec<PathBuf>,
     /// The one installation to work on when a volume holds several
     /// (its Windows folder, e.g. WINDOWS or Windows.old)
     #[arg(long, value_name = "DIR")]
@@ -114,7 +122,17 @@ fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("give --root DIR or --device DEV"),
     };
     let payloads = a.payloads.unwrap_or_else(host::default_payloads);
-    let rep = host::run(&target, &payloads, mode, a.windows.as_deref())?;
+    let mut keys = defib_rescue::bitlocker::keyfile::KeyStore::default();
+    for f in &a.key_file {
+        keys.add_file(f)
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", f.display()))?;
+    }
+    if let Some(rp) = &a.recovery_password {
+        if keys.add_recovery_text(&format!("Recovery Key: {rp}\n"), "typed") == 0 {
+            anyhow::bail!("--recovery-password: not 8 groups of 6 digits, each divisible by 11");
+        }
+    }
+    let rep = host::run(&target, &payloads, mode, a.windows.as_deref(), keys)?;
     if a.json {
         println!("{}", String::from_utf8_lossy(&rep.to_json()?));
     } else {

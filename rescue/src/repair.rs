@@ -41,6 +41,66 @@ impl Payloads {
     }
 }
 
+/// A BitLocker volume: unlocked with the run's keys and mapped (the FVE
+/// metadata is never written), then the mapped plain volume goes through
+/// the same safe path as any NTFS volume, and the mapping is removed again
+/// so the PC boots with its TPM as before. Without a key it is reported
+/// with the protector IDs to look up, and nothing is written.
+fn check_bitlocker(
+    ops: &mut dyn VolumeOps,
+    dev: &str,
+    payloads: &Payloads,
+    mode: Mode,
+    run_id: &str,
+    only: Option<&str>,
+) -> Vec<WindowsReport> {
+    let (mapped, state) = match ops.unlock(dev) {
+        Ok(u) => u,
+        Err(e) => {
+            let mut r = attention(
+                dev,
+                format!("BitLocker-locked: {e:#}; nothing was changed"),
+                "bring the recovery key: type it at the prompt, or put the fleet's key file (BitLockerKeys.csv, the .TXT Windows saved, a .BEK) in the stick's keys folder, and boot defib again",
+            );
+            match ops.bitlocker(dev) {
+                Ok(mut b) => {
+                    b.locked_reason = Some(format!("{e:#}"));
+                    r.state.bitlocker = Some(b);
+                }
+                Err(m) => r.reason.push_str(&format!(" (metadata unreadable: {m:#})")),
+            }
+            return vec![r];
+        }
+    };
+    let mut reports = check_volume(ops, &mapped, false, payloads, mode, run_id, only);
+    // The caller writes the victim's report into a still-mounted volume, so
+    // the lock is deferred when one is mounted: `lock_all` does it.
+    let still_mounted = reports.iter().any(|r| r.mount.is_some());
+    for r in &mut reports {
+        r.state.bitlocker = Some(state.clone());
+        r.volume = format!("{dev} (unlocked as {mapped})");
+    }
+    if reports.is_empty() {
+        let mut r = attention(
+            dev,
+            "BitLocker volume unlocked: no Windows installation on it (a data volume)".into(),
+            "nothing to do on this volume",
+        );
+        r.verdict = Verdict::Clean;
+        r.state.bitlocker = Some(state);
+        reports.push(r);
+    }
+    if !still_mounted {
+        if let Err(e) = ops.lock(&mapped) {
+            for r in &mut reports {
+                r.reason
+                    .push_str(&format!(" (removing the mapping failed: {e:#})"));
+            }
+        }
+    }
+    reports
+}
+
 /// The kernel side of volume handling.
 pub trait VolumeOps {
     /// Reads BitLocker metadata from the raw volume.
@@ -50,6 +110,21 @@ pub trait VolumeOps {
     /// Mounts with ntfs3; `force` allows a dirty volume read-write.
     fn mount(&mut self, dev: &str, rw: bool, force: bool) -> Result<PathBuf>;
     fn umount(&mut self, dev: &str) -> Result<()>;
+    /// The NTFS volume serial from the raw volume's boot sector.
+    fn ntfs_serial(&mut self, _dev: &str) -> Result<u64> {
+        anyhow::bail!("no raw volume to read")
+    }
+    /// Opens a BitLocker volume with the keys this run has and maps its
+    /// plain volume; returns the mapped device's name and the state for the
+    /// report (which protector, from where — never the key). The error
+    /// says which protector IDs need a key.
+    fn unlock(&mut self, _dev: &str) -> Result<(String, BitlockerState)> {
+        anyhow::bail!("unlocking BitLocker is not possible here")
+    }
+    /// Removes a mapping made by [`VolumeOps::unlock`] (after unmounting).
+    fn lock(&mut self, _mapped: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn attention(volume: &str, reason: String, next: &str) -> WindowsReport {
@@ -249,16 +324,7 @@ pub fn check_volume(
     only: Option<&str>,
 ) -> Vec<WindowsReport> {
     if bitlocker {
-        let mut r = attention(
-            dev,
-            "BitLocker-locked: defib cannot unlock it in this version; nothing was changed".into(),
-            "unlock with the recovery key (Windows RE: manage-bde -unlock) and repair from there, or suspend BitLocker",
-        );
-        match ops.bitlocker(dev) {
-            Ok(b) => r.state.bitlocker = Some(b),
-            Err(e) => r.reason.push_str(&format!(" (metadata unreadable: {e:#})")),
-        }
-        return vec![r];
+        return check_bitlocker(ops, dev, payloads, mode, run_id, only);
     }
     let dirty = ops.ntfs_dirty(dev).ok();
     let root = match ops.mount(dev, false, false) {
@@ -272,6 +338,7 @@ pub fn check_volume(
         }
     };
     let (hib, hib_blocks) = hibernation(&root);
+    let serial = ops.ntfs_serial(dev).ok().map(|s| format!("{s:016X}"));
     let scan = match evaluate_root(&root, dev, payloads, Mode::Scan, run_id, only) {
         Ok(r) => r,
         Err(e) => {
@@ -287,6 +354,7 @@ pub fn check_volume(
         for r in &mut v {
             r.state.dirty = dirty;
             r.state.hibernation = hib.clone();
+            r.state.ntfs_serial = serial.clone();
             r.state.written = written && r.run_dir.is_some();
         }
         v
@@ -377,6 +445,9 @@ mod tests {
         dir: PathBuf,
         dirty: bool,
         mounts: Vec<(bool, bool)>,
+        key: bool,
+        unlocked: Vec<String>,
+        locked: Vec<String>,
     }
 
     impl VolumeOps for FakeOps {
@@ -386,7 +457,25 @@ mod tests {
                 key_protectors: vec![
                     "3fd763f9-74c7-4e90-8fa2-1f6a2e2b4e0c (recovery-password)".into()
                 ],
+                ..Default::default()
             })
+        }
+        fn unlock(&mut self, dev: &str) -> Result<(String, BitlockerState)> {
+            if !self.key {
+                anyhow::bail!(
+                    "no key for protector 3FD763F9 ({{3FD763F9-74C7-4E90-8FA2-1F6A2E2B4E0C}})"
+                );
+            }
+            self.unlocked.push(dev.to_string());
+            let mut s = self.bitlocker(dev)?;
+            s.unlocked = true;
+            s.unlocked_with = Some("3fd763f9-74c7-4e90-8fa2-1f6a2e2b4e0c".into());
+            s.key_source = Some("key-file".into());
+            Ok(("dm-0".into(), s))
+        }
+        fn lock(&mut self, mapped: &str) -> Result<()> {
+            self.locked.push(mapped.to_string());
+            Ok(())
         }
         fn ntfs_dirty(&mut self, _dev: &str) -> Result<bool> {
             Ok(self.dirty)
@@ -418,6 +507,9 @@ mod tests {
             dir: root,
             dirty: false,
             mounts: Vec::new(),
+            key: false,
+            unlocked: Vec::new(),
+            locked: Vec::new(),
         };
         (d, ops, payloads)
     }
@@ -488,6 +580,41 @@ mod tests {
             r[0].state.bitlocker.as_ref().unwrap().key_protectors[0].contains("recovery-password")
         );
         assert!(ops.mounts.is_empty());
+    }
+
+    #[test]
+    fn bitlocker_with_a_key_is_unlocked_repaired_and_named_in_the_report() {
+        let (_d, mut ops, payloads) = setup();
+        ops.key = true;
+        let r = check_volume(&mut ops, "sda3", true, &payloads, Mode::Fix, "run1", None);
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        let b = r[0].state.bitlocker.as_ref().unwrap();
+        assert!(b.unlocked && b.key_source.as_deref() == Some("key-file"));
+        assert_eq!(
+            b.unlocked_with.as_deref(),
+            Some("3fd763f9-74c7-4e90-8fa2-1f6a2e2b4e0c")
+        );
+        assert_eq!(ops.unlocked, ["sda3"]);
+        // Still mounted for the victim's report: the caller locks it after.
+        assert!(r[0].mount.is_some() && ops.locked.is_empty());
+        // Scan mode: nothing to write, so it is unmounted and locked at once.
+        let r = check_volume(&mut ops, "sda3", true, &payloads, Mode::Scan, "run2", None);
+        assert!(r[0].mount.is_none());
+        assert_eq!(ops.locked, ["dm-0"]);
+        // The key itself is nowhere in the report.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("recovery_password") && json.contains("key-file"));
+    }
+
+    #[test]
+    fn bitlocker_without_a_key_names_the_protector_and_writes_nothing() {
+        let (_d, mut ops, payloads) = setup();
+        let r = check_volume(&mut ops, "sda3", true, &payloads, Mode::Fix, "run1", None);
+        assert_eq!(r[0].verdict, Verdict::NeedsAttention);
+        assert!(r[0].reason.contains("3FD763F9"), "{}", r[0].reason);
+        assert!(r[0].next_step.contains("keys folder"), "{}", r[0].next_step);
+        assert!(ops.mounts.is_empty());
+        assert!(!r[0].state.bitlocker.as_ref().unwrap().unlocked);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The kernel side of Windows volumes: read the raw device, mount it with
-//! ntfs3 under `/run/defib/vol/<dev>`, unmount. Deliberately thin; the
-//! decisions are in `repair`.
+//! ntfs3 under `/run/defib/vol/<dev>`, unmount; open a BitLocker volume
+//! with the run's keys and map it with dm-crypt (`defib-<dev>`), remove
+//! the mapping. Deliberately thin; the decisions are in `repair`, the
+//! BitLocker format in `bitlocker`, the ioctls in `devmapper`.
 
 use crate::repair::VolumeOps;
 use crate::report::BitlockerState;
@@ -11,13 +13,31 @@ use std::path::{Path, PathBuf};
 pub struct KernelVolumes {
     root: PathBuf,
     mounted: BTreeMap<String, PathBuf>,
+    /// dm names of the BitLocker volumes this run mapped.
+    mapped: Vec<String>,
+    /// Keys for BitLocker volumes: key files from the stick, the command
+    /// line (host mode), or typed.
+    pub keys: crate::bitlocker::keyfile::KeyStore,
+    /// Asks a person for a recovery password for a volume no key file
+    /// opened (PID 1's console prompt); `None` when nobody can be asked.
+    #[allow(clippy::type_complexity)]
+    pub prompt: Option<Box<dyn FnMut(&str, &crate::bitlocker::Metadata) -> Option<Typed>>>,
+    /// Hash each mapped plain device into the report.
+    pub hash_unlocked: bool,
 }
+
+/// What a person typed for a volume: a checked recovery password.
+pub struct Typed(pub crate::bitlocker::RecoveryPassword);
 
 impl KernelVolumes {
     pub fn new(root: &Path) -> KernelVolumes {
         KernelVolumes {
             root: root.to_path_buf(),
             mounted: BTreeMap::new(),
+            mapped: Vec::new(),
+            keys: Default::default(),
+            prompt: None,
+            hash_unlocked: false,
         }
     }
 
@@ -43,8 +63,64 @@ impl KernelVolumes {
                 errs.push(format!("{e:#}"));
             }
         }
+        // Then every BitLocker mapping: the PC boots with its TPM as before.
+        for m in std::mem::take(&mut self.mapped) {
+            if let Err(e) = crate::devmapper::remove(&self.root, &m) {
+                errs.push(format!("{e:#}"));
+            }
+        }
         errs
     }
+
+    /// The size of a block device (or file) in bytes.
+    fn size(&self, dev: &str) -> Result<u64> {
+        use std::io::Seek;
+        let mut f = self.open(dev)?;
+        Ok(f.seek(std::io::SeekFrom::End(0))?)
+    }
+}
+
+/// The key that opened a volume, and where it came from (for the report).
+fn try_keys(
+    meta: &crate::bitlocker::Metadata,
+    store: &crate::bitlocker::keyfile::KeyStore,
+) -> std::result::Result<(crate::bitlocker::Unlocked, &'static str), crate::bitlocker::UnlockError>
+{
+    use crate::bitlocker::keyfile::KeyMaterial;
+    use crate::bitlocker::{unlock, Credential, ProtectorKind, UnlockError};
+    // A suspended volume (clear key) needs no key at all.
+    if meta.vmks().any(|v| v.kind == ProtectorKind::ClearKey) {
+        if let Ok(u) = unlock(meta, &Credential::ClearKey) {
+            return Ok((u, "clear-key"));
+        }
+    }
+    let mut last = None;
+    let mut candidates: Vec<_> = meta
+        .vmks()
+        .flat_map(|v| store.candidates(&v.guid))
+        .collect();
+    // Keys given without an ID (typed on the command line, a bare list)
+    // are tried too: each costs one key stretch per protector.
+    candidates.extend(store.without_id());
+    candidates.sort_by_key(|r| matches!(r.material, KeyMaterial::RecoveryPassword(_)));
+    for r in candidates {
+        let source = match r.material {
+            KeyMaterial::StartupKey(_) => "startup-key",
+            KeyMaterial::RecoveryPassword(_) if r.source.starts_with("sealed:") => {
+                "sealed-key-file"
+            }
+            KeyMaterial::RecoveryPassword(_) if r.source.starts_with("network:") => "network",
+            KeyMaterial::RecoveryPassword(_) if r.source.starts_with("typed") => "typed",
+            KeyMaterial::RecoveryPassword(_) => "key-file",
+        };
+        match unlock(meta, &r.credential()) {
+            Ok(u) => return Ok((u, source)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(UnlockError::NoKeyForVolume {
+        protectors: meta.vmks().map(|v| (v.guid, v.kind)).collect(),
+    }))
 }
 
 impl VolumeOps for KernelVolumes {
@@ -58,7 +134,88 @@ impl VolumeOps for KernelVolumes {
                 .iter()
                 .map(|k| format!("{} ({})", k.guid, k.kind))
                 .collect(),
+            ..Default::default()
         })
+    }
+
+    fn ntfs_serial(&mut self, dev: &str) -> Result<u64> {
+        let mut f = self.open(dev)?;
+        Ok(crate::volstate::read_ntfs_state(&mut f, 0)?.serial)
+    }
+
+    fn unlock(&mut self, dev: &str) -> Result<(String, BitlockerState)> {
+        use crate::bitlocker::{assess, dm, read_metadata, Readiness};
+        let mut f = self.open(dev)?;
+        let meta = read_metadata(&mut f, 0).context("reading the BitLocker metadata")?;
+        let len = self.size(dev)?;
+        let mut state = self.bitlocker(dev).unwrap_or_default();
+        match assess(&meta, len) {
+            Readiness::Ready { .. } => {}
+            other => anyhow::bail!("{other}"),
+        }
+        let opened = match try_keys(&meta, &self.keys) {
+            Ok(o) => o,
+            Err(first) => {
+                // Ask a person, when one can be asked; each answer is tried.
+                let mut got = None;
+                if let Some(ask) = self.prompt.as_mut() {
+                    while let Some(Typed(rp)) = ask(dev, &meta) {
+                        let c = crate::bitlocker::Credential::RecoveryPassword(rp);
+                        if let Ok(u) = crate::bitlocker::unlock(&meta, &c) {
+                            got = Some((u, "typed"));
+                            break;
+                        }
+                    }
+                }
+                match got {
+                    Some(g) => g,
+                    None => anyhow::bail!("{first}; {}", assess(&meta, len)),
+                }
+            }
+        };
+        let (unlocked, source) = opened;
+        let plan = dm::plan(&meta, len)?;
+        let table = dm::render_table(&plan, &unlocked.key, &self.dev(dev).to_string_lossy())?;
+        let name = format!("defib-{}", dev.rsplit('/').next().unwrap_or(dev));
+        let node = crate::devmapper::create(&self.root, &name, &table, false)
+            .with_context(|| format!("mapping {dev} with dm-crypt ({})", plan.describe()))?;
+        self.mapped.push(name);
+        let mapped = node
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // devtmpfs makes the node as the device appears; give it a moment.
+        for _ in 0..50 {
+            if node.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if self.hash_unlocked {
+            let mut f = std::fs::File::open(&node)
+                .with_context(|| format!("opening {}", node.display()))?;
+            state.plain_sha256 = Some(
+                crate::hash::sha256_reader(&mut f)
+                    .with_context(|| format!("reading {}", node.display()))?,
+            );
+        }
+        state.unlocked = true;
+        state.unlocked_with = Some(unlocked.protector.to_string());
+        state.key_source = Some(source.into());
+        Ok((mapped, state))
+    }
+
+    fn lock(&mut self, mapped: &str) -> Result<()> {
+        // `mapped` is the node (dm-N); the dm name is what remove wants.
+        let Some(i) = self.mapped.iter().position(|n| {
+            std::fs::read_to_string(self.root.join("sys/block").join(mapped).join("dm/name"))
+                .map(|s| s.trim() == n)
+                .unwrap_or(false)
+        }) else {
+            return Ok(());
+        };
+        let name = self.mapped.remove(i);
+        crate::devmapper::remove(&self.root, &name)
     }
 
     fn ntfs_dirty(&mut self, dev: &str) -> Result<bool> {

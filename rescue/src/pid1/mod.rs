@@ -436,6 +436,8 @@ fn decide(run: &mut Run) -> Result<()> {
         }
     };
     let mode = run.args.mode.engine_mode();
+    load_keys(run);
+    run.volumes.hash_unlocked = run.args.hash_unlocked;
     run.say(&format!(
         "playbooks: {} ({}), store: {} entries",
         payloads.playbooks.len(),
@@ -481,6 +483,28 @@ fn decide(run: &mut Run) -> Result<()> {
     run.report.verdict = o.verdict;
     run.outcome = Some(o);
     Ok(())
+}
+
+/// BitLocker keys from the stick's `keys` folder (CSV exports, the .TXT
+/// Windows saves, .BEK startup keys): loaded before any volume is looked
+/// at. Only counts reach the screen and the report, never a key.
+fn load_keys(run: &mut Run) {
+    let Some(m) = &run.medium else {
+        return;
+    };
+    let dir = m.path.join(layout::KEYS_DIR);
+    if !dir.is_dir() {
+        return;
+    }
+    match run.volumes.keys.add_dir(&dir) {
+        Ok(n) => run.say(&format!(
+            "keys: {n} BitLocker key(s) from the stick's keys folder"
+        )),
+        Err(e) => run.note(format!("keys folder unreadable: {e:#}")),
+    }
+    for r in run.volumes.keys.rejected.clone() {
+        run.note(format!("key file: {r}"));
+    }
 }
 
 /// The report as it stands, stamped with the time it is written.

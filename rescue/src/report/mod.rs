@@ -256,6 +256,10 @@ pub struct VolumeState {
     /// Mounted read-write and changed.
     #[serde(default)]
     pub written: bool,
+    /// The NTFS volume serial as `blkid` prints it (16 uppercase hex
+    /// digits), for matching a report to a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntfs_serial: Option<String>,
     /// Interrupted earlier runs rolled back before this one looked (one
     /// line each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -267,6 +271,23 @@ pub struct BitlockerState {
     pub encryption_method: Option<String>,
     /// `guid (kind)` of each key protector, e.g. `3fd7…4e0c (recovery-password)`.
     pub key_protectors: Vec<String>,
+    /// Unlocked by this run (mapped with dm-crypt, locked again after).
+    #[serde(default)]
+    pub unlocked: bool,
+    /// The protector GUID that opened it; never the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlocked_with: Option<String>,
+    /// Where the key came from: `typed`, `key-file`, `sealed-key-file`,
+    /// `network`, `startup-key` or `clear-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_source: Option<String>,
+    /// SHA-256 of the whole mapped plain device, when asked for
+    /// (`defib.hash-unlocked=1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_sha256: Option<String>,
+    /// Why it stayed locked, with the protector IDs to look up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_reason: Option<String>,
 }
 
 /// The Windows identity, as the report records it.
