@@ -601,3 +601,104 @@ fn bitlocker_volumes_unlock_in_the_kernel_with_keys_from_the_stick() {
         );
     }
 }
+
+/// The CrowdStrike victim on BitLocker: after the boot, the bad channel
+/// files are in the vault, the good ones stay, and the report says how the
+/// volume was opened — read back by decrypting the disk on the host.
+fn check_bitlocker_crowdstrike(
+    v: &Victim,
+    key: &victim::BitlockerKey,
+    stick: &Path,
+    out: &Outcome,
+    source: &str,
+) {
+    assert!(
+        out.contains("defib: verdict repaired"),
+        "not repaired:\n{}",
+        out.text()
+    );
+    assert!(
+        !out.text().contains(&key.recovery_password),
+        "the recovery key reached the screen"
+    );
+    let r = single_report(stick);
+    assert!(!r.to_string().contains(&key.recovery_password));
+    let w = &r["windows"][0];
+    assert_eq!(w["identity"]["computer_name"], "ICU-STATION-12", "{w:#}");
+    let bl = &w["state"]["bitlocker"];
+    assert_eq!(bl["unlocked"], true, "{w:#}");
+    assert_eq!(bl["unlocked_with"], key.protector.as_str(), "{w:#}");
+    assert_eq!(bl["key_source"], source, "{w:#}");
+    let run = run_id(&r);
+    for (path, sha) in &v.expect.bad {
+        assert_eq!(
+            victim::sha256_of(v, path).unwrap(),
+            None,
+            "{path} still in place"
+        );
+        let vaulted = format!(r"defib\{run}\vault\{path}");
+        assert_eq!(
+            victim::sha256_of(v, &vaulted).unwrap().as_deref(),
+            Some(sha.as_str()),
+            "{vaulted}"
+        );
+    }
+    for (path, sha) in v.expect.must_stay() {
+        assert_eq!(
+            victim::sha256_of(v, &path).unwrap(),
+            Some(sha),
+            "{path} changed"
+        );
+    }
+}
+
+/// July 2024 as it was in hospitals: a BitLocker-encrypted Windows 10 PC
+/// with the bad channel file, under Secure Boot, repaired with the key from
+/// a CrowdStrike-style `BitLockerKeys.csv` on the stick.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn crowdstrike_on_bitlocker_repaired_with_a_key_csv_on_the_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, key) = victim::make_win10_crowdstrike_bitlocker(dir.path()).unwrap();
+    let stick = image_copy(dir.path());
+    let csv = format!(
+        "KeyID,RecoveryKey\r\n{{{}}},{}\r\n",
+        key.protector.to_uppercase(),
+        key.recovery_password
+    );
+    defib_builder::image::add_file_to_image(&stick, "keys/BitLockerKeys.csv", csv.as_bytes())
+        .unwrap();
+    let out = boot(&stick, &v.disk, Bus::Nvme, dir.path(), None);
+    check_bitlocker_crowdstrike(&v, &key, &stick, &out, "key-file");
+}
+
+/// The same PC with no key file: the technician types the recovery key at
+/// the prompt (here over the serial console); digits show as `*`.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn crowdstrike_on_bitlocker_repaired_with_a_typed_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, key) = victim::make_win10_crowdstrike_bitlocker(dir.path()).unwrap();
+    let stick = image_copy(dir.path());
+    let mut b = Boot::new(Firmware::UefiSb, dir.path());
+    b.stick = Some(stick.clone());
+    b.disks = vec![(v.disk.clone(), Bus::Nvme)];
+    b.uuid = Some(UUID.to_string());
+    b.timeout = TIMEOUT;
+    // A typo first (the third group is not divisible by 11), then the key.
+    let mut typed = b"111111-222222-333334".to_vec();
+    typed.extend_from_slice(key.recovery_password.as_bytes());
+    b.keys = vec![qemu::Keys {
+        after: "Type its recovery key".into(),
+        bytes: typed,
+        until: "checking the key".into(),
+    }];
+    let out = qemu::run(&b).expect("running qemu");
+    assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
+    assert!(
+        out.contains("group 3 is not a valid group"),
+        "the typo was not caught at its group:\n{}",
+        out.text()
+    );
+    check_bitlocker_crowdstrike(&v, &key, &stick, &out, "typed");
+}

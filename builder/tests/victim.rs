@@ -223,6 +223,7 @@ fn crc32_and_timestamps_helpers() {
         ntfs_offset: 0,
         ntfs_len: 0,
         expect: Default::default(),
+        bitlocker: None,
     };
     assert_eq!(
         victim::disk_sha256(&v).unwrap(),
@@ -692,4 +693,27 @@ fn win10_crowdstrike() {
             .contains(&*t.path().to_string_lossy()),
         "nothing left mounted"
     );
+}
+
+/// The BitLocker victim is a real BitLocker volume (cryptsetup opens it at
+/// creation) holding the CrowdStrike tree, readable on the host.
+#[test]
+fn win10_crowdstrike_on_bitlocker_reads_back_through_the_software_reader() {
+    let t = tempfile::tempdir().unwrap();
+    let (v, key) = victim::make_win10_crowdstrike_bitlocker(t.path()).unwrap();
+    assert_eq!(key.recovery_password.len(), 55);
+    let head = std::fs::read(&v.disk).unwrap();
+    let at = v.ntfs_offset as usize;
+    assert_eq!(
+        &head[at + 3..at + 11],
+        b"-FVE-FS-",
+        "the partition is BitLocker"
+    );
+    for (path, sha) in v.expect.bad.iter().chain(v.expect.must_stay().iter()) {
+        assert_eq!(
+            victim::sha256_of(&v, path).unwrap().as_deref(),
+            Some(sha.as_str()),
+            "{path}"
+        );
+    }
 }

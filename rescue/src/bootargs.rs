@@ -47,6 +47,9 @@ pub enum MediumHint {
     Cdrom,
 }
 
+/// How long the recovery-key prompt waits for a first (or next) keystroke.
+pub const DEFAULT_KEYWAIT: Duration = Duration::from_secs(90);
+
 /// The default bound on waiting for block devices and the boot medium.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(15);
 
@@ -73,6 +76,8 @@ pub struct BootArgs {
     pub fault: Option<u64>,
     /// `defib.hash-unlocked=1`: hash each unlocked BitLocker volume.
     pub hash_unlocked: bool,
+    /// `defib.keywait=`: the recovery-key prompt's bound without a keystroke.
+    pub keywait: Duration,
 }
 
 impl Default for BootArgs {
@@ -89,6 +94,7 @@ impl Default for BootArgs {
             bootif: None,
             fault: None,
             hash_unlocked: false,
+            keywait: DEFAULT_KEYWAIT,
         }
     }
 }
@@ -125,6 +131,10 @@ impl BootArgs {
                 keys::FAULT => match value.parse::<u64>() {
                     Ok(n) if n > 0 => args.fault = Some(n),
                     _ => args.bad(key, value, "none"),
+                },
+                keys::KEYWAIT => match value.parse::<u64>() {
+                    Ok(secs) if secs <= 3600 => args.keywait = Duration::from_secs(secs),
+                    _ => args.bad(key, value, "90"),
                 },
                 keys::HASH_UNLOCKED => match value {
                     "1" => args.hash_unlocked = true,

@@ -54,6 +54,9 @@ pub mod keys {
     /// volume's mapped plain device in the report (proves an unlock
     /// end to end; costs one full read per volume).
     pub const HASH_UNLOCKED: &str = "defib.hash-unlocked";
+    /// `defib.keywait=SECONDS`: how long the recovery-key prompt waits for
+    /// a keystroke before it goes on without the volume (0: never asks).
+    pub const KEYWAIT: &str = "defib.keywait";
     /// `console=`: where the rescue prints.
     pub const CONSOLE: &str = "console";
 }

@@ -24,6 +24,7 @@ use medium::{Found, KernelMounter, Mounter, Settle, SettleEnd};
 
 pub mod console;
 pub mod dmi;
+pub mod keyprompt;
 pub mod kmod;
 pub mod medium;
 pub mod mounts;
@@ -438,6 +439,15 @@ fn decide(run: &mut Run) -> Result<()> {
     let mode = run.args.mode.engine_mode();
     load_keys(run);
     run.volumes.hash_unlocked = run.args.hash_unlocked;
+    let consoles = if run.args.consoles.is_empty() {
+        vec![PathBuf::from("/dev/console")]
+    } else {
+        run.args.consoles.clone()
+    };
+    let mut prompt = keyprompt::Prompt::new(consoles, run.args.keywait);
+    run.volumes.prompt = Some(Box::new(move |dev, meta| {
+        prompt.ask(dev, meta).map(crate::volumes::Typed)
+    }));
     run.say(&format!(
         "playbooks: {} ({}), store: {} entries",
         payloads.playbooks.len(),

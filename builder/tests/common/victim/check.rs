@@ -71,6 +71,10 @@ pub fn with_volume<T>(v: &Victim, f: impl FnOnce(&Path) -> Result<T>) -> Result<
     let vol = work.path().join("volume.img");
     sparse_copy(&v.disk, v.ntfs_offset, v.ntfs_len, &vol, 0, true)
         .context("copying the NTFS partition out of the disk")?;
+    let vol = match &v.bitlocker {
+        None => vol,
+        Some(rp) => decrypt_volume(&vol, rp, &work.path().join("plain.img"))?,
+    };
     let mnt = work.path().join("mnt");
     fs::create_dir(&mnt)?;
     let m = Mount::new(&vol, &mnt, true)?;
@@ -133,4 +137,23 @@ pub(super) fn resolve(root: &Path, windows_path: &str) -> Result<Option<PathBuf>
         }
     }
     Ok(Some(cur))
+}
+
+/// A BitLocker volume decrypted in software (our reader, checked against
+/// the corpus' known plain hashes) into a plain image, for ntfs-3g.
+fn decrypt_volume(vol: &Path, rp: &str, out: &Path) -> Result<PathBuf> {
+    use defib_rescue::bitlocker::{dm, read_metadata, soft, unlock, Credential, RecoveryPassword};
+    let mut f = File::open(vol)?;
+    let meta = read_metadata(&mut f, 0)?;
+    let key = unlock(
+        &meta,
+        &Credential::RecoveryPassword(RecoveryPassword::parse(rp)?),
+    )?
+    .key;
+    let len = fs::metadata(vol)?.len();
+    let plan = dm::plan(&meta, len)?;
+    let mut reader = soft::PlainReader::new(f, 0, plan, &key)?;
+    let mut w = File::create(out)?;
+    std::io::copy(&mut reader, &mut w)?;
+    Ok(out.to_path_buf())
 }

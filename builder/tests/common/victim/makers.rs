@@ -120,6 +120,7 @@ pub fn make_xp_mcafee(dir: &Path, svchost: McafeeSvchost) -> Result<Victim> {
         ntfs_offset,
         ntfs_len,
         expect,
+        bitlocker: None,
     })
 }
 
@@ -239,6 +240,7 @@ pub fn make_win10_crowdstrike(dir: &Path) -> Result<Victim> {
         ntfs_offset,
         ntfs_len,
         expect,
+        bitlocker: None,
     })
 }
 
@@ -290,4 +292,185 @@ pub fn xp_svchost() -> Result<Vec<u8>> {
 /// The one place the maker calls the rescue's `.bup` writer.
 pub(super) fn make_bup(original_name: &str, detection: &str, content: &[u8]) -> Result<Vec<u8>> {
     defib_rescue::bup::write_bup(original_name, detection, content)
+}
+
+/// A BitLocker recovery password and its protector GUID, as the fleet's
+/// key escrow would hold them.
+pub struct BitlockerKey {
+    pub recovery_password: String,
+    pub protector: String,
+}
+
+/// [`make_win10_crowdstrike`]'s volume, BitLocker-encrypted (XTS-AES-128,
+/// as Windows 10 does by default): the FVE metadata is Windows' own (the
+/// corpus image `bitlk-aes-xts-128`, made by Windows 10), re-keyed data
+/// carries the victim's NTFS. cryptsetup and our software reader vouch for
+/// it at creation. The NTFS fills the first 32 MiB of the 100 MiB volume,
+/// well before BitLocker's metadata areas (from 35 MiB on).
+pub fn make_win10_crowdstrike_bitlocker(dir: &Path) -> Result<(Victim, BitlockerKey)> {
+    use anyhow::ensure;
+    use defib_rescue::bitlocker::{dm, read_metadata, soft, unlock, Credential, RecoveryPassword};
+    let plain_victim = make_win10_crowdstrike(dir)?;
+    let corpora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/bitlocker");
+    let name = "bitlk-aes-xts-128";
+    let st = Command::new("tar")
+        .arg("xJSf")
+        .arg(corpora.join("bitlk-images.tar.xz"))
+        .arg("-C")
+        .arg(dir)
+        .arg(format!("{name}.img"))
+        .status()?;
+    ensure!(
+        st.success(),
+        "extracting {name}.img from the BitLocker corpus"
+    );
+    let conf = fs::read_to_string(corpora.join("images.conf"))?;
+    let section = conf
+        .split(&format!("[{name}]"))
+        .nth(1)
+        .and_then(|s| s.split("\n[").next())
+        .context("images.conf section")?;
+    let get = |k: &str| {
+        section
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim().to_string())
+            .context(k.to_string())
+    };
+    let rp = get("RP")?;
+    let protector = get("RP_VMK_GUID")?;
+    let corpus_img = dir.join(format!("{name}.img"));
+    let vol_len = fs::metadata(&corpus_img)?.len();
+
+    // The plain volume: the victim's NTFS in its first 32 MiB, zeros after.
+    let ntfs_len = 32 * MIB;
+    let plain = dir.join("bitlocker-plain.img");
+    File::create(&plain)?.set_len(vol_len)?;
+    // The victim's tree on a 32 MiB NTFS (mkntfs sizes it to its file).
+    let small = make_small_ntfs(dir, &plain_victim, ntfs_len)?;
+    sparse_copy(&small, 0, ntfs_len, &plain, 0, false)?;
+
+    let mut f = File::open(&corpus_img)?;
+    let meta = read_metadata(&mut f, 0)?;
+    let key = unlock(
+        &meta,
+        &Credential::RecoveryPassword(RecoveryPassword::parse(&rp)?),
+    )?
+    .key;
+    let encrypted = dir.join("bitlocker-volume.img");
+    soft::reencrypt_with_plain(&corpus_img, &key, &plain, &encrypted)?;
+    // Vouch for it: cryptsetup reads Windows' metadata and opens it with
+    // the recovery password (no device-mapper needed), and our reader gives
+    // back the plain volume byte for byte.
+    let cs = Command::new("cryptsetup")
+        .args([
+            "open",
+            "--test-passphrase",
+            "--type",
+            "bitlk",
+            "--key-file",
+            "-",
+        ])
+        .arg(&encrypted)
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(rp.as_bytes())?;
+            c.wait()
+        })
+        .context("running cryptsetup (Debian package cryptsetup-bin)")?;
+    ensure!(
+        cs.success(),
+        "cryptsetup does not open the BitLocker victim with its recovery password"
+    );
+    let plan = dm::plan(&meta, vol_len)?;
+    let mut reader = soft::PlainReader::new(File::open(&encrypted)?, 0, plan, &key)?;
+    let mut back = vec![0u8; ntfs_len as usize];
+    reader.read_exact(&mut back)?;
+    let mut want = vec![0u8; ntfs_len as usize];
+    File::open(&plain)?.read_exact(&mut want)?;
+    ensure!(
+        back == want,
+        "the encrypted victim does not decrypt to its plain volume"
+    );
+
+    // The disk: the same GPT as the plain victim, the data partition now
+    // the BitLocker volume.
+    let disk = dir.join("win10-crowdstrike-bitlocker.img");
+    fs::copy(&plain_victim.disk, &disk)?;
+    ensure!(
+        vol_len <= plain_victim.ntfs_len,
+        "partition too small for the volume"
+    );
+    // Clear the old NTFS, then put the encrypted volume in its place.
+    let f = OpenOptions::new().write(true).open(&disk)?;
+    let zero = vec![0u8; MIB as usize];
+    let mut off = 0;
+    while off < plain_victim.ntfs_len {
+        let n = (plain_victim.ntfs_len - off).min(MIB);
+        std::os::unix::fs::FileExt::write_all_at(
+            &f,
+            &zero[..n as usize],
+            plain_victim.ntfs_offset + off,
+        )?;
+        off += n;
+    }
+    drop(f);
+    sparse_copy(
+        &encrypted,
+        0,
+        vol_len,
+        &disk,
+        plain_victim.ntfs_offset,
+        false,
+    )?;
+    let _ = fs::remove_file(&plain_victim.disk);
+    let _ = fs::remove_file(&corpus_img);
+    Ok((
+        Victim {
+            disk,
+            ntfs_offset: plain_victim.ntfs_offset,
+            ntfs_len: vol_len,
+            expect: plain_victim.expect,
+            bitlocker: Some(rp.clone()),
+        },
+        BitlockerKey {
+            recovery_password: rp,
+            protector: protector.to_lowercase(),
+        },
+    ))
+}
+
+/// The victim's tree again, on a fresh NTFS of `len` bytes (mkntfs for a
+/// smaller partition), copied file by file from the plain victim.
+fn make_small_ntfs(dir: &Path, v: &Victim, len: u64) -> Result<PathBuf> {
+    use anyhow::ensure;
+    let mkntfs = tool("mkntfs", "ntfs-3g")?;
+    let out = dir.join("bitlocker-ntfs.img");
+    File::create(&out)?.set_len(len)?;
+    run(Command::new(mkntfs)
+        .args([
+            "-F", "-Q", "-s", "512", "-c", "4096", "-H", "255", "-S", "63", "-p",
+        ])
+        .arg((v.ntfs_offset / SECTOR).to_string())
+        .arg(&out))
+    .context("formatting the small NTFS volume")?;
+    let mnt = dir.join("bitlocker-ntfs-mnt");
+    fs::create_dir_all(&mnt)?;
+    let m = Mount::new(&out, &mnt, false)?;
+    // cp -a over the FUSE mounts keeps names and times (ntfs-3g maps
+    // them), which is all the checks look at.
+    let copied = with_volume(v, |src| {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(&mnt)
+            .status()?;
+        ensure!(st.success(), "copying the victim's tree");
+        Ok(())
+    });
+    m.unmount()?;
+    copied?;
+    Ok(out)
 }

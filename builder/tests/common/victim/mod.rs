@@ -77,6 +77,9 @@ pub struct Victim {
     /// Byte length of the NTFS partition.
     pub ntfs_len: u64,
     pub expect: Expect,
+    /// The partition is BitLocker-encrypted; host checks decrypt it in
+    /// software with this recovery password.
+    pub bitlocker: Option<String>,
 }
 
 /// What the maker put on the volume, for the tests to assert on.
