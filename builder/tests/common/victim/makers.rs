@@ -127,13 +127,23 @@ pub fn make_xp_mcafee(dir: &Path, svchost: McafeeSvchost) -> Result<Victim> {
 /// Windows 10 22H2 x64 with CrowdStrike channel file 291: GPT with an
 /// (unformatted) ESP, an MSR and the NTFS basic data partition; 128 MiB.
 pub fn make_win10_crowdstrike(dir: &Path) -> Result<Victim> {
+    make_win10_crowdstrike_with(dir, 128 * MIB, None)
+}
+
+/// [`make_win10_crowdstrike`] on a disk of `disk_len` bytes, the data
+/// partition `data_len` bytes long when given (else all the rest).
+fn make_win10_crowdstrike_with(dir: &Path, disk_len: u64, data_len: Option<u64>) -> Result<Victim> {
     let disk = dir.join("win10-crowdstrike.img");
-    let total = 128 * MIB / SECTOR; // 262144 sectors
+    let total = disk_len / SECTOR;
     let esp = (2048u64, 2048 + 16 * MIB / SECTOR); // [start, end)
     let msr = (esp.1, esp.1 + 16 * MIB / SECTOR);
     let last_usable = total - 34;
     // Basic data from the MSR's end to the last whole MiB before the backup GPT.
-    let data = (msr.1, msr.1 + (last_usable + 1 - msr.1) / 2048 * 2048);
+    let rest = (last_usable + 1 - msr.1) / 2048 * 2048;
+    let data = (
+        msr.1,
+        msr.1 + data_len.map_or(rest, |l| (l / SECTOR).min(rest)),
+    );
     let (ntfs_offset, ntfs_len) = (data.0 * SECTOR, (data.1 - data.0) * SECTOR);
 
     let ntoskrnl = pe(&PeSpec {
@@ -310,7 +320,9 @@ pub struct BitlockerKey {
 pub fn make_win10_crowdstrike_bitlocker(dir: &Path) -> Result<(Victim, BitlockerKey)> {
     use anyhow::ensure;
     use defib_rescue::bitlocker::{dm, read_metadata, soft, unlock, Credential, RecoveryPassword};
-    let plain_victim = make_win10_crowdstrike(dir)?;
+    // The partition is exactly the BitLocker volume's size (100 MiB), as
+    // Windows makes them: a shorter volume reads as partially encrypted.
+    let plain_victim = make_win10_crowdstrike_with(dir, 160 * MIB, Some(100 * MIB))?;
     let corpora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/bitlocker");
     let name = "bitlk-aes-xts-128";
     let st = Command::new("tar")
