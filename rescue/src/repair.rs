@@ -327,18 +327,23 @@ pub fn check_volume(
         return check_bitlocker(ops, dev, payloads, mode, run_id, only);
     }
     let dirty = ops.ntfs_dirty(dev).ok();
+    // Read from the boot sector before any mount: known even when the
+    // volume will not mount.
+    let serial = ops.ntfs_serial(dev).ok().map(|s| format!("{s:016X}"));
     let root = match ops.mount(dev, false, false) {
         Ok(r) => r,
         Err(e) => {
-            return vec![attention(
+            let mut r = attention(
                 dev,
                 format!("NTFS volume could not be mounted read-only: {e:#}"),
                 "check the disk (SMART, cabling); run chkdsk from Windows RE",
-            )]
+            );
+            r.state.ntfs_serial = serial;
+            r.state.dirty = dirty;
+            return vec![r];
         }
     };
     let (hib, hib_blocks) = hibernation(&root);
-    let serial = ops.ntfs_serial(dev).ok().map(|s| format!("{s:016X}"));
     let scan = match evaluate_root(&root, dev, payloads, Mode::Scan, run_id, only) {
         Ok(r) => r,
         Err(e) => {
