@@ -191,7 +191,7 @@ fn load(ctl: &Path, name: &str, table: &str, read_only: bool) -> Result<()> {
         body.extend_from_slice(l.params.as_bytes());
         body.push(0);
         // `next` is the offset from this spec to the next, 8-byte aligned.
-        while body.len() % 8 != 0 {
+        while !body.len().is_multiple_of(8) {
             body.push(0);
         }
         let next = body.len() as u32;

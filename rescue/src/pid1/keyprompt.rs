@@ -58,7 +58,7 @@ impl Prompt {
         if self.tries > 5 {
             return None;
         }
-        let mut ttys: Vec<Tty> = self.consoles.iter().filter_map(|p| Tty::open(p)).collect();
+        let mut ttys: Vec<Tty> = self.consoles.iter().filter_map(Tty::open).collect();
         if ttys.is_empty() {
             return None;
         }
@@ -120,7 +120,14 @@ impl Prompt {
                                 say(&mut ttys, "\r\nchecking the key...\r\n");
                                 return RecoveryPassword::parse(&digits).ok();
                             }
-                            say(&mut ttys, if group % 4 == 0 { "\r\n> " } else { "-" });
+                            say(
+                                &mut ttys,
+                                if group.is_multiple_of(4) {
+                                    "\r\n> "
+                                } else {
+                                    "-"
+                                },
+                            );
                         }
                         _ => {
                             digits.truncate(start);
@@ -131,11 +138,7 @@ impl Prompt {
                         }
                     }
                 }
-                0x7f | 0x08 => {
-                    if digits.pop().is_some() {
-                        say(&mut ttys, "\x08 \x08");
-                    }
-                }
+                0x7f | 0x08 if digits.pop().is_some() => say(&mut ttys, "\x08 \x08"),
                 b'\r' | b'\n' if digits.is_empty() => {
                     say(&mut ttys, "\r\nskipped\r\n");
                     return None;
