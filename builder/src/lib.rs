@@ -9,6 +9,8 @@ pub mod cpio;
 pub mod deb;
 pub mod fetch;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod inspect;
 pub mod iso;

@@ -93,6 +93,11 @@ pub fn write_bup(original_name: &str, detection: &str, content: &[u8]) -> Result
         if v.chars().any(|c| c.is_control()) {
             bail!("{what} {v:?} has a control character: it would break the INI record");
         }
+        // parse_ini trims whitespace and BOMs around every line and value
+        // (hand-edited records have them), so they could not be read back.
+        if v.trim_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}') != v {
+            bail!("{what} {v:?} starts or ends with blanks: the INI record would lose them");
+        }
     }
     if original_name.trim().is_empty() {
         bail!("original name is empty");
@@ -643,6 +648,9 @@ mod tests {
     #[test]
     fn control_characters_are_refused_when_writing() {
         assert!(write_bup("C:\\x\r\n[File_1]", "x", b"").is_err());
+        // Blanks around a value are trimmed on read: refused on write.
+        assert!(write_bup("C:\\x\u{FEFF}", "x", b"").is_err());
+        assert!(write_bup("C:\\x", " x", b"").is_err());
         assert!(write_bup("", "x", b"").is_err());
     }
 

@@ -49,6 +49,8 @@ pub mod verdict;
 pub mod volumes;
 
 // Runs: PID 1 in the image, and host mode.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod pid1;
 
