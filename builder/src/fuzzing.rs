@@ -95,14 +95,20 @@ pub fn store_import(data: &[u8]) -> Result<()> {
     r.map(|_| ())
 }
 
-/// A report file as `defib reports` reads it: loose JSON to a row, then
-/// the CSV and the table.
+/// A report file as `defib reports` reads it: checked as a report, loose
+/// JSON to a row, then the CSV and the table.
 pub fn fleet(data: &[u8]) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(data)?;
+    let _ = crate::fleet::check_report(&v);
     let rows = vec![crate::fleet::row("fuzz.json".into(), &v)];
     let csv = crate::fleet::csv(&rows);
     ensure!(csv.starts_with("run_id,"), "CSV lost its header");
-    let _ = crate::fleet::table(&rows);
+    let f = crate::fleet::Fleet {
+        rows,
+        warnings: Vec::new(),
+        skipped: 0,
+    };
+    let _ = crate::fleet::table(&f);
     Ok(())
 }
 
