@@ -123,7 +123,7 @@ fn open_hive(win: &Path, name: &str, notes: &mut Vec<String>) -> Result<Hive> {
     let path = resolve_ci(win, &["System32", "config", name])?
         .with_context(|| format!("System32\\config\\{name} not found"))?;
     let what = format!("System32\\config\\{name}");
-    let (hive, replay) = crate::guard::contain(&what, || Hive::open_with_logs(&path))??;
+    let (hive, replay) = crate::guard::contain(&what, || crate::hivelog::open_hive(&path))??;
     // A clean hive needs no word; a replay (or a refused log) does.
     notes.extend(
         replay

@@ -5,8 +5,9 @@
 //! descriptors, class names and volatile keys. It does not replay transaction
 //! logs itself: [`Hive::open`] reads a dirty hive as its base file
 //! ([`Hive::is_dirty`] tells the caller so the report can say so), while
-//! [`Hive::open_with_logs`] first replays the `.LOG1`/`.LOG2`/`.LOG` beside
-//! it in memory (`hivelog`).
+//! `hivelog::open_hive` first replays the `.LOG1`/`.LOG2`/`.LOG` beside it
+//! in memory and then parses the result here (the dependency runs one way:
+//! `hivelog` uses this reader, not the reverse).
 //!
 //! Why not the `nt-hive` crate: it asserts (panics) on a cell offset of
 //! `0xFFFFFFFF` read from any subkey list, value list or value header, and in
@@ -199,13 +200,6 @@ impl Hive {
         let data =
             std::fs::read(path).with_context(|| format!("reading hive {}", path.display()))?;
         Hive::from_bytes(data).with_context(|| format!("parsing hive {}", path.display()))
-    }
-
-    /// Reads the hive file at `path` after replaying, in memory, the
-    /// transaction logs beside it (`.LOG1`, `.LOG2`, `.LOG`; see
-    /// [`crate::hivelog`]). The notes say what was applied or ignored.
-    pub fn open_with_logs(path: &Path) -> Result<(Hive, Vec<String>)> {
-        crate::hivelog::open_hive(path)
     }
 
     /// The hive's bytes, as parsed.

@@ -119,7 +119,7 @@ fn win10_system_replay_matches_regipy() {
     std::fs::write(&log1, corpus_xz("regipy-SYSTEM_B-win10.LOG1.xz")).unwrap();
     std::fs::write(&log2, corpus_xz("regipy-SYSTEM_B-win10.LOG2.xz")).unwrap();
 
-    let (ours, notes) = Hive::open_with_logs(&hive_path).unwrap();
+    let (ours, notes) = defib_rescue::hivelog::open_hive(&hive_path).unwrap();
     assert!(!ours.is_dirty(), "{notes:#?}");
     assert_eq!(
         notes,
@@ -364,7 +364,7 @@ fn mcafee_dat_version_comes_from_the_log() {
         plain.value(AV, "AVDatVersion").unwrap(),
         Some(RegData::Dword(5957))
     );
-    let (hive, notes) = Hive::open_with_logs(&sw).unwrap();
+    let (hive, notes) = defib_rescue::hivelog::open_hive(&sw).unwrap();
     assert_eq!(
         hive.value(AV, "AVDatVersion").unwrap(),
         Some(RegData::Dword(5958)),
@@ -454,7 +454,7 @@ fn mcafee_dat_version_from_an_old_format_log() {
         old_log_between(&base, &after),
     )
     .unwrap();
-    let (hive, notes) = Hive::open_with_logs(&sw).unwrap();
+    let (hive, notes) = defib_rescue::hivelog::open_hive(&sw).unwrap();
     assert_eq!(
         hive.value(AV, "AVDatVersion").unwrap(),
         Some(RegData::Dword(5958)),

@@ -243,7 +243,7 @@ impl Ctx<'_> {
             let h = match winpath::resolve(self.root(), &parts)? {
                 // Logs replayed in memory: a condition decided on the base
                 // file alone could read a value the crash loop superseded.
-                Some(p) => crate::guard::contain(name, || crate::winreg::Hive::open_with_logs(&p))
+                Some(p) => crate::guard::contain(name, || crate::hivelog::open_hive(&p))
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map(|(h, _)| h).map_err(|e| format!("{e:#}"))),
                 None => Err(format!("no {name} hive")),
