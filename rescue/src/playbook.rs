@@ -708,13 +708,13 @@ impl Playbook {
                             detection: Some(d), ..
                         } = s
                         {
-                            // A detection name is one token; a blank glob
-                            // or one with a path separator is a mistake
-                            // (the path is `path`, not `detection`).
-                            if d.trim().is_empty() || d.contains(['\\', '/']) {
+                            // A blank glob would match nothing a vendor records;
+                            // `/` is allowed: Defender and McAfee names hold
+                            // it (Trojan:Win32/Wacatac.B!ml, W32/Wecorl.a).
+                            if d.trim().is_empty() {
                                 return Err(At::error(
                                     format!("action.{i}.sources.{si}.detection"),
-                                    format!("action {n}: detection {d:?}: give a glob over the vendor's detection name, like \"PSW.Banker*\" (no paths; the restored path is `path`)"),
+                                    format!("action {n}: detection {d:?} is blank: give a glob over the vendor's detection name, like \"PSW.Banker*\", or leave detection out"),
                                 ));
                             }
                         }
@@ -1082,12 +1082,18 @@ mod tests {
             "{e}"
         );
         let e = err(&with_sources(
-            r#"[{ quarantine = "any", detection = 'a\b' }]"#,
+            r#"[{ quarantine = "any", detection = ' ' }]"#,
         ));
         assert!(
-            e.starts_with("pb.toml:16:") && e.contains("no paths"),
+            e.starts_with("pb.toml:16:") && e.contains("is blank"),
             "{e}"
         );
+        // Vendors' names hold '/': accepted.
+        Playbook::parse(
+            &with_sources(r#"[{ quarantine = "defender", detection = "Trojan:Win32/*" }]"#),
+            "pb.toml",
+        )
+        .unwrap();
     }
 
     #[test]
