@@ -1,7 +1,12 @@
 //! Where a good copy of a system file comes from: the known-good store,
-//! the victim's own copies (quarantine, dllcache, service pack files,
-//! WinSxS), each checked against the installation's architecture and build.
-//! Finding only; placing the copy is `actions`.
+//! the victim's own copies (vendor quarantines, dllcache, service pack
+//! files, WinSxS), each checked against the installation's architecture
+//! and build. Every copy passed over is named, with why, for the report.
+//!
+//! Finding only; placing the copy is `actions`. Not a quarantine reader
+//! either: the formats are `crate::quarantine`'s, reached only through
+//! `scan`/`extract` under the panic guard; this module never writes to a
+//! quarantine.
 
 use super::*;
 use crate::playbook::{Arch, Source};
