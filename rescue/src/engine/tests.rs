@@ -1184,3 +1184,69 @@ fn detect_only_playbooks_report_and_change_nothing() {
     assert_eq!(r[0].status, Status::NotApplicable);
     assert_eq!(r[1].status, Status::Clean, "{r:#?}");
 }
+
+/// A Simplified Chinese (or, with `lang` 0409, US English) XP SP2 after
+/// Norton's definitions of 17 May 2007: netapi32.dll and lsasrv.dll gone,
+/// Windows File Protection's copies still in dllcache.
+fn xp_sp2_norton_victim(root: &Path, lang: &'static str) {
+    std::fs::create_dir_all(root.join("WINDOWS/system32/config")).unwrap();
+    make_hive(
+        &root.join("WINDOWS/system32/config/SOFTWARE"),
+        &[(
+            r"Microsoft\Windows NT\CurrentVersion",
+            &[
+                ("ProductName", V::Sz("Microsoft Windows XP")),
+                ("CurrentVersion", V::Sz("5.1")),
+                ("CurrentBuildNumber", V::Sz("2600")),
+                ("CSDVersion", V::Sz("Service Pack 2")),
+            ],
+        )],
+    );
+    make_hive(
+        &root.join("WINDOWS/system32/config/SYSTEM"),
+        &[
+            (r"Select", &[("Current", V::Dword(1))]),
+            (
+                r"ControlSet001\Control\Nls\Language",
+                &[("InstallLanguage", V::Sz(lang)), ("Default", V::Sz(lang))],
+            ),
+        ],
+    );
+    write(
+        root,
+        "WINDOWS/system32/ntoskrnl.exe",
+        &pe(Arch::X86, [5, 1, 2600, 2180]),
+    );
+    for f in ["netapi32.dll", "lsasrv.dll"] {
+        let mut good = pe(Arch::X86, [5, 1, 2600, 3023]);
+        good.extend_from_slice(f.as_bytes());
+        write(root, &format!("WINDOWS/system32/dllcache/{f}"), &good);
+    }
+}
+
+#[test]
+fn norton_2007_restores_both_dlls_on_chinese_xp_only() {
+    let pbs: Vec<Playbook> = playbooks()
+        .into_iter()
+        .filter(|p| p.id == "symantec-haxdoor-2007")
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    let zh = d.path().join("zh");
+    xp_sp2_norton_victim(&zh, "0804");
+    let r = run_on(&zh, &empty_store(d.path()), &pbs, Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    for f in ["netapi32.dll", "lsasrv.dll"] {
+        assert_eq!(
+            std::fs::read(zh.join("WINDOWS/system32").join(f)).unwrap(),
+            std::fs::read(zh.join("WINDOWS/system32/dllcache").join(f)).unwrap()
+        );
+    }
+    // The same damage on an English XP is not this incident.
+    let en = d.path().join("en");
+    xp_sp2_norton_victim(&en, "0409");
+    let before = snapshot(&en);
+    let r = run_on(&en, &empty_store(d.path()), &pbs, Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Clean, "{r:#?}");
+    assert!(r[0].reason.contains("zh-cn-install"), "{}", r[0].reason);
+    assert_eq!(snapshot(&en), before);
+}
