@@ -428,12 +428,16 @@ fn cmd_playbook_check(paths: Vec<PathBuf>) -> Result<()> {
             )?]
         };
         for pb in pbs {
+            let does = if pb.detect_only {
+                "detect only".to_string()
+            } else {
+                format!("{} actions", pb.actions.len())
+            };
             println!(
-                "ok  {:<28} {} ({} conditions, {} actions)",
+                "ok  {:<28} {} ({} conditions, {does})",
                 pb.id,
                 pb.title,
                 pb.conditions.len(),
-                pb.actions.len()
             );
             n += 1;
         }

@@ -717,3 +717,123 @@ fn win10_crowdstrike_on_bitlocker_reads_back_through_the_software_reader() {
         );
     }
 }
+
+/// Scans a fresh victim's mounted volume with the rescue itself (scan
+/// mode: the mount is read-only) using `playbooks` (file name, text) and
+/// returns the playbook result named `id`, as JSON.
+fn scan_with(v: &Victim, playbooks: &[(&str, &str)], id: &str) -> serde_json::Value {
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir_all(t.path().join("playbooks")).unwrap();
+    for (name, text) in playbooks {
+        fs::write(t.path().join("playbooks").join(name), text).unwrap();
+    }
+    let payloads = defib_rescue::repair::Payloads::load(t.path()).unwrap();
+    victim::with_volume(v, |root| {
+        let w = defib_rescue::repair::evaluate_root(
+            root,
+            "test",
+            &payloads,
+            defib_rescue::engine::Mode::Scan,
+            "scan",
+            None,
+        )?;
+        let json = serde_json::to_value(&w)?;
+        Ok(json[0]["playbooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {json:#}")))
+    })
+    .unwrap()
+}
+
+/// The quarantine entries the rescue's readers find on the victim, with
+/// the sha256 of what each extracts to.
+fn quarantined(v: &Victim) -> Vec<(String, String, Option<String>, String)> {
+    victim::with_volume(v, |root| {
+        let s = defib_rescue::quarantine::scan_all(root);
+        assert!(s.unreadable.is_empty(), "{:?}", s.unreadable);
+        Ok(s.entries
+            .iter()
+            .map(|e| {
+                let bytes = defib_rescue::quarantine::extract(root, e).unwrap();
+                (
+                    e.vendor.to_string(),
+                    e.original_path.clone(),
+                    e.detection.clone(),
+                    defib_rescue::hash::sha256_hex(&bytes),
+                )
+            })
+            .collect())
+    })
+    .unwrap()
+}
+
+#[test]
+fn xp_avg_user32_only_in_the_chest() {
+    let t = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_avg(t.path()).unwrap();
+    check_files(&v);
+    let user32 = v.expect.restored[victim::XP_USER32].clone();
+    assert_eq!(victim::sha256_of(&v, victim::XP_USER32).unwrap(), None);
+    assert_eq!(
+        quarantined(&v),
+        [(
+            "avast".to_string(),
+            r"C:\WINDOWS\system32\user32.dll".to_string(),
+            Some("Trojan horse PSW.Banker4.APSA".to_string()),
+            user32.clone(),
+        )]
+    );
+    // The shipped playbook, run by the rescue on the fresh disk, finds the
+    // damage and would restore from AVG's chest.
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads/playbooks/avg-user32-2008.toml"),
+    )
+    .unwrap();
+    let pb = scan_with(&v, &[("avg.toml", &text)], "avg-user32-2008");
+    assert_eq!(pb["status"], "found", "{pb:#}");
+    let restore = &pb["actions"][0];
+    assert!(
+        restore["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("avast quarantine Documents and Settings/All Users/Application Data/AVG/Antivirus/chest/"),
+        "{restore:#}"
+    );
+    assert_eq!(restore["sha256_after"], user32.as_str());
+}
+
+#[test]
+fn win10_lsass_only_in_defender() {
+    let t = tempfile::tempdir().unwrap();
+    let v = victim::make_win10_defender(t.path()).unwrap();
+    check_files(&v);
+    let lsass = v.expect.restored[victim::WIN10_LSASS].clone();
+    assert_eq!(victim::sha256_of(&v, victim::WIN10_LSASS).unwrap(), None);
+    assert_eq!(
+        quarantined(&v),
+        [(
+            "defender".to_string(),
+            r"C:\Windows\System32\lsass.exe".to_string(),
+            Some("Trojan:Win32/Wacatac.B!ml".to_string()),
+            lsass.clone(),
+        )]
+    );
+    let pb = scan_with(
+        &v,
+        &[("t.toml", victim::DEFENDER_TEST_PLAYBOOK)],
+        "test-defender-lsass",
+    );
+    assert_eq!(pb["status"], "found", "{pb:#}");
+    assert!(
+        pb["actions"][0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("defender quarantine "),
+        "{pb:#}"
+    );
+    assert_eq!(pb["actions"][0]["sha256_after"], lsass.as_str());
+}

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use crate::quarantine::Vendor;
+
 /// The playbook format version this code reads.
 pub const SCHEMA: u32 = 1;
 
@@ -43,6 +45,14 @@ pub struct Playbook {
     /// Off by default: a dirty volume is reported and left alone.
     #[serde(default)]
     pub allow_dirty: bool,
+    /// Recognise and report only: the playbook has no actions, and when
+    /// its conditions hold the result is *needs attention* with the
+    /// summary as the reason. For incidents defib cannot repair offline
+    /// (the damage is in files it cannot name or sources it cannot read);
+    /// saying so beats a repair that guesses. Must be said explicitly, so a
+    /// playbook that merely forgot its actions is still an error.
+    #[serde(default)]
+    pub detect_only: bool,
 }
 
 /// Windows versions a playbook applies to; absent fields match anything.
@@ -175,10 +185,15 @@ pub enum QuarantineVendor {
 }
 
 /// Where a restore may take a good copy from, tried in the order given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// In TOML a source is a name (`"dllcache"`) or, for a vendor quarantine,
+/// an inline table `{ quarantine = "avast", detection = "PSW.Banker*" }`.
+/// Serde is written by hand (below) so that a misspelt name or vendor is
+/// an error that lists the valid spellings, at the value's line and column,
+/// instead of serde's "did not match any variant of untagged enum".
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// The McAfee quarantine on the victim (`.bup` files).
+    /// The McAfee VirusScan quarantine on the victim (`.bup` files).
     McafeeQuarantine,
     /// `Windows\System32\dllcache` (Windows File Protection, XP/2003).
     Dllcache,
@@ -188,6 +203,172 @@ pub enum Source {
     Winsxs,
     /// defib's known-good store (`payloads/store`).
     Store,
+    /// A vendor's quarantine read by [`crate::quarantine`]: entries of
+    /// `vendor` (or of every vendor we can read, for `any`) whose recorded
+    /// original path is the file being restored and, when `detection` is
+    /// given, whose vendor-recorded detection name matches that glob
+    /// (without case).
+    Quarantine {
+        vendor: Vendor,
+        detection: Option<String>,
+    },
+    /// A source that did not parse, kept so that [`Playbook::validate`]
+    /// can report it at its own line and column (an error raised inside
+    /// serde lands on the enclosing `[[action]]` instead). Never survives
+    /// validation; `key` is the sub-key at fault (`quarantine`) or empty.
+    #[doc(hidden)]
+    Invalid { key: &'static str, msg: String },
+}
+
+/// The spellings of the named sources, in the order the docs list them.
+const SOURCE_NAMES: [(&str, Source); 5] = [
+    ("mcafee-quarantine", Source::McafeeQuarantine),
+    ("dllcache", Source::Dllcache),
+    ("service-pack-files", Source::ServicePackFiles),
+    ("winsxs", Source::Winsxs),
+    ("store", Source::Store),
+];
+
+/// Vendors a `quarantine = ...` source may name: those with a reader, and
+/// `any`. Symantec and Sophos are in [`Vendor`] but have no reader (their
+/// formats are not publicly described), so naming them is refused at load
+/// rather than silently finding nothing on every run.
+pub fn quarantine_source_vendors() -> Vec<Vendor> {
+    Vendor::ALL
+        .into_iter()
+        .filter(|v| *v == Vendor::Any || crate::quarantine::reader_for(*v).is_some())
+        .collect()
+}
+
+/// Parses a vendor as a playbook writes it. `avg` is accepted for
+/// `avast`: AVG and Avast share one engine and one chest format, and a
+/// playbook about an AVG incident should be able to say AVG.
+pub fn parse_source_vendor(s: &str) -> std::result::Result<Vendor, String> {
+    let ok = quarantine_source_vendors();
+    let v = if s.eq_ignore_ascii_case("avg") {
+        Some(Vendor::Avast)
+    } else {
+        ok.iter().copied().find(|v| v.as_str() == s)
+    };
+    v.ok_or_else(|| {
+        let why = match s.to_ascii_lowercase().as_str() {
+            "symantec" | "norton" | "sophos" => {
+                " (defib has no reader for its quarantine: the format is not publicly described)"
+            }
+            _ => "",
+        };
+        let names: Vec<&str> = ok.iter().map(|v| v.as_str()).collect();
+        format!(
+            "unknown quarantine vendor {s:?}{why}; use one of: {}, avg (= avast)",
+            names.join(", ")
+        )
+    })
+}
+
+impl Source {
+    /// How the source is named in reports and docs.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Quarantine { vendor, detection } => match detection {
+                Some(d) => format!("{vendor} quarantine (detection {d})"),
+                None => format!("{vendor} quarantine"),
+            },
+            Source::Invalid { msg, .. } => format!("invalid source ({msg})"),
+            named => SOURCE_NAMES
+                .iter()
+                .find(|(_, s)| s == named)
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Source::Quarantine { vendor, detection } => {
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("quarantine", vendor.as_str())?;
+                if let Some(d) = detection {
+                    m.serialize_entry("detection", d)?;
+                }
+                m.end()
+            }
+            named => s.serialize_str(&named.label()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(SourceVisitor)
+    }
+}
+
+struct SourceVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SourceVisitor {
+    type Value = Source;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a source name (\"dllcache\", \"store\", ...) or a table { quarantine = \"<vendor>\", detection = \"<glob>\" }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Source, E> {
+        Ok(SOURCE_NAMES
+            .iter()
+            .find(|(n, _)| *n == v)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| {
+                let names: Vec<&str> = SOURCE_NAMES.iter().map(|(n, _)| *n).collect();
+                Source::Invalid {
+                    key: "",
+                    msg: format!(
+                        "unknown source {v:?}; use one of: {}, or {{ quarantine = \"<vendor>\" }}",
+                        names.join(", ")
+                    ),
+                }
+            }))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Source, A::Error> {
+        let mut vendor: Option<std::result::Result<Vendor, String>> = None;
+        let mut detection: Option<String> = None;
+        let mut bad: Option<Source> = None;
+        while let Some(k) = map.next_key::<String>()? {
+            match k.as_str() {
+                "quarantine" => vendor = Some(parse_source_vendor(&map.next_value::<String>()?)),
+                "detection" => detection = Some(map.next_value()?),
+                other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    bad.get_or_insert(Source::Invalid {
+                        key: "",
+                        msg: format!(
+                            "unknown key {other:?} in a source table; a quarantine source has `quarantine` (the vendor) and optionally `detection` (a glob over the detection name)"
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(b) = bad {
+            return Ok(b);
+        }
+        Ok(match vendor {
+            Some(Ok(vendor)) => Source::Quarantine { vendor, detection },
+            Some(Err(msg)) => Source::Invalid {
+                key: "quarantine",
+                msg,
+            },
+            None => Source::Invalid {
+                key: "",
+                msg: "a source table needs `quarantine = \"<vendor>\"` (e.g. \"avg\", \"defender\", \"any\")".into(),
+            },
+        })
+    }
 }
 
 /// An action. `id` lets a later action say `unless = "<id>"`: skip me when
@@ -514,6 +695,30 @@ impl Playbook {
                     if sources.is_empty() {
                         bail!("action {n}: restore needs at least one source");
                     }
+                    for (si, s) in sources.iter().enumerate() {
+                        if let Source::Invalid { key, msg } = s {
+                            let at = if key.is_empty() {
+                                format!("action.{i}.sources.{si}")
+                            } else {
+                                format!("action.{i}.sources.{si}.{key}")
+                            };
+                            return Err(At::error(at, format!("action {n}: {msg}")));
+                        }
+                        if let Source::Quarantine {
+                            detection: Some(d), ..
+                        } = s
+                        {
+                            // A blank glob would match nothing a vendor records;
+                            // `/` is allowed: Defender and McAfee names hold
+                            // it (Trojan:Win32/Wacatac.B!ml, W32/Wecorl.a).
+                            if d.trim().is_empty() {
+                                return Err(At::error(
+                                    format!("action.{i}.sources.{si}.detection"),
+                                    format!("action {n}: detection {d:?} is blank: give a glob over the vendor's detection name, like \"PSW.Banker*\", or leave detection out"),
+                                ));
+                            }
+                        }
+                    }
                 }
                 Action::DropIn { path, name, .. } => {
                     let parts = split_path(path)
@@ -530,8 +735,20 @@ impl Playbook {
                 }
             }
         }
-        if self.actions.is_empty() {
-            bail!("no [[action]]: a playbook must say what to do");
+        if self.detect_only && !self.actions.is_empty() {
+            return Err(At::error(
+                "detect_only",
+                "detect_only = true, but the playbook has [[action]]s; remove one or the other"
+                    .into(),
+            ));
+        }
+        if self.detect_only && self.summary.trim().is_empty() {
+            bail!(
+                "a detect_only playbook needs a summary: it is what the technician is told to do"
+            );
+        }
+        if self.actions.is_empty() && !self.detect_only {
+            bail!("no [[action]]: a playbook must say what to do (or set detect_only = true if defib can only recognise this incident)");
         }
         Ok(())
     }
@@ -712,8 +929,22 @@ mod tests {
     fn shipped_playbooks_are_valid() {
         let pbs = load_dir(&shipped()).unwrap();
         let ids: Vec<&str> = pbs.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(ids, ["crowdstrike-c00000291", "mcafee-dat-5958"]);
-        let cs = &pbs[0];
+        assert_eq!(
+            ids,
+            [
+                "avg-user32-2008",
+                "bitdefender-fakealert5-2010",
+                "crowdstrike-c00000291",
+                "mcafee-dat-5958",
+                // sorted by file name: '-' sorts before '.'
+                "sophos-shh-updater-b-2012-x64",
+                "sophos-shh-updater-b-2012",
+                "symantec-haxdoor-2007",
+                "webroot-w32-trojan-gen-2017",
+            ]
+        );
+        let by = |id: &str| pbs.iter().find(|p| p.id == id).unwrap();
+        let cs = by("crowdstrike-c00000291");
         let Condition::Files {
             match_any,
             except_any,
@@ -730,11 +961,161 @@ mod tests {
             except_any[0].mtime_from.as_deref(),
             Some("2024-07-19T05:27:00Z")
         );
-        let mc = &pbs[1];
+        let mc = by("mcafee-dat-5958");
         assert_eq!(mc.applies.arch, [Arch::X86]);
         assert!(
             matches!(mc.actions.last(), Some(Action::Restore { sources, .. }) if sources[0] == Source::McafeeQuarantine && sources.contains(&Source::Store))
         );
+    }
+
+    /// Every shipped playbook says where its facts come from and how to
+    /// recognise the damage: an incident playbook without references is a
+    /// rumour, and one without conditions would act on every machine.
+    #[test]
+    fn every_shipped_playbook_has_references_and_conditions() {
+        let pbs = load_dir(&shipped()).unwrap();
+        assert!(pbs.len() >= 8, "{}", pbs.len());
+        for pb in &pbs {
+            assert!(!pb.references.is_empty(), "{}: no references", pb.id);
+            assert!(
+                pb.references.iter().all(|r| !r.trim().is_empty()),
+                "{}: a blank reference",
+                pb.id
+            );
+            assert!(!pb.conditions.is_empty(), "{}: no conditions", pb.id);
+            assert!(!pb.summary.trim().is_empty(), "{}: no summary", pb.id);
+            assert!(
+                pb.detect_only == pb.actions.is_empty(),
+                "{}: actions only when not detect_only",
+                pb.id
+            );
+        }
+        // The AVG playbook restores from AVG's quarantine first, by the
+        // incident's detection name, then from Windows' own copies.
+        let avg = pbs.iter().find(|p| p.id == "avg-user32-2008").unwrap();
+        let Some(Action::Restore { sources, .. }) = avg.actions.first() else {
+            panic!("{avg:?}")
+        };
+        assert_eq!(
+            sources[0],
+            Source::Quarantine {
+                vendor: Vendor::Avast,
+                detection: Some("*PSW.Banker4.APSA*".into())
+            }
+        );
+        assert!(sources.contains(&Source::Dllcache) && sources.contains(&Source::Store));
+    }
+
+    /// A restore with the given sources list (TOML), appended to GOOD.
+    fn with_sources(list: &str) -> String {
+        format!("{GOOD}[[action]]\nkind = \"restore\"\npath = 'a\\b.dll'\nsources = {list}\n")
+    }
+
+    #[test]
+    fn quarantine_sources_parse_next_to_named_ones() {
+        let pb = Playbook::parse(
+            &with_sources(
+                r#"["mcafee-quarantine", { quarantine = "avast", detection = "PSW.Banker*" }, { quarantine = "any" }, { quarantine = "AVG" }, "dllcache", "service-pack-files", "winsxs", "store"]"#,
+            ),
+            "pb.toml",
+        )
+        .unwrap();
+        let Action::Restore { sources, .. } = &pb.actions[1] else {
+            panic!()
+        };
+        assert_eq!(
+            sources,
+            &[
+                Source::McafeeQuarantine,
+                Source::Quarantine {
+                    vendor: Vendor::Avast,
+                    detection: Some("PSW.Banker*".into())
+                },
+                Source::Quarantine {
+                    vendor: Vendor::Any,
+                    detection: None
+                },
+                Source::Quarantine {
+                    vendor: Vendor::Avast,
+                    detection: None
+                },
+                Source::Dllcache,
+                Source::ServicePackFiles,
+                Source::Winsxs,
+                Source::Store,
+            ]
+        );
+        // Round trip through serde keeps the spellings.
+        let json = serde_json::to_string(sources).unwrap();
+        assert!(
+            json.contains(r#""mcafee-quarantine""#)
+                && json.contains(r#"{"quarantine":"avast","detection":"PSW.Banker*"}"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn bad_quarantine_sources_name_file_line_and_column() {
+        // GOOD is 12 lines and the restore adds 4: sources is line 16,
+        // and `sources = [{ quarantine = "` is 27 characters.
+        let e = err(&with_sources(r#"[{ quarantine = "nortn" }]"#));
+        assert!(e.starts_with("pb.toml:16:27: "), "{e}");
+        assert!(
+            e.contains("unknown quarantine vendor \"nortn\"")
+                && e.contains("avast")
+                && e.contains("defender")
+                && e.contains("any"),
+            "{e}"
+        );
+        let e = err(&with_sources(r#"[{ quarantine = "symantec" }]"#));
+        assert!(e.contains("no reader"), "{e}");
+        let e = err(&with_sources(r#"[{ detection = "x" }]"#));
+        assert!(
+            e.starts_with("pb.toml:16:") && e.contains("needs `quarantine"),
+            "{e}"
+        );
+        let e = err(&with_sources(r#"[{ quarantine = "any", path = "x" }]"#));
+        assert!(e.contains("unknown key \"path\""), "{e}");
+        let e = err(&with_sources(r#"["dllcach"]"#));
+        assert!(
+            e.starts_with("pb.toml:16:12: ") && e.contains("dllcache, service-pack-files"),
+            "{e}"
+        );
+        let e = err(&with_sources(
+            r#"[{ quarantine = "any", detection = ' ' }]"#,
+        ));
+        assert!(
+            e.starts_with("pb.toml:16:") && e.contains("is blank"),
+            "{e}"
+        );
+        // Vendors' names hold '/': accepted.
+        Playbook::parse(
+            &with_sources(r#"[{ quarantine = "defender", detection = "Trojan:Win32/*" }]"#),
+            "pb.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn detect_only_playbooks_have_no_actions_and_a_summary() {
+        let bare = GOOD.replace("[[action]]\nkind = \"neutralize\"\nfiles = \"bad\"\n", "");
+        let ok = bare.replace(
+            "date = \"2024-07-19\"",
+            "date = \"2024-07-19\"\ndetect_only = true\nsummary = \"do X\"",
+        );
+        Playbook::parse(&ok, "pb.toml").unwrap();
+        let e = err(&bare.replace(
+            "date = \"2024-07-19\"",
+            "date = \"2024-07-19\"\ndetect_only = true",
+        ));
+        assert!(e.contains("needs a summary"), "{e}");
+        let e = err(&GOOD.replace(
+            "date = \"2024-07-19\"",
+            "date = \"2024-07-19\"\ndetect_only = true\nsummary = \"x\"",
+        ));
+        assert!(e.contains("remove one or the other"), "{e}");
+        let e = err(&bare);
+        assert!(e.contains("detect_only"), "{e}");
     }
 
     const GOOD: &str = r#"

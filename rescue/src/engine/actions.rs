@@ -169,7 +169,14 @@ impl Ctx<'_> {
                 ),
             );
         };
-        self.place(pb, Op::Restore, "restore", &parts, existing, data, source)
+        let mut r = self.place(pb, Op::Restore, "restore", &parts, existing, data, source);
+        // The audit trail keeps the copies passed over on the way (a
+        // quarantined file for another build, an unreadable record), not
+        // only the one used.
+        if !tried.is_empty() {
+            r.detail = format!("{}; passed over first: {}", r.detail, tried.join("; "));
+        }
+        r
     }
 
     pub(super) fn drop_in(

@@ -181,6 +181,16 @@ impl Ctx<'_> {
             r.reason = format!("not affected: {} did not hold", failed.join(", "));
             return r;
         }
+        if pb.detect_only {
+            // Recognised, and by the playbook's own word not repairable
+            // here: a person has to act, so say what the playbook says.
+            r.status = Status::NeedsAttention;
+            r.reason = format!(
+                "detected; this playbook only recognises the damage, defib does not repair it: {}",
+                pb.summary.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            return r;
+        }
         // Plan first, writing nothing: when any action would be refused
         // (no verified copy, unreadable file), nothing is changed at all.
         self.writing = false;

@@ -1,10 +1,16 @@
 //! Where a good copy of a system file comes from: the known-good store,
-//! the victim's own copies (quarantine, dllcache, service pack files,
-//! WinSxS), each checked against the installation's architecture and build.
-//! Finding only; placing the copy is `actions`.
+//! the victim's own copies (vendor quarantines, dllcache, service pack
+//! files, WinSxS), each checked against the installation's architecture
+//! and build. Every copy passed over is named, with why, for the report.
+//!
+//! Finding only; placing the copy is `actions`. Not a quarantine reader
+//! either: the formats are `crate::quarantine`'s, reached only through
+//! `scan`/`extract` under the panic guard; this module never writes to a
+//! quarantine.
 
 use super::*;
 use crate::playbook::{Arch, Source};
+use crate::quarantine::{QuarantineEntry, Scan, Vendor};
 use crate::winpath;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -50,52 +56,32 @@ impl Ctx<'_> {
         let wanted_path = parts.join("\\");
         for s in sources {
             match s {
+                // `mcafee-quarantine` now goes through the quarantine
+                // module's VSE adapter, the same path as every vendor:
+                // the adapter reads the same folders with bup's own parser,
+                // but adds what the old direct call lacked (a size cap on
+                // the record, refusal of records reached through a link,
+                // the panic guard). The label stays "McAfee quarantine" so
+                // reports read as before.
                 Source::McafeeQuarantine => {
-                    let (found, errs) = crate::bup::scan_quarantine(self.root());
-                    for (p, e) in &errs {
-                        tried.push(format!(
-                            "quarantine {}: unreadable ({e})",
-                            winpath::display_rel(self.root(), p)
-                        ));
-                    }
-                    for (p, b) in &found {
-                        for e in &b.entries {
-                            let orig = strip_drive(&e.original_name);
-                            let oparts = self.windows_dir_parts(
-                                &crate::playbook::split_path(&orig).unwrap_or_default(),
-                            );
-                            if oparts.len() != parts.len()
-                                || !oparts
-                                    .iter()
-                                    .zip(parts)
-                                    .all(|(a, b)| winpath::name_eq(a, b))
-                            {
-                                continue;
-                            }
-                            let at = format!(
-                                "McAfee quarantine {}",
-                                winpath::display_rel(self.root(), p)
-                            );
-                            let data = std::fs::read(p)
-                                .map_err(anyhow::Error::from)
-                                .and_then(|bytes| crate::bup::extract(&bytes, e));
-                            match data {
-                                Ok(d) => match self.own_copy_ok(&d) {
-                                    Ok(v) => {
-                                        return (Some((d, format!("{at} (version {v})"))), tried)
-                                    }
-                                    Err(why) => tried.push(format!("{at}: {why}")),
-                                },
-                                Err(err) => tried.push(format!("{at}: {err:#}")),
-                            }
-                        }
-                    }
-                    if found.is_empty() && errs.is_empty() {
-                        tried.push("McAfee quarantine: none found".into());
+                    if let Some(found) =
+                        self.quarantine_copy(parts, Vendor::McafeeVse, None, &mut tried)
+                    {
+                        return (Some(found), tried);
                     }
                 }
+                Source::Quarantine { vendor, detection } => {
+                    if let Some(found) =
+                        self.quarantine_copy(parts, *vendor, detection.as_deref(), &mut tried)
+                    {
+                        return (Some(found), tried);
+                    }
+                }
+                // Refused by Playbook::validate; a playbook built in code
+                // could still carry one.
+                Source::Invalid { msg, .. } => tried.push(format!("invalid source: {msg}")),
                 Source::Dllcache | Source::ServicePackFiles => {
-                    let sub: &[&str] = if *s == Source::Dllcache {
+                    let sub: &[&str] = if matches!(s, Source::Dllcache) {
                         &["system32", "dllcache"]
                     } else {
                         &["ServicePackFiles", "i386"]
@@ -189,6 +175,113 @@ impl Ctx<'_> {
             }
         }
         (None, tried)
+    }
+
+    /// A copy of `parts` from a vendor's quarantine (every readable
+    /// vendor for [`Vendor::Any`]): entries whose recorded original path,
+    /// drive and `\\?\` prefixes stripped and the Windows folder mapped to
+    /// this installation's, names the file (without case), and whose
+    /// detection name matches `detection` when one is given. Each is
+    /// extracted under the panic guard and accepted only if it passes
+    /// [`Self::own_copy_ok`], like any copy taken from the victim. Every
+    /// refusal, skip and unreadable record goes into `tried`, naming the
+    /// vendor and the record.
+    pub(super) fn quarantine_copy(
+        &self,
+        parts: &[String],
+        vendor: Vendor,
+        detection: Option<&str>,
+        tried: &mut Vec<String>,
+    ) -> Option<(Vec<u8>, String)> {
+        let root = self.root();
+        let name = |v: Vendor| match v {
+            // Reports have always said "McAfee quarantine" for .bup files.
+            Vendor::McafeeVse => "McAfee quarantine".to_string(),
+            v => format!("{v} quarantine"),
+        };
+        // The readers promise not to panic; the guard is for when one
+        // still does on a hostile record (PID 1 reboots on a panic).
+        let scan = crate::guard::contain("scanning quarantines", || {
+            if vendor == Vendor::Any {
+                crate::quarantine::scan_all(root)
+            } else {
+                crate::quarantine::reader_for(vendor)
+                    .map(|r| r.scan(root))
+                    .unwrap_or_default()
+            }
+        });
+        let scan: Scan = match scan {
+            Ok(s) => s,
+            Err(e) => {
+                tried.push(format!("{}: {e}", name(vendor)));
+                return None;
+            }
+        };
+        for u in &scan.unreadable {
+            tried.push(format!(
+                "{} {}: unreadable ({})",
+                name(u.vendor),
+                u.path.display(),
+                u.reason
+            ));
+        }
+        let mut considered = 0;
+        for e in scan.entries.iter().filter(|e| e.vendor.matches(vendor)) {
+            if !self.names_file(e, parts) {
+                continue;
+            }
+            considered += 1;
+            let at = format!("{} {}", name(e.vendor), e.record.display());
+            if let Some(glob) = detection {
+                match e.detection.as_deref() {
+                    Some(d) if winpath::glob_match(glob, d) => {}
+                    Some(d) => {
+                        tried.push(format!(
+                            "{at}: detection {d:?} does not match {glob:?}; skipped"
+                        ));
+                        continue;
+                    }
+                    None => {
+                        tried.push(format!(
+                            "{at}: no detection name recorded, {glob:?} cannot be checked; skipped"
+                        ));
+                        continue;
+                    }
+                }
+            }
+            let what = format!("extracting {at}");
+            let data = crate::guard::contain(&what, || crate::quarantine::extract(root, e));
+            match data {
+                Ok(Ok(d)) => match self.own_copy_ok(&d) {
+                    Ok(v) => return Some((d, format!("{at} (version {v})"))),
+                    Err(why) => tried.push(format!("{at}: {why}")),
+                },
+                Ok(Err(err)) => tried.push(format!("{at}: {err:#}")),
+                Err(contained) => tried.push(contained.to_string()),
+            }
+        }
+        if considered == 0 {
+            tried.push(format!(
+                "{}: no entry for {}",
+                name(vendor),
+                parts.join("\\")
+            ));
+        }
+        None
+    }
+
+    /// Whether a quarantine entry's recorded original path is `parts`.
+    fn names_file(&self, e: &QuarantineEntry, parts: &[String]) -> bool {
+        let orig = strip_drive(e.original_path.trim_start_matches(r"\??\"));
+        let Ok(split) = crate::playbook::split_path(&orig) else {
+            return false;
+        };
+        let oparts = self.windows_dir_parts(&split);
+        oparts.len() == parts.len()
+            && oparts
+                .iter()
+                .zip(parts)
+                .all(|(a, b)| winpath::name_eq(a, b))
     }
 
     /// Vista and later: the file's hard link in the component store,

@@ -871,3 +871,382 @@ fn default_undo_skips_runs_that_changed_nothing() {
     undo_all(&root);
     assert_eq!(snapshot(&root), before);
 }
+
+// ---- Vendor quarantines as restore sources ---------------------------
+
+const AVG_USER32: &str = r"C:\WINDOWS\system32\user32.dll";
+
+/// A good XP SP3 user32.dll: a real PE with its own tail.
+fn good_user32() -> Vec<u8> {
+    let mut p = pe(Arch::X86, XP);
+    p.extend_from_slice(b"user32 fixture");
+    p
+}
+
+fn avg() -> Vec<Playbook> {
+    playbooks()
+        .into_iter()
+        .filter(|p| p.id == "avg-user32-2008")
+        .collect()
+}
+
+/// The AVG chest folder on an XP volume (see quarantine::fixture).
+fn avg_chest(root: &Path) -> PathBuf {
+    root.join("Documents and Settings/All Users/Application Data/AVG/Antivirus/chest")
+}
+
+/// An XP SP3 volume after AVG's November 2008 update: AVG 8 installed,
+/// user32.dll gone from system32, and the chest holding `items`.
+fn xp_avg_victim(root: &Path, items: &[(&str, &str, &[u8])]) {
+    xp_victim(root, 5000);
+    write(root, "Program Files/AVG/AVG8/avgtray.exe", b"AVG tray");
+    if !items.is_empty() {
+        crate::quarantine::fixture::install_chest(
+            root,
+            crate::quarantine::fixture::Chest::AvgXp,
+            items,
+            1_226_246_400, // 2008-11-09T16:00:00Z
+        )
+        .unwrap();
+    }
+}
+
+fn user32(root: &Path) -> Option<Vec<u8>> {
+    std::fs::read(root.join("WINDOWS/system32/user32.dll")).ok()
+}
+
+/// `find_copy` for `path` on `root`, as a restore would call it.
+fn find(
+    root: &Path,
+    store: &Store,
+    path: &str,
+    sources: &[crate::playbook::Source],
+) -> (Option<(Vec<u8>, String)>, Vec<String>) {
+    let installs = crate::windows::find_installs(root).unwrap();
+    let t = Target {
+        root,
+        install: &installs[0],
+        store,
+        mode: Mode::Scan,
+        run_id: "find",
+    };
+    let ctx = Ctx {
+        t: &t,
+        run_dir: None,
+        writing: false,
+        hives: BTreeMap::new(),
+        rolled_back: None,
+    };
+    let parts = ctx.split(path).unwrap();
+    ctx.find_copy(&parts, sources)
+}
+
+#[test]
+fn avg_restores_user32_from_the_chest_and_is_idempotent() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    let good = good_user32();
+    xp_avg_victim(
+        &root,
+        &[(AVG_USER32, "Trojan horse PSW.Banker4.APSA", &good)],
+    );
+    let r = run_on(&root, &empty_store(d.path()), &avg(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    let restore = &r[0].actions[0];
+    let source = restore.source.as_deref().unwrap();
+    assert!(
+        source.starts_with("avast quarantine ")
+            && source.contains("chest")
+            && source.contains("5.1.2600.5512"),
+        "{source}"
+    );
+    assert_eq!(user32(&root).unwrap(), good);
+    // The quarantine is read, never changed.
+    assert!(avg_chest(&root).join("00000001").exists());
+    let again = run_on(&root, &empty_store(d.path()), &avg(), Mode::Fix, "run2");
+    assert_eq!(again[0].status, Status::Clean, "{again:#?}");
+}
+
+#[test]
+fn a_quarantined_copy_for_another_architecture_or_build_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    let (x64, w2k) = (pe(Arch::X64, XP), pe(Arch::X86, [5, 0, 2195, 6717]));
+    xp_avg_victim(
+        &root,
+        &[
+            (AVG_USER32, "Trojan horse PSW.Banker4.APSA", &x64),
+            (AVG_USER32, "Trojan horse PSW.Banker4.APSA", &w2k),
+        ],
+    );
+    write(
+        &root,
+        "WINDOWS/system32/dllcache/user32.dll",
+        &good_user32(),
+    );
+    let r = run_on(&root, &empty_store(d.path()), &avg(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    let restore = &r[0].actions[0];
+    assert!(
+        restore.source.as_deref().unwrap().contains("dllcache"),
+        "{restore:?}"
+    );
+    // Both refusals are on record, with the vendor and the record.
+    for want in [
+        r"avast quarantine Documents and Settings/All Users/Application Data/AVG/Antivirus/chest/00000001: it is x64, Windows is x86",
+        "chest/00000002: its version 5.0.2195.6717 is not for build 2600",
+    ] {
+        assert!(
+            restore.detail.contains(want),
+            "{want:?} not in {}",
+            restore.detail
+        );
+    }
+    assert_eq!(user32(&root).unwrap(), good_user32());
+}
+
+#[test]
+fn a_detection_glob_that_does_not_match_skips_the_entry() {
+    use crate::playbook::Source;
+    use crate::quarantine::Vendor;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    let good = good_user32();
+    xp_avg_victim(&root, &[(AVG_USER32, "Win32:Trojan-gen", &good)]);
+    let store = empty_store(d.path());
+    let banker = Source::Quarantine {
+        vendor: Vendor::Avast,
+        detection: Some("psw.banker4.*".into()),
+    };
+    let (copy, tried) = find(&root, &store, r"Windows\system32\user32.dll", &[banker]);
+    assert!(copy.is_none());
+    assert!(
+        tried.iter().any(|t| t.contains("chest/00000001")
+            && t.contains("\"Win32:Trojan-gen\" does not match \"psw.banker4.*\"; skipped")),
+        "{tried:?}"
+    );
+    // The glob is without case, and `any` finds the same entry.
+    for src in [
+        Source::Quarantine {
+            vendor: Vendor::Any,
+            detection: Some("WIN32:trojan-*".into()),
+        },
+        Source::Quarantine {
+            vendor: Vendor::Avast,
+            detection: None,
+        },
+    ] {
+        let (copy, _) = find(&root, &store, r"Windows\system32\user32.dll", &[src]);
+        assert_eq!(copy.unwrap().0, good);
+    }
+    // Another vendor's quarantine holds nothing for it.
+    let (copy, tried) = find(
+        &root,
+        &store,
+        r"Windows\system32\user32.dll",
+        &[Source::Quarantine {
+            vendor: Vendor::Defender,
+            detection: None,
+        }],
+    );
+    assert!(copy.is_none());
+    assert_eq!(
+        tried,
+        [r"defender quarantine: no entry for WINDOWS\system32\user32.dll"]
+    );
+    // Through the shipped playbook: the only AVG entry is for another
+    // detection, nothing else has a copy, so nothing is restored.
+    let r = run_on(&root, &store, &avg(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::NeedsAttention, "{r:#?}");
+    assert!(user32(&root).is_none());
+}
+
+#[test]
+fn a_corrupt_quarantine_record_is_reported_not_used() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_avg_victim(
+        &root,
+        &[(AVG_USER32, "Trojan horse PSW.Banker4.APSA", &good_user32())],
+    );
+    // The chest file loses its tail: what it decodes to is not the file.
+    let rec = avg_chest(&root).join("00000001");
+    let bytes = std::fs::read(&rec).unwrap();
+    std::fs::write(&rec, &bytes[..bytes.len() / 3]).unwrap();
+    let store = empty_store(d.path());
+    let (copy, tried) = find(
+        &root,
+        &store,
+        r"Windows\system32\user32.dll",
+        &[crate::playbook::Source::Quarantine {
+            vendor: crate::quarantine::Vendor::Avast,
+            detection: None,
+        }],
+    );
+    assert!(copy.is_none(), "{tried:?}");
+    assert!(
+        tried.len() == 1
+            && tried[0].starts_with("avast quarantine ")
+            && tried[0].contains("chest/00000001: "),
+        "{tried:?}"
+    );
+    // A chest without its index: the file is listed as unreadable (its
+    // original path is unknown), and the next source is used.
+    std::fs::remove_file(avg_chest(&root).join("index.xml")).unwrap();
+    write(
+        &root,
+        "WINDOWS/system32/dllcache/user32.dll",
+        &good_user32(),
+    );
+    let r = run_on(&root, &store, &avg(), Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    let restore = &r[0].actions[0];
+    assert!(restore.source.as_deref().unwrap().contains("dllcache"));
+    assert!(
+        restore.detail.contains("avast quarantine ") && restore.detail.contains("unreadable"),
+        "{}",
+        restore.detail
+    );
+}
+
+#[test]
+fn mcafee_quarantine_source_reads_through_the_vse_adapter() {
+    use crate::playbook::Source;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5958);
+    let bup = crate::bup::write_bup(
+        r"C:\WINDOWS\system32\svchost.exe",
+        "W32/Wecorl.a",
+        &good_svchost(),
+    )
+    .unwrap();
+    write(&root, "Quarantine/5bd11f8e.bup", &bup);
+    write(&root, "Quarantine/junk.bup", b"not OLE");
+    let store = empty_store(d.path());
+    let (copy, tried) = find(
+        &root,
+        &store,
+        r"Windows\system32\svchost.exe",
+        &[Source::McafeeQuarantine],
+    );
+    let (data, from) = copy.unwrap();
+    assert_eq!(data, good_svchost());
+    assert!(
+        from.starts_with("McAfee quarantine Quarantine/5bd11f8e.bup"),
+        "{from}"
+    );
+    assert!(
+        tried
+            .iter()
+            .any(|t| t.starts_with("McAfee quarantine Quarantine/junk.bup: unreadable")),
+        "{tried:?}"
+    );
+}
+
+#[test]
+fn detect_only_playbooks_report_and_change_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    xp_victim(&root, 5000);
+    write(
+        &root,
+        "Program Files/Sophos/Sophos Anti-Virus/SavService.exe",
+        b"sav",
+    );
+    let before = snapshot(&root);
+    let sophos: Vec<Playbook> = playbooks()
+        .into_iter()
+        .filter(|p| p.id.starts_with("sophos-"))
+        .collect();
+    let r = run_on(&root, &empty_store(d.path()), &sophos, Mode::Fix, "run1");
+    let x86 = r
+        .iter()
+        .find(|p| p.id == "sophos-shh-updater-b-2012")
+        .unwrap();
+    assert_eq!(x86.status, Status::NeedsAttention, "{r:#?}");
+    assert!(
+        x86.reason.contains("only recognises") && x86.reason.contains("AutoUpdate"),
+        "{}",
+        x86.reason
+    );
+    assert!(x86.actions.is_empty());
+    let x64 = r
+        .iter()
+        .find(|p| p.id == "sophos-shh-updater-b-2012-x64")
+        .unwrap();
+    assert_eq!(x64.status, Status::NotApplicable);
+    assert_eq!(snapshot(&root), before);
+    assert!(!root.join("defib").exists());
+    // With the updater in place it is clean.
+    write(&root, "Program Files/Sophos/AutoUpdate/ALsvc.exe", b"alsvc");
+    let r = run_on(&root, &empty_store(d.path()), &sophos, Mode::Fix, "run2");
+    assert_eq!(r[0].status, Status::NotApplicable);
+    assert_eq!(r[1].status, Status::Clean, "{r:#?}");
+}
+
+/// A Simplified Chinese (or, with `lang` 0409, US English) XP SP2 after
+/// Norton's definitions of 17 May 2007: netapi32.dll and lsasrv.dll gone,
+/// Windows File Protection's copies still in dllcache.
+fn xp_sp2_norton_victim(root: &Path, lang: &'static str) {
+    std::fs::create_dir_all(root.join("WINDOWS/system32/config")).unwrap();
+    make_hive(
+        &root.join("WINDOWS/system32/config/SOFTWARE"),
+        &[(
+            r"Microsoft\Windows NT\CurrentVersion",
+            &[
+                ("ProductName", V::Sz("Microsoft Windows XP")),
+                ("CurrentVersion", V::Sz("5.1")),
+                ("CurrentBuildNumber", V::Sz("2600")),
+                ("CSDVersion", V::Sz("Service Pack 2")),
+            ],
+        )],
+    );
+    make_hive(
+        &root.join("WINDOWS/system32/config/SYSTEM"),
+        &[
+            (r"Select", &[("Current", V::Dword(1))]),
+            (
+                r"ControlSet001\Control\Nls\Language",
+                &[("InstallLanguage", V::Sz(lang)), ("Default", V::Sz(lang))],
+            ),
+        ],
+    );
+    write(
+        root,
+        "WINDOWS/system32/ntoskrnl.exe",
+        &pe(Arch::X86, [5, 1, 2600, 2180]),
+    );
+    for f in ["netapi32.dll", "lsasrv.dll"] {
+        let mut good = pe(Arch::X86, [5, 1, 2600, 3023]);
+        good.extend_from_slice(f.as_bytes());
+        write(root, &format!("WINDOWS/system32/dllcache/{f}"), &good);
+    }
+}
+
+#[test]
+fn norton_2007_restores_both_dlls_on_chinese_xp_only() {
+    let pbs: Vec<Playbook> = playbooks()
+        .into_iter()
+        .filter(|p| p.id == "symantec-haxdoor-2007")
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    let zh = d.path().join("zh");
+    xp_sp2_norton_victim(&zh, "0804");
+    let r = run_on(&zh, &empty_store(d.path()), &pbs, Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
+    for f in ["netapi32.dll", "lsasrv.dll"] {
+        assert_eq!(
+            std::fs::read(zh.join("WINDOWS/system32").join(f)).unwrap(),
+            std::fs::read(zh.join("WINDOWS/system32/dllcache").join(f)).unwrap()
+        );
+    }
+    // The same damage on an English XP is not this incident.
+    let en = d.path().join("en");
+    xp_sp2_norton_victim(&en, "0409");
+    let before = snapshot(&en);
+    let r = run_on(&en, &empty_store(d.path()), &pbs, Mode::Fix, "run1");
+    assert_eq!(r[0].status, Status::Clean, "{r:#?}");
+    assert!(r[0].reason.contains("zh-cn-install"), "{}", r[0].reason);
+    assert_eq!(snapshot(&en), before);
+}

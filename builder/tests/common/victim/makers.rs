@@ -1,5 +1,7 @@
-//! The two makers: a Windows XP McAfee victim and a Windows 10 CrowdStrike
-//! victim, and the payload store an XP victim may need.
+//! The makers: a Windows XP McAfee victim, a Windows 10 CrowdStrike
+//! victim, a Windows XP AVG victim (user32.dll only in AVG's chest), a
+//! Windows 10 victim with a system file only in Defender's quarantine, and
+//! the payload store an XP victim may need.
 
 #![allow(unused_imports)]
 
@@ -134,44 +136,9 @@ pub fn make_win10_crowdstrike(dir: &Path) -> Result<Victim> {
 /// partition `data_len` bytes long when given (else all the rest).
 fn make_win10_crowdstrike_with(dir: &Path, disk_len: u64, data_len: Option<u64>) -> Result<Victim> {
     let disk = dir.join("win10-crowdstrike.img");
-    let total = disk_len / SECTOR;
-    let esp = (2048u64, 2048 + 16 * MIB / SECTOR); // [start, end)
-    let msr = (esp.1, esp.1 + 16 * MIB / SECTOR);
-    let last_usable = total - 34;
-    // Basic data from the MSR's end to the last whole MiB before the backup GPT.
-    let rest = (last_usable + 1 - msr.1) / 2048 * 2048;
-    let data = (
-        msr.1,
-        msr.1 + data_len.map_or(rest, |l| (l / SECTOR).min(rest)),
-    );
-    let (ntfs_offset, ntfs_len) = (data.0 * SECTOR, (data.1 - data.0) * SECTOR);
-
-    let ntoskrnl = pe(&PeSpec {
-        arch: Arch::X86_64,
-        version: [10, 0, 19045, 4651],
-        build_tag: "WinBuild.160101.0800",
-        name: "ntoskrnl.exe",
-        desc: "NT Kernel & System",
-    })?;
     let july = ts("2024-07-09 18:22:41")?;
     let user = ts("2024-07-18 22:51:06")?;
-    let mut tree = Tree::default();
-    tree.file(
-        r"Windows\System32\config\SOFTWARE",
-        hive("SOFTWARE", &win10_software())?,
-        user,
-    );
-    tree.file(
-        r"Windows\System32\config\SYSTEM",
-        hive("SYSTEM", &system_hive("ICU-STATION-12", "AMD64"))?,
-        user,
-    );
-    tree.file(r"Windows\System32\ntoskrnl.exe", ntoskrnl, july);
-    tree.file(
-        r"Windows\System32\drivers\etc\hosts",
-        b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n".to_vec(),
-        july,
-    );
+    let mut tree = win10_base("ICU-STATION-12", july, user)?;
     let ch = |n: &str| format!(r"{CS_DIR}\C-{n}.sys");
     let mut bad32 = CS_BAD_MAGIC.to_vec();
     bad32.extend(noise("C-00000291-32", 40 * 1024));
@@ -209,9 +176,77 @@ fn make_win10_crowdstrike_with(dir: &Path, disk_len: u64, data_len: Option<u64>)
         july,
     );
 
+    let (ntfs_offset, ntfs_len) = build_win10_disk(dir, &disk, &tree, disk_len, data_len)?;
+    let mut expect = tree.expect();
+    expect.windows_dir = "Windows".into();
+    expect.product_name = "Windows 10 Pro".into();
+    expect.build = 19045;
+    expect.arch = "x64".into();
+    expect.computer_name = "ICU-STATION-12".into();
+    Ok(Victim {
+        disk,
+        ntfs_offset,
+        ntfs_len,
+        expect,
+        bitlocker: None,
+    })
+}
+
+/// The files every Windows 10 22H2 x64 victim has: hives naming
+/// `computer`, the kernel and a hosts file.
+fn win10_base(computer: &str, installed: i64, user: i64) -> Result<Tree> {
+    let ntoskrnl = pe(&PeSpec {
+        arch: Arch::X86_64,
+        version: [10, 0, 19045, 4651],
+        build_tag: "WinBuild.160101.0800",
+        name: "ntoskrnl.exe",
+        desc: "NT Kernel & System",
+    })?;
+    let mut tree = Tree::default();
+    tree.file(
+        r"Windows\System32\config\SOFTWARE",
+        hive("SOFTWARE", &win10_software())?,
+        user,
+    );
+    tree.file(
+        r"Windows\System32\config\SYSTEM",
+        hive("SYSTEM", &system_hive(computer, "AMD64"))?,
+        user,
+    );
+    tree.file(r"Windows\System32\ntoskrnl.exe", ntoskrnl, installed);
+    tree.file(
+        r"Windows\System32\drivers\etc\hosts",
+        b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n".to_vec(),
+        installed,
+    );
+    Ok(tree)
+}
+
+/// A GPT disk of `disk_len` bytes as Windows 10 sets one up: an
+/// (unformatted) ESP, an MSR and the NTFS basic data partition holding
+/// `tree`, `data_len` bytes long when given (else all the rest). Returns
+/// the NTFS partition's offset and length in bytes.
+fn build_win10_disk(
+    dir: &Path,
+    disk: &Path,
+    tree: &Tree,
+    disk_len: u64,
+    data_len: Option<u64>,
+) -> Result<(u64, u64)> {
+    let total = disk_len / SECTOR;
+    let esp = (2048u64, 2048 + 16 * MIB / SECTOR); // [start, end)
+    let msr = (esp.1, esp.1 + 16 * MIB / SECTOR);
+    let last_usable = total - 34;
+    // Basic data from the MSR's end to the last whole MiB before the backup GPT.
+    let rest = (last_usable + 1 - msr.1) / 2048 * 2048;
+    let data = (
+        msr.1,
+        msr.1 + data_len.map_or(rest, |l| (l / SECTOR).min(rest)),
+    );
+    let (ntfs_offset, ntfs_len) = (data.0 * SECTOR, (data.1 - data.0) * SECTOR);
     build_disk(
         dir,
-        &disk,
+        disk,
         &Layout::Gpt {
             total,
             parts: vec![
@@ -237,14 +272,237 @@ fn make_win10_crowdstrike_with(dir: &Path, disk_len: u64, data_len: Option<u64>)
         },
         ntfs_offset,
         ntfs_len,
+        tree,
+    )?;
+    Ok((ntfs_offset, ntfs_len))
+}
+
+/// Lays quarantine records out with `lay` (one of the rescue's
+/// `quarantine::fixture` writers) in a scratch folder shaped like the
+/// volume, then adds every file it wrote to `tree`, stamped `mtime`. The
+/// writers work on a directory, the tree is in memory until the disk is
+/// assembled: this is the bridge. Returns the Windows paths added.
+fn add_quarantine(
+    tree: &mut Tree,
+    mtime: i64,
+    lay: impl FnOnce(&Path) -> Result<()>,
+) -> Result<Vec<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+        for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(root, &p, out)?;
+            } else {
+                let rel: Vec<String> = p
+                    .strip_prefix(root)?
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push((rel.join("\\"), fs::read(&p)?));
+            }
+        }
+        Ok(())
+    }
+    let scratch = tempfile::tempdir().context("a scratch folder for the quarantine")?;
+    lay(scratch.path())?;
+    let mut files = Vec::new();
+    walk(scratch.path(), scratch.path(), &mut files)?;
+    files.sort();
+    let mut paths = Vec::new();
+    for (p, data) in files {
+        tree.file(&p, data, mtime);
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+/// The Windows path of user32.dll on XP (what the AVG repair puts back).
+pub const XP_USER32: &str = r"WINDOWS\system32\user32.dll";
+
+/// The good XP SP3 user32.dll (a tiny real PE, version 5.1.2600.5512).
+pub fn xp_user32() -> Result<Vec<u8>> {
+    pe(&PeSpec {
+        arch: Arch::I686,
+        version: [5, 1, 2600, 5512],
+        build_tag: "xpsp.080413-2111",
+        name: "user32.dll",
+        desc: "Windows XP USER API Client DLL",
+    })
+}
+
+/// Windows XP SP3 x86 after AVG's update of 9 November 2008
+/// (playbook `avg-user32-2008`): AVG 8 installed, `user32.dll` gone from
+/// system32 and held only in AVG's chest as "Trojan horse
+/// PSW.Banker4.APSA". MBR, NTFS at LBA 63, 64 MiB, like the McAfee victim.
+/// `expect.restored` holds user32.dll's path and hash.
+pub fn make_xp_avg(dir: &Path) -> Result<Victim> {
+    let disk = dir.join("xp-avg.img");
+    let total = 64 * MIB / SECTOR;
+    let cyl = 255 * 63;
+    let start = 63u64;
+    let end = (total / cyl) * cyl;
+    let (ntfs_offset, ntfs_len) = (start * SECTOR, (end - start) * SECTOR);
+
+    let user32 = xp_user32()?;
+    let ntoskrnl = pe(&PeSpec {
+        arch: Arch::I686,
+        version: [5, 1, 2600, 5512],
+        build_tag: "xpsp.080413-2111",
+        name: "ntoskrnl.exe",
+        desc: "NT Kernel & System",
+    })?;
+    let sp3 = ts("2008-04-14 12:00:00")?;
+    let avg_install = ts("2008-06-02 10:12:40")?;
+    let quarantined = ts("2008-11-09 15:31:07")?;
+    let user = ts("2008-11-09 09:02:55")?;
+    // The XP SOFTWARE hive without McAfee: this PC ran AVG.
+    let software: HiveSpec = xp_software()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("McAfee"))
+        .collect();
+    let mut tree = Tree::default();
+    tree.file("boot.ini", XP_BOOT_INI.as_bytes().to_vec(), sp3);
+    tree.file(
+        r"WINDOWS\system32\config\SOFTWARE",
+        hive("SOFTWARE", &software)?,
+        user,
+    );
+    tree.file(
+        r"WINDOWS\system32\config\SYSTEM",
+        hive("SYSTEM", &system_hive("RECEPTION-02", "x86"))?,
+        user,
+    );
+    tree.file(r"WINDOWS\system32\ntoskrnl.exe", ntoskrnl.clone(), sp3);
+    tree.file(r"WINDOWS\system32\dllcache\ntoskrnl.exe", ntoskrnl, sp3);
+    // svchost.exe is where it belongs: only user32.dll was taken.
+    tree.file(XP_SVCHOST, xp_svchost()?, sp3);
+    // AVG 8.0's program folder, as the playbook recognises it.
+    tree.file(
+        r"Program Files\AVG\AVG8\avgtray.exe",
+        noise("avgtray.exe", 64 * 1024),
+        avg_install,
+    );
+    tree.file(
+        r"Documents and Settings\reception\My Documents\appointments.xls",
+        noise("appointments.xls", 256 * 1024),
+        user,
+    );
+    add_quarantine(&mut tree, quarantined, |root| {
+        defib_rescue::quarantine::fixture::install_chest(
+            root,
+            defib_rescue::quarantine::fixture::Chest::AvgXp,
+            &[(
+                r"C:\WINDOWS\system32\user32.dll",
+                "Trojan horse PSW.Banker4.APSA",
+                &user32,
+            )],
+            quarantined,
+        )
+        .map(|_| ())
+    })?;
+
+    build_disk(
+        dir,
+        &disk,
+        &Layout::Mbr { total, start, end },
+        ntfs_offset,
+        ntfs_len,
         &tree,
     )?;
+    let mut expect = tree.expect();
+    expect.windows_dir = "WINDOWS".into();
+    expect.product_name = "Microsoft Windows XP".into();
+    expect.build = 2600;
+    expect.arch = "x86".into();
+    expect.computer_name = "RECEPTION-02".into();
+    expect.absent = vec![XP_USER32.to_string()];
+    expect
+        .restored
+        .insert(XP_USER32.to_string(), sha256_hex(&user32));
+    Ok(Victim {
+        disk,
+        ntfs_offset,
+        ntfs_len,
+        expect,
+        bitlocker: None,
+    })
+}
+
+/// The file the Windows 10 Defender victim lost.
+pub const WIN10_LSASS: &str = r"Windows\System32\lsass.exe";
+
+/// A playbook for the Windows 10 Defender victim. Not shipped: no public
+/// incident had Defender quarantine lsass.exe; the test needs a playbook
+/// that restores from `{ quarantine = "defender" }`, and writing it the
+/// way an operator would for a new incident is the point.
+pub const DEFENDER_TEST_PLAYBOOK: &str = r#"
+schema = 1
+id = "test-defender-lsass"
+title = "Test: Defender quarantined lsass.exe"
+date = "2024-07-19"
+references = ["defib test fixture: builder/tests/common/victim/makers.rs"]
+summary = "A test incident: restore lsass.exe from Defender's quarantine."
+
+[applies]
+min_build = 19041
+arch = ["x64"]
+
+[[when]]
+kind = "missing"
+id = "lsass-missing"
+path = 'Windows\System32\lsass.exe'
+
+[[action]]
+kind = "restore"
+path = 'Windows\System32\lsass.exe'
+sources = [{ quarantine = "defender", detection = "Trojan:Win32/*" }, "winsxs", "store"]
+"#;
+
+/// Windows 10 22H2 x64 whose `lsass.exe` sits only in Microsoft
+/// Defender's quarantine (as `Trojan:Win32/Wacatac.B!ml`), for
+/// [`DEFENDER_TEST_PLAYBOOK`]. Same GPT layout as the CrowdStrike victim.
+/// `expect.restored` holds lsass.exe's path and hash.
+pub fn make_win10_defender(dir: &Path) -> Result<Victim> {
+    let disk = dir.join("win10-defender.img");
+    let installed = ts("2024-06-11 08:00:00")?;
+    let user = ts("2024-07-18 22:51:06")?;
+    let quarantined = ts("2024-07-18 23:14:09")?;
+    let lsass = pe(&PeSpec {
+        arch: Arch::X86_64,
+        version: [10, 0, 19041, 4648],
+        build_tag: "WinBuild.160101.0800",
+        name: "lsass.exe",
+        desc: "Local Security Authority Process",
+    })?;
+    let mut tree = win10_base("PHARMACY-03", installed, user)?;
+    tree.file(
+        r"Users\pharmacy\Documents\stock-2024-07.xlsx",
+        noise("stock.xlsx", 256 * 1024),
+        user,
+    );
+    // FILETIME of the quarantine time, as Defender records it.
+    let filetime = (quarantined as u64 + 11_644_473_600) * 10_000_000;
+    add_quarantine(&mut tree, quarantined, |root| {
+        defib_rescue::quarantine::fixture::install_defender(
+            root,
+            r"C:\Windows\System32\lsass.exe",
+            "Trojan:Win32/Wacatac.B!ml",
+            &lsass,
+            filetime,
+        )
+        .map(|_| ())
+    })?;
+    let (ntfs_offset, ntfs_len) = build_win10_disk(dir, &disk, &tree, 128 * MIB, None)?;
     let mut expect = tree.expect();
     expect.windows_dir = "Windows".into();
     expect.product_name = "Windows 10 Pro".into();
     expect.build = 19045;
     expect.arch = "x64".into();
-    expect.computer_name = "ICU-STATION-12".into();
+    expect.computer_name = "PHARMACY-03".into();
+    expect.absent = vec![WIN10_LSASS.to_string()];
+    expect
+        .restored
+        .insert(WIN10_LSASS.to_string(), sha256_hex(&lsass));
     Ok(Victim {
         disk,
         ntfs_offset,

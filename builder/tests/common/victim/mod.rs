@@ -2,12 +2,20 @@
 //! table and one NTFS volume laid out like a broken Windows install, plus
 //! host-side readers to check the volume after the rescue ran on it.
 //!
-//! Two incidents:
+//! Four incidents:
 //! - [`make_xp_mcafee`]: Windows XP SP3 x86 after McAfee DAT 5958 took
 //!   `svchost.exe` away (MBR, NTFS at LBA 63); the good copy sits in a `.bup`,
 //!   in `dllcache`, only in a payload store ([`store_payloads`]), or nowhere.
 //! - [`make_win10_crowdstrike`]: Windows 10 22H2 x64 with the bad
 //!   CrowdStrike channel file 291 (GPT: ESP, MSR, basic data).
+//! - [`make_xp_avg`]: Windows XP SP3 after AVG's 2008 update took
+//!   `user32.dll`; the good copy is only in AVG's chest.
+//! - [`make_win10_defender`]: Windows 10 whose `lsass.exe` is only in
+//!   Defender's quarantine (with a test playbook, [`DEFENDER_TEST_PLAYBOOK`]).
+//!
+//! Quarantine records come from the rescue's own writers
+//! (`defib_rescue::quarantine::fixture`), the ones its readers are tested
+//! against.
 //!
 //! The volume is made with `mkntfs` on a partition-sized image, filled
 //! through an `ntfs-3g` FUSE mount (names keep their case, times are set
@@ -115,6 +123,11 @@ pub struct Expect {
     pub mtimes: BTreeMap<String, i64>,
     /// The quarantine file (InBup only).
     pub bup: Option<String>,
+    /// Files a correct repair puts back (Windows path → sha256): the
+    /// AVG victim's user32.dll, the Defender victim's lsass.exe. Absent on
+    /// the fresh victim; the quarantine records that hold them are in
+    /// `files` and must stay.
+    pub restored: BTreeMap<String, String>,
 }
 
 impl Expect {
