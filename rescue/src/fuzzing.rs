@@ -33,6 +33,12 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("journal", journal),
     ("report", report),
     ("buildinfo", buildinfo),
+    ("bitlocker", bitlocker),
+    ("keyfile", keyfile),
+    ("hivelog", hivelog),
+    ("bcd", bcd),
+    ("quarantine", quarantine),
+    ("dm_table", dm_table),
 ];
 
 /// Playbook TOML: strict parse, then validation.
@@ -270,4 +276,91 @@ pub fn buildinfo(data: &[u8]) -> Result<()> {
     let a = crate::buildinfo::read_build_info(&t.0);
     let b = crate::buildinfo::read_manifest(&t.0);
     a.map(|_| ()).or(b.map(|_| ()))
+}
+
+/// BitLocker FVE metadata from a volume's first bytes: parse (checked
+/// copies), judge, plan the mapping; a wrong key must be refused, never
+/// accepted, on whatever metadata the fuzzer makes.
+pub fn bitlocker(data: &[u8]) -> Result<()> {
+    use crate::bitlocker::{assess, dm, read_metadata, unlock, Credential, RecoveryPassword};
+    let meta = read_metadata(&mut Cursor::new(data), 0)?;
+    let len = data.len() as u64;
+    let _ = assess(&meta, len);
+    let _ = dm::plan(&meta, len);
+    // The stretch costs ~0.1 s: try one key only on small inputs.
+    if data.len() < 1 << 16 {
+        let rp =
+            RecoveryPassword::parse("000000-000000-000000-000000-000000-000000-000000-000000")?;
+        ensure!(
+            unlock(&meta, &Credential::RecoveryPassword(rp)).is_err()
+                || meta.vmks().next().is_some(),
+            "an all-zero key opened metadata without a protector"
+        );
+    }
+    Ok(())
+}
+
+/// Key files as fleets export them: CSV, the `.TXT` Windows saves, `.BEK`.
+pub fn keyfile(data: &[u8]) -> Result<()> {
+    let mut store = crate::bitlocker::keyfile::KeyStore::default();
+    let text = crate::bitlocker::keyfile::decode_text(data);
+    let _ = store.add_csv(&text, "fuzz.csv");
+    let _ = store.add_recovery_text(&text, "fuzz.txt");
+    let _ = store.add_bek(data, "fuzz.bek");
+    for r in &store.rejected {
+        ensure!(!r.is_empty(), "an empty rejection note");
+    }
+    Ok(())
+}
+
+/// A hive and one log, split at a length prefix (first 4 bytes, LE):
+/// replay in memory, then parse the result.
+pub fn hivelog(data: &[u8]) -> Result<()> {
+    ensure!(data.len() >= 4, "too short");
+    let n = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+    let rest = &data[4..];
+    let (hive, log) = rest.split_at(n.min(rest.len()));
+    let r = crate::hivelog::replay(
+        hive,
+        &[crate::hivelog::LogFile {
+            name: "fuzz.LOG1",
+            data: log,
+        }],
+    )?;
+    let _ = crate::winreg::Hive::from_bytes(r.data)?;
+    Ok(())
+}
+
+/// A BCD store: read the default entry, and the one edit defib makes must
+/// either be refused or give a store that reads again.
+pub fn bcd(data: &[u8]) -> Result<()> {
+    let _ = crate::bcd::read(data);
+    if let Ok(out) = crate::bcd::clear_safeboot(data, &[]) {
+        crate::bcd::read(&out).context("an edited BCD does not read back")?;
+    }
+    Ok(())
+}
+
+/// One quarantine record through every vendor's byte parser.
+pub fn quarantine(data: &[u8]) -> Result<()> {
+    use crate::quarantine::{avast, avira, defender, eset, forticlient, gdata, mcafee_ens};
+    let _ = defender::parse_entry(data);
+    let _ = defender::parse_resource(data);
+    let _ = avira::parse(data);
+    let _ = gdata::parse(data);
+    let _ = forticlient::parse(data);
+    let _ = mcafee_ens::parse(data);
+    let _ = eset::parse_log(data);
+    let _ = eset::decode(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = avast::parse_index(text);
+    }
+    Ok(())
+}
+
+/// Device-mapper table text (what the rescue hands the kernel).
+pub fn dm_table(data: &[u8]) -> Result<()> {
+    let text = std::str::from_utf8(data)?;
+    let _ = crate::devmapper::parse_table(text)?;
+    Ok(())
 }

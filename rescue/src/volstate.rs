@@ -119,23 +119,11 @@ fn le64(b: &[u8], at: usize) -> Result<u64> {
 }
 
 /// A Microsoft GUID (Data1-3 little-endian, Data4 as stored) as lowercase
-/// 8-4-4-4-12.
+/// 8-4-4-4-12: the BitLocker module's one spelling.
 fn guid(b: &[u8]) -> Result<String> {
-    let g = b.get(..16).context("GUID truncated")?;
-    Ok(format!(
-        "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        u32::from_le_bytes([g[0], g[1], g[2], g[3]]),
-        u16::from_le_bytes([g[4], g[5]]),
-        u16::from_le_bytes([g[6], g[7]]),
-        g[8],
-        g[9],
-        g[10],
-        g[11],
-        g[12],
-        g[13],
-        g[14],
-        g[15]
-    ))
+    crate::bitlocker::Guid::from_disk(b)
+        .map(|g| g.to_string())
+        .context("GUID truncated")
 }
 
 fn read_at(dev: &mut (impl Read + Seek), at: u64, len: usize) -> Result<Vec<u8>> {
