@@ -142,11 +142,20 @@ pub enum Condition {
     },
     /// Holds when an anti-virus quarantine holds a file whose original
     /// path matches `original` (a glob over the full Windows path, e.g.
-    /// `*\system32\svchost.exe`).
+    /// `*\system32\svchost.exe`) and, with `detection`, whose recorded
+    /// detection name matches that glob. `vendor` is any vendor a
+    /// quarantine source may name (`any` for every reader); the spelling
+    /// `mcafee-bup` of the first version means `mcafee-vse`.
     Quarantine {
         id: String,
-        vendor: QuarantineVendor,
+        #[serde(
+            deserialize_with = "de_condition_vendor",
+            serialize_with = "ser_vendor"
+        )]
+        vendor: Vendor,
         original: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detection: Option<String>,
     },
 }
 
@@ -176,12 +185,21 @@ pub enum RegValue {
     Text(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuarantineVendor {
-    /// McAfee VirusScan `.bup`: an OLE compound file, streams XOR 0x6A,
-    /// a `Details` INI stream with `OriginalName=`.
-    McafeeBup,
+/// A quarantine condition's `vendor`: what [`parse_source_vendor`]
+/// accepts, and `mcafee-bup`, this condition's spelling for McAfee
+/// VirusScan `.bup` files before there was more than one reader.
+fn de_condition_vendor<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vendor, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "mcafee-bup" {
+        return Ok(Vendor::McafeeVse);
+    }
+    parse_source_vendor(&s).map_err(serde::de::Error::custom)
+}
+
+fn ser_vendor<S: serde::Serializer>(v: &Vendor, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_str())
 }
 
 /// Where a restore may take a good copy from, tried in the order given.
@@ -649,9 +667,16 @@ impl Playbook {
                         bail!("condition {id}: registry needs equals, min or max");
                     }
                 }
-                Condition::Quarantine { original, .. } => {
+                Condition::Quarantine {
+                    original,
+                    detection,
+                    ..
+                } => {
                     if original.trim().is_empty() {
                         bail!("condition {id}: quarantine needs an original path glob");
+                    }
+                    if detection.as_deref().is_some_and(|d| d.trim().is_empty()) {
+                        bail!("condition {id}: an empty detection glob matches nothing; leave it out to match any detection");
                     }
                 }
             }

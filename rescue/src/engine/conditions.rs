@@ -184,31 +184,66 @@ impl Ctx<'_> {
                 );
                 Ok(None)
             }
-            Condition::Quarantine { original, .. } => {
+            Condition::Quarantine {
+                vendor,
+                original,
+                detection,
+                ..
+            } => {
                 let root = self.root().to_path_buf();
-                let (found, errs) = crate::bup::scan_quarantine(&root);
-                let mut hits: Vec<String> = Vec::new();
-                for (p, b) in &found {
-                    for e in b
-                        .entries
-                        .iter()
-                        .filter(|e| glob_windows(original, &e.original_name))
-                    {
-                        hits.push(format!(
-                            "{} ({})",
-                            winpath::display_rel(&root, p),
-                            e.original_name
-                        ));
+                let vendor = *vendor;
+                // Every reader is hostile-input safe and never panics by
+                // promise; the guard is for when one still does (PID 1
+                // reboots on a panic) — then the condition is an error.
+                let scan = crate::guard::contain("scanning quarantines", || {
+                    if vendor == crate::quarantine::Vendor::Any {
+                        crate::quarantine::scan_all(&root)
+                    } else {
+                        crate::quarantine::reader_for(vendor)
+                            .map(|r| r.scan(&root))
+                            .unwrap_or_default()
                     }
-                }
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let hits: Vec<String> = scan
+                    .entries
+                    .iter()
+                    .filter(|e| e.vendor.matches(vendor))
+                    .filter(|e| glob_windows(original, &e.original_path))
+                    .filter(|e| match detection {
+                        None => true,
+                        Some(g) => e
+                            .detection
+                            .as_deref()
+                            .is_some_and(|d| winpath::glob_match(g, d)),
+                    })
+                    .map(|e| {
+                        let det = e
+                            .detection
+                            .as_deref()
+                            .map(|d| format!(", {d}"))
+                            .unwrap_or_default();
+                        format!(
+                            "{} {} ({}{det})",
+                            e.vendor,
+                            e.record.display(),
+                            e.original_path
+                        )
+                    })
+                    .collect();
+                let unreadable = scan.unreadable.len();
                 cr.held = !hits.is_empty();
                 cr.detail = if hits.is_empty() {
                     format!(
-                        "no quarantined file matches {original}{}",
-                        if errs.is_empty() {
+                        "no {vendor} quarantine entry matches {original}{}{}",
+                        detection
+                            .as_deref()
+                            .map(|d| format!(" with detection {d}"))
+                            .unwrap_or_default(),
+                        if unreadable == 0 {
                             String::new()
                         } else {
-                            format!(" ({} unreadable quarantine files)", errs.len())
+                            format!(" ({unreadable} unreadable quarantine records)")
                         }
                     )
                 } else {

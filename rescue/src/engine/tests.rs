@@ -591,6 +591,88 @@ sources = ["winsxs"]
     );
 }
 
+/// The quarantine condition reads every vendor the restore source reads,
+/// not only McAfee's `.bup`: it holds for the vendor and detection asked
+/// for and for `any`, and not for another vendor or detection.
+#[test]
+fn quarantine_condition_names_any_vendor_and_a_detection() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("vol");
+    win10(&root);
+    let sys = r"C:\Windows\System32\drivers\CrowdStrike\C-00000291-0.sys";
+    crate::quarantine::fixture::install_defender(
+        &root,
+        sys,
+        "Trojan:Win32/Wacatac.B!ml",
+        b"channel file",
+        0x01da_d7a0_0000_0000,
+    )
+    .unwrap();
+    let cond = |id: &str, vendor: &str, detection: Option<&str>| {
+        let det = detection
+            .map(|g| format!("detection = '{g}'\n"))
+            .unwrap_or_default();
+        Playbook::parse(
+            &format!(
+                r#"
+schema = 1
+id = "{id}"
+title = "t"
+date = "2024-01-01"
+[[when]]
+kind = "quarantine"
+id = "q"
+vendor = "{vendor}"
+original = '*\drivers\CrowdStrike\C-00000291*.sys'
+{det}[[action]]
+kind = "restore"
+path = 'Windows\System32\drivers\CrowdStrike\C-00000291-0.sys'
+sources = ["store"]
+"#
+            ),
+            "t.toml",
+        )
+        .unwrap()
+    };
+    let pbs = [
+        cond("defender", "defender", None),
+        cond("defender-trojan", "defender", Some("Trojan:Win32/*")),
+        cond("any", "any", Some("trojan:*")),
+        cond("avast", "avast", None),
+        cond("other-detection", "defender", Some("Virus:*")),
+    ];
+    let before = snapshot(&root);
+    let r = run_on(&root, &empty_store(d.path()), &pbs, Mode::Scan, "run1");
+    let held: Vec<(&str, bool)> = r
+        .iter()
+        .map(|p| (p.id.as_str(), p.conditions[0].held))
+        .collect();
+    assert_eq!(
+        held,
+        [
+            ("defender", true),
+            ("defender-trojan", true),
+            ("any", true),
+            ("avast", false),
+            ("other-detection", false),
+        ],
+        "{r:#?}"
+    );
+    assert!(
+        r[0].conditions[0].detail.contains("Wacatac"),
+        "{}",
+        r[0].conditions[0].detail
+    );
+    assert_eq!(snapshot(&root), before, "a condition never writes");
+    // A vendor without a reader is refused at parse time, naming why.
+    let err = Playbook::parse(
+        "schema = 1\nid = \"x\"\ntitle = \"t\"\ndate = \"2024-01-01\"\n[[when]]\nkind = \"quarantine\"\nid = \"q\"\nvendor = \"sophos\"\noriginal = '*'\n[[action]]\nkind = \"restore\"\npath = 'a'\nsources = [\"store\"]\n",
+        "x.toml",
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("no reader"), "{err:#}");
+}
+
 #[test]
 fn two_windows_on_one_volume_is_reported_not_chosen() {
     let d = tempfile::tempdir().unwrap();
