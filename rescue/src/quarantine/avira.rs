@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 use super::util::{self, Cursor};
-use super::{check_vendor, QuarantineEntry, QuarantineReader, Scan, Unreadable, Vendor};
+use super::{QuarantineEntry, QuarantineReader, Scan, Vendor};
 
 const MAGIC: &[u8; 16] = b"AntiVir Qua\0\0\0\0\0";
 /// Every byte of the original is XORed with this.
@@ -104,49 +104,26 @@ impl QuarantineReader for Avira {
         LOCATIONS
     }
     fn scan(&self, root: &Path) -> Scan {
-        let mut scan = Scan::default();
-        for dir in util::resolve_all(root, LOCATIONS) {
-            for f in util::files_in(
-                Vendor::Avira,
-                root,
-                &dir,
-                |n| util::has_ext(n, "qua"),
-                &mut scan.unreadable,
-            ) {
-                match util::read_record(&f).and_then(|raw| util::guarded(|| parse(&raw))) {
-                    Ok(q) => scan.entries.push(QuarantineEntry {
-                        vendor: Vendor::Avira,
-                        original_path: q.original_path,
-                        detection: Some(q.detection).filter(|d| !d.is_empty()),
-                        quarantined_at: util::unix_rfc3339(i64::from(q.time)),
-                        // A .qua records neither size nor hash of the
-                        // original: a file cut short in its data part
-                        // cannot be told from a good one.
-                        sha256: None,
-                        size: Some(q.data.len() as u64),
-                        record: util::rel(root, &f),
-                        metadata: None,
-                        locator: String::new(),
-                    }),
-                    Err(e) => scan.unreadable.push(Unreadable::new(
-                        Vendor::Avira,
-                        root,
-                        &f,
-                        format!("{e:#}"),
-                    )),
-                }
-            }
-        }
-        scan
+        util::scan_single(
+            Vendor::Avira,
+            root,
+            LOCATIONS,
+            |n| util::has_ext(n, "qua"),
+            parse,
+            |q| util::Described {
+                original_path: q.original_path,
+                detection: q.detection,
+                quarantined_at: util::unix_rfc3339(i64::from(q.time)),
+                // A .qua records neither size nor hash of the original: a
+                // file cut short in its data part cannot be told from a
+                // good one.
+                sha256: None,
+                size: q.data.len() as u64,
+            },
+        )
     }
     fn extract(&self, root: &Path, entry: &QuarantineEntry) -> Result<Vec<u8>> {
-        check_vendor(Vendor::Avira, entry)?;
-        let raw = util::read_record(&util::under(root, &entry.record)?)
-            .with_context(|| format!("reading {}", entry.record.display()))?;
-        let q =
-            util::guarded(|| parse(&raw)).with_context(|| entry.record.display().to_string())?;
-        util::verify(entry, &q.data)?;
-        Ok(q.data)
+        util::extract_single(Vendor::Avira, root, entry, parse, |q| q.data)
     }
 }
 

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 use super::util::{self, Cursor};
-use super::{check_vendor, QuarantineEntry, QuarantineReader, Scan, Unreadable, Vendor};
+use super::{QuarantineEntry, QuarantineReader, Scan, Vendor};
 
 const MAGIC: &[u8; 8] = b"QUARF\0\0\0";
 const XOR: u8 = 0xAB;
@@ -89,43 +89,27 @@ impl QuarantineReader for Forticlient {
         LOCATIONS
     }
     fn scan(&self, root: &Path) -> Scan {
-        let mut scan = Scan::default();
-        let v = Vendor::Forticlient;
-        for dir in util::resolve_all(root, LOCATIONS) {
-            let want = |n: &str| {
+        util::scan_single(
+            Vendor::Forticlient,
+            root,
+            LOCATIONS,
+            |n| {
                 n.len() > 11
                     && n[..11].eq_ignore_ascii_case("QuarantFile")
                     && !util::has_ext(n, "meta")
-            };
-            for f in util::files_in(v, root, &dir, want, &mut scan.unreadable) {
-                match util::read_record(&f).and_then(|raw| util::guarded(|| parse(&raw))) {
-                    Ok(q) => scan.entries.push(QuarantineEntry {
-                        vendor: v,
-                        original_path: q.original_path,
-                        detection: Some(q.detection).filter(|d| !d.is_empty()),
-                        quarantined_at: q.time,
-                        sha256: Some(q.sha256),
-                        size: Some(q.data.len() as u64),
-                        record: util::rel(root, &f),
-                        metadata: None,
-                        locator: String::new(),
-                    }),
-                    Err(e) => scan
-                        .unreadable
-                        .push(Unreadable::new(v, root, &f, format!("{e:#}"))),
-                }
-            }
-        }
-        scan
+            },
+            parse,
+            |q| util::Described {
+                original_path: q.original_path,
+                detection: q.detection,
+                quarantined_at: q.time,
+                sha256: Some(q.sha256),
+                size: q.data.len() as u64,
+            },
+        )
     }
     fn extract(&self, root: &Path, entry: &QuarantineEntry) -> Result<Vec<u8>> {
-        check_vendor(Vendor::Forticlient, entry)?;
-        let raw = util::read_record(&util::under(root, &entry.record)?)
-            .with_context(|| format!("reading {}", entry.record.display()))?;
-        let q =
-            util::guarded(|| parse(&raw)).with_context(|| entry.record.display().to_string())?;
-        util::verify(entry, &q.data)?;
-        Ok(q.data)
+        util::extract_single(Vendor::Forticlient, root, entry, parse, |q| q.data)
     }
 }
 

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 use super::util::{self, Cursor};
-use super::{check_vendor, QuarantineEntry, QuarantineReader, Scan, Unreadable, Vendor};
+use super::{QuarantineEntry, QuarantineReader, Scan, Vendor};
 
 /// G Data's quarantine key (public: published with quarantine tools).
 pub const RC4_KEY: [u8; 16] = [
@@ -162,44 +162,23 @@ impl QuarantineReader for Gdata {
         LOCATIONS
     }
     fn scan(&self, root: &Path) -> Scan {
-        let mut scan = Scan::default();
-        let v = Vendor::Gdata;
-        for dir in util::resolve_all(root, LOCATIONS) {
-            for f in util::files_in(
-                v,
-                root,
-                &dir,
-                |n| util::has_ext(n, "q"),
-                &mut scan.unreadable,
-            ) {
-                match util::read_record(&f).and_then(|raw| util::guarded(|| parse(&raw))) {
-                    Ok(q) => scan.entries.push(QuarantineEntry {
-                        vendor: v,
-                        original_path: q.original_path,
-                        detection: Some(q.detection).filter(|d| !d.is_empty()),
-                        quarantined_at: util::unix_rfc3339(i64::from(q.time)),
-                        sha256: None,
-                        size: Some(u64::from(q.size)),
-                        record: util::rel(root, &f),
-                        metadata: None,
-                        locator: String::new(),
-                    }),
-                    Err(e) => scan
-                        .unreadable
-                        .push(Unreadable::new(v, root, &f, format!("{e:#}"))),
-                }
-            }
-        }
-        scan
+        util::scan_single(
+            Vendor::Gdata,
+            root,
+            LOCATIONS,
+            |n| util::has_ext(n, "q"),
+            parse,
+            |q| util::Described {
+                original_path: q.original_path,
+                detection: q.detection,
+                quarantined_at: util::unix_rfc3339(i64::from(q.time)),
+                sha256: None,
+                size: u64::from(q.size),
+            },
+        )
     }
     fn extract(&self, root: &Path, entry: &QuarantineEntry) -> Result<Vec<u8>> {
-        check_vendor(Vendor::Gdata, entry)?;
-        let raw = util::read_record(&util::under(root, &entry.record)?)
-            .with_context(|| format!("reading {}", entry.record.display()))?;
-        let q =
-            util::guarded(|| parse(&raw)).with_context(|| entry.record.display().to_string())?;
-        util::verify(entry, &q.data)?;
-        Ok(q.data)
+        util::extract_single(Vendor::Gdata, root, entry, parse, |q| q.data)
     }
 }
 

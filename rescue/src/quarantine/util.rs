@@ -413,6 +413,74 @@ pub(crate) fn verify(
     Ok(())
 }
 
+/// What a record of a one-file-one-entry format (Avira `.qua`, G Data
+/// `.q`, FortiClient `QuarantFile*`) says about its entry; the rest of
+/// [`super::QuarantineEntry`] comes from where the file is.
+pub(crate) struct Described {
+    pub original_path: String,
+    pub detection: String,
+    pub quarantined_at: Option<String>,
+    pub sha256: Option<String>,
+    pub size: u64,
+}
+
+/// Scans a one-file-one-entry format: every file named as `want` says in
+/// `vendor`'s folders is read (size-capped), parsed under the panic guard
+/// and described; a file that does not parse is an [`Unreadable`].
+pub(crate) fn scan_single<T>(
+    vendor: Vendor,
+    root: &Path,
+    locations: &[&str],
+    want: impl Fn(&str) -> bool + Copy,
+    parse: impl Fn(&[u8]) -> Result<T> + Copy,
+    describe: impl Fn(T) -> Described,
+) -> super::Scan {
+    let mut scan = super::Scan::default();
+    for dir in resolve_all(root, locations) {
+        for f in files_in(vendor, root, &dir, want, &mut scan.unreadable) {
+            match read_record(&f).and_then(|raw| guarded(|| parse(&raw))) {
+                Ok(q) => {
+                    let d = describe(q);
+                    scan.entries.push(super::QuarantineEntry {
+                        vendor,
+                        original_path: d.original_path,
+                        detection: Some(d.detection).filter(|d| !d.is_empty()),
+                        quarantined_at: d.quarantined_at,
+                        sha256: d.sha256,
+                        size: Some(d.size),
+                        record: rel(root, &f),
+                        metadata: None,
+                        locator: String::new(),
+                    })
+                }
+                Err(e) => scan
+                    .unreadable
+                    .push(Unreadable::new(vendor, root, &f, format!("{e:#}"))),
+            }
+        }
+    }
+    scan
+}
+
+/// The original bytes of an entry of a one-file-one-entry format: its
+/// record read again below `root` (never through a symlink), parsed under
+/// the panic guard, `data` taken out and checked against the entry.
+pub(crate) fn extract_single<T>(
+    vendor: Vendor,
+    root: &Path,
+    entry: &super::QuarantineEntry,
+    parse: impl FnOnce(&[u8]) -> Result<T>,
+    data: impl FnOnce(T) -> Vec<u8>,
+) -> Result<Vec<u8>> {
+    super::check_vendor(vendor, entry)?;
+    let raw = read_record(&under(root, &entry.record)?)
+        .with_context(|| format!("reading {}", entry.record.display()))?;
+    let q = guarded(|| parse(&raw)).with_context(|| entry.record.display().to_string())?;
+    let bytes = data(q);
+    verify(entry, &bytes)?;
+    Ok(bytes)
+}
+
 /// Runs a parser over untrusted bytes with a panic guard: the rescue is
 /// PID 1, and a panic in a dependency (zip, RC4 key setup) on a crafted
 /// record must become an error about that record.
