@@ -32,7 +32,7 @@ enum Cmd {
     Inspect(InspectConfig),
     /// Boot an image in QEMU (software emulation) and show its console
     Try(TryConfig),
-    /// Validate playbooks
+    /// Check playbooks, or start a new one from a template
     #[command(subcommand)]
     Playbook(PlaybookCmd),
     /// Manage the known-good store of system files
@@ -40,6 +40,17 @@ enum Cmd {
     Store(StoreCmd),
     /// Fleet table of the reports on used sticks or in folders
     Reports(ReportsConfig),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages: defib(1) and one per subcommand
+    Man {
+        /// Folder to write the pages into (created if missing)
+        #[arg(long, value_name = "DIR", default_value = "out/man")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -48,6 +59,17 @@ enum PlaybookCmd {
     Check {
         /// A playbooks folder or .toml files [default: payloads/playbooks]
         paths: Vec<PathBuf>,
+    },
+    /// Write a commented playbook template that passes `check`
+    New {
+        /// The playbook's id: lowercase letters, digits and '-'
+        id: String,
+        /// Where to write it [default: ID.toml]; never overwrites
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The incident's date, YYYY-MM-DD [default: today]
+        #[arg(long)]
+        date: Option<String>,
     },
 }
 
@@ -203,6 +225,13 @@ fn main() {
         Cmd::Playbook(PlaybookCmd::Check { paths }) => cmd_playbook_check(paths),
         Cmd::Store(c) => store(c),
         Cmd::Reports(c) => cmd_reports(c),
+        Cmd::Playbook(PlaybookCmd::New { id, out, date }) => cmd_playbook_new(&id, out, date),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "defib", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { out } => cmd_man(&out),
     };
     if let Err(e) = r {
         eprintln!("defib: error: {e:#}");
@@ -406,6 +435,68 @@ fn cmd_inspect(c: InspectConfig) -> Result<()> {
     } else {
         print!("{}", inspect::render(&c.image, &i));
     }
+    Ok(())
+}
+
+/// `defib playbook new`: the template, written beside nothing it could
+/// replace.
+fn cmd_playbook_new(id: &str, out: Option<PathBuf>, date: Option<String>) -> Result<()> {
+    let date = match date {
+        Some(d) => d,
+        None => defib_rescue::runid::rfc3339(std::time::SystemTime::now())[..10].to_string(),
+    };
+    let text = defib_builder::template::playbook(id, &date)?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{id}.toml")));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&out)
+        .with_context(|| {
+            format!(
+                "creating {} (an existing file is never overwritten; pick another --out)",
+                out.display()
+            )
+        })?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {}: edit the TODO lines, then `defib playbook check {}`",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `defib man`: defib(1) and a page per subcommand, named as git names
+/// its pages (`defib-store-import.1`), so `man defib-build` works once
+/// they are installed.
+fn cmd_man(out: &Path) -> Result<()> {
+    fn write_pages(cmd: &clap::Command, name: &str, out: &Path, n: &mut usize) -> Result<()> {
+        let page = cmd
+            .clone()
+            .name(name.to_string())
+            .bin_name(name.replace('-', " "));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page.clone())
+            .render(&mut buf)
+            .with_context(|| format!("rendering the man page of {name}"))?;
+        let path = out.join(format!("{name}.1"));
+        std::fs::write(&path, &buf).with_context(|| format!("writing {}", path.display()))?;
+        *n += 1;
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            write_pages(sub, &format!("{name}-{}", sub.get_name()), out, n)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut n = 0;
+    write_pages(&cmd, "defib", out, &mut n)?;
+    println!("{n} man pages in {}", out.display());
     Ok(())
 }
 
