@@ -168,7 +168,8 @@ struct Inputs {
     /// Take the .deb files from this folder (offline, air-gapped builds)
     #[arg(long, value_name = "DIR")]
     debs: Option<PathBuf>,
-    /// Payloads folder (playbooks, known-good store) [default: ./payloads]
+    /// Payloads folder (playbooks, known-good store) [default: ./payloads,
+    /// else the installed /usr/share/defib/payloads]
     #[arg(long, value_name = "DIR")]
     payloads: Option<PathBuf>,
     /// The static rescue binary [default: next to this defib build]
@@ -306,6 +307,24 @@ fn default_rescue() -> Result<PathBuf> {
     })
 }
 
+/// `./payloads` in a source tree; otherwise the payloads installed with
+/// defib (`/usr/share/defib/payloads` beside `/usr/bin/defib`, as the
+/// .deb lays them out). `./payloads` again when neither exists, so the
+/// error names the folder a user would expect.
+fn default_payloads() -> PathBuf {
+    let here = PathBuf::from("payloads");
+    if here.is_dir() {
+        return here;
+    }
+    let installed = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("../share/defib/payloads")));
+    match installed {
+        Some(p) if p.is_dir() => p,
+        _ => here,
+    }
+}
+
 fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
@@ -355,7 +374,10 @@ fn build_config(i: Inputs, out: PathBuf, free_space: u64, p: &mut Progress) -> R
             Some(r) => r,
             None => default_rescue()?,
         },
-        payloads: i.payloads.unwrap_or_else(|| PathBuf::from("payloads")),
+        payloads: match i.payloads {
+            Some(p) => p,
+            None => default_payloads(),
+        },
         out,
         free_space,
         source_date_epoch: source_date_epoch()?,
