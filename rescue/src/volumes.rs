@@ -26,7 +26,7 @@ pub struct KernelVolumes {
     pub hash_unlocked: bool,
     /// Fetches keys for a volume the loaded keys did not open (PID 1's
     /// `defib.keys=`), adding them to the store; tried before the prompt.
-    pub fetch: Option<Box<dyn FnMut(&str, &crate::bitlocker::Metadata, &mut KeyStore) -> Fetched>>,
+    pub fetch: Option<KeyFetch>,
     /// Lines for the screen since the caller last took them (unlock
     /// timings, key fetches); `notes` also go into the report.
     pub lines: Vec<String>,
@@ -34,6 +34,9 @@ pub struct KernelVolumes {
 }
 
 use crate::bitlocker::keyfile::KeyStore;
+
+/// A key source asked per locked volume (see [`KernelVolumes::fetch`]).
+pub type KeyFetch = Box<dyn FnMut(&str, &crate::bitlocker::Metadata, &mut KeyStore) -> Fetched>;
 
 /// What a key fetch gave: progress lines and failures (never a key).
 #[derive(Debug, Default)]

@@ -202,13 +202,16 @@ pub struct Fetched {
     pub problems: Vec<String>,
 }
 
+/// Brings the network up; progress lines go to the vector.
+pub type Link = Box<dyn FnMut(&mut Vec<String>) -> Result<(), String>>;
+
 /// The network key source of one boot.
 pub struct NetKeys {
     url: KeysUrl,
     lim: Limits,
     /// Brings the network up (PID 1: `net::bring_up`); called once, when
     /// the first locked volume needs a key. Gets a sink for progress lines.
-    link: Box<dyn FnMut(&mut Vec<String>) -> Result<(), String>>,
+    link: Link,
     link_state: Option<Result<(), String>>,
     /// Set when the server could not be reached: not asked again.
     unreachable: Option<String>,
@@ -218,11 +221,7 @@ pub struct NetKeys {
 }
 
 impl NetKeys {
-    pub fn new(
-        url: KeysUrl,
-        lim: Limits,
-        link: Box<dyn FnMut(&mut Vec<String>) -> Result<(), String>>,
-    ) -> NetKeys {
+    pub fn new(url: KeysUrl, lim: Limits, link: Link) -> NetKeys {
         NetKeys {
             url,
             lim,
@@ -323,12 +322,11 @@ impl NetKeys {
 /// The key source PID 1 installs for `defib.keys=`: the network comes up
 /// the way the report's PUT brings it up (the boot loader's `ip=` and
 /// `BOOTIF=`, else DHCP), once, when the first locked volume needs a key.
-#[allow(clippy::type_complexity)]
 pub fn for_boot(
     root: &std::path::Path,
     url: KeysUrl,
     args: &crate::bootargs::BootArgs,
-) -> Box<dyn FnMut(&str, &Metadata, &mut KeyStore) -> crate::volumes::Fetched> {
+) -> crate::volumes::KeyFetch {
     use super::net;
     let root = root.to_path_buf();
     let (ip, bootif) = (args.ip.clone(), args.bootif.clone());
