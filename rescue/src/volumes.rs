@@ -4,6 +4,7 @@
 //! the mapping. Deliberately thin; the decisions are in `repair`, the
 //! BitLocker format in `bitlocker`, the ioctls in `devmapper`.
 
+use crate::bitlocker::keyfile::KeyStore;
 use crate::repair::VolumeOps;
 use crate::report::BitlockerState;
 use anyhow::{Context, Result};
@@ -32,8 +33,6 @@ pub struct KernelVolumes {
     pub lines: Vec<String>,
     pub notes: Vec<String>,
 }
-
-use crate::bitlocker::keyfile::KeyStore;
 
 /// A key source asked per locked volume (see [`KernelVolumes::fetch`]).
 pub type KeyFetch = Box<dyn FnMut(&str, &crate::bitlocker::Metadata, &mut KeyStore) -> Fetched>;
