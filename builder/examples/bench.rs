@@ -239,7 +239,8 @@ struct CorpusImage {
 
 /// Extracts BitLocker corpus images (never copied into the repository).
 fn corpus_images(dir: &std::path::Path, names: &[&'static str]) -> Result<Vec<CorpusImage>> {
-    let corpora = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/bitlocker");
+    let corpora =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/bitlocker");
     let tarball = corpora.join("bitlk-images.tar.xz");
     let st = Command::new("tar")
         .arg("xJSf")
@@ -285,9 +286,10 @@ fn corpus_images(dir: &std::path::Path, names: &[&'static str]) -> Result<Vec<Co
 /// map M s; ...)` -> (T, D, M).
 fn unlock_times(out: &qemu::Outcome, dev: &str) -> Option<(f64, f64, f64)> {
     let prefix = format!("bitlocker: {dev} unlocked in ");
-    let line = out.lines.iter().find_map(|(_, l)| {
-        l.find(&prefix).map(|i| &l[i + prefix.len()..])
-    })?;
+    let line = out
+        .lines
+        .iter()
+        .find_map(|(_, l)| l.find(&prefix).map(|i| &l[i + prefix.len()..]))?;
     let num = |s: &str| s.split(' ').next()?.parse::<f64>().ok();
     let total = num(line)?;
     let derive = num(line.split("derive ").nth(1)?)?;
@@ -360,13 +362,17 @@ fn bitlocker(a: &Args, img: &UsbImage) -> Result<()> {
     for _ in 0..a.runs {
         let out = boot(
             &csv,
-            images.iter().map(|c| (c.img.clone(), Bus::Virtio)).collect(),
+            images
+                .iter()
+                .map(|c| (c.img.clone(), Bus::Virtio))
+                .collect(),
         )?;
         for (i, p) in per.iter_mut().enumerate() {
             let dev = format!("vd{}", (b'a' + i as u8) as char);
-            p.push(unlock_times(&out, &dev).with_context(|| {
-                format!("no unlock line for {dev}:\n{}", out.text())
-            })?);
+            p.push(
+                unlock_times(&out, &dev)
+                    .with_context(|| format!("no unlock line for {dev}:\n{}", out.text()))?,
+            );
         }
     }
     let med = |mut v: Vec<f64>| {
@@ -395,7 +401,10 @@ fn bitlocker(a: &Args, img: &UsbImage) -> Result<()> {
         let v = victim::make_win10_crowdstrike(&vdir)?;
         let out = boot("KeyID,RecoveryKey\n", vec![(v.disk.clone(), Bus::Ahci)])?;
         if !out.contains("defib: verdict repaired") {
-            bail!("the plain CrowdStrike victim was not repaired:\n{}", out.text());
+            bail!(
+                "the plain CrowdStrike victim was not repaired:\n{}",
+                out.text()
+            );
         }
         plain.push(step_time(&out, "evaluate").context("no evaluate time")?);
         std::fs::remove_dir_all(&vdir).ok();
@@ -403,10 +412,16 @@ fn bitlocker(a: &Args, img: &UsbImage) -> Result<()> {
         let vdir = a.work.join(format!("csbl{i}"));
         std::fs::create_dir_all(&vdir)?;
         let (v, key) = victim::make_win10_crowdstrike_bitlocker(&vdir)?;
-        let csv = format!("KeyID,RecoveryKey\n{},{}\n", key.protector, key.recovery_password);
+        let csv = format!(
+            "KeyID,RecoveryKey\n{},{}\n",
+            key.protector, key.recovery_password
+        );
         let out = boot(&csv, vec![(v.disk.clone(), Bus::Ahci)])?;
         if !out.contains("defib: verdict repaired") {
-            bail!("the BitLocker CrowdStrike victim was not repaired:\n{}", out.text());
+            bail!(
+                "the BitLocker CrowdStrike victim was not repaired:\n{}",
+                out.text()
+            );
         }
         locked.push(step_time(&out, "evaluate").context("no evaluate time")?);
         let dev = out
@@ -414,7 +429,8 @@ fn bitlocker(a: &Args, img: &UsbImage) -> Result<()> {
             .iter()
             .find_map(|(_, l)| {
                 let r = l.split("bitlocker: ").nth(1)?;
-                r.contains(" unlocked in ").then(|| r.split(' ').next().unwrap_or("").to_string())
+                r.contains(" unlocked in ")
+                    .then(|| r.split(' ').next().unwrap_or("").to_string())
             })
             .context("no unlock line")?;
         unlock.push(unlock_times(&out, &dev).context("no unlock line")?.0);
@@ -423,6 +439,9 @@ fn bitlocker(a: &Args, img: &UsbImage) -> Result<()> {
     let (p, l, u) = (med(plain), med(locked), med(unlock));
     println!("  CrowdStrike repair, rescue's evaluate step (mount, scan, fix, verify), AHCI:");
     println!("    unencrypted NTFS           {p:>6.2} s");
-    println!("    BitLocker XTS-AES-128      {l:>6.2} s  (of which unlock {u:.2} s; repair {:.2} s)", l - u);
+    println!(
+        "    BitLocker XTS-AES-128      {l:>6.2} s  (of which unlock {u:.2} s; repair {:.2} s)",
+        l - u
+    );
     Ok(())
 }

@@ -126,7 +126,6 @@ fn pxe_tree(dir: &Path, port: u16, http_base: bool) -> PathBuf {
 fn pxe_tree_with(dir: &Path, port: u16, http_base: bool, extra: &[String]) -> PathBuf {
     let out = dir.join("pxe");
     let mut c = Command::new(env_file("DEFIB_DEFIB"));
-    c.args(extra);
     c.args(["pxe", "--offline", "--after", "poweroff", "--out"])
         .arg(&out)
         .arg("--rescue")
@@ -134,7 +133,8 @@ fn pxe_tree_with(dir: &Path, port: u16, http_base: bool, extra: &[String]) -> Pa
         .arg("--payloads")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads"))
         .arg("--append")
-        .arg(format!("defib.report=http://10.0.2.2:{port}/reports/"));
+        .arg(format!("defib.report=http://10.0.2.2:{port}/reports/"))
+        .args(extra);
     if http_base {
         c.arg("--http-base").arg(format!("http://10.0.2.2:{port}/"));
     }
@@ -370,13 +370,21 @@ fn crowdstrike_on_bitlocker_repaired_with_a_key_from_the_network() {
         "one GET, for the volume's recovery-password protector"
     );
     assert!(
-        out.text().lines().any(|l| l.contains("keys: 1 key(s) for /dev/sda")
-            && l.contains(&format!("from {keys_url}{}", key.protector))),
+        out.text()
+            .lines()
+            .any(|l| l.contains("keys: 1 key(s) for /dev/sda3")
+                && l.contains(&format!("from {keys_url}{}", key.protector))),
         "{}",
         out.text()
     );
     // The unlock's timing line, which scripts/bench reads.
-    assert!(out.contains("bitlocker: sda1 unlocked in"), "{}", out.text());
+    assert!(
+        out.text()
+            .lines()
+            .any(|l| l.contains("bitlocker: sda3 unlocked in") && l.contains("key from network")),
+        "{}",
+        out.text()
+    );
     let r = put_report(&s, &out);
     assert!(
         !r.to_string().contains(&key.recovery_password),

@@ -881,10 +881,7 @@ fn several_bitlocker_disks_with_keys_for_only_some() {
         assert!(!text.contains(k), "a recovery key reached the screen");
     }
     assert!(text.contains("bitlocker: vda unlocked in"), "{text}");
-    assert!(
-        out.contains("defib: verdict needs-attention"),
-        "{text}"
-    );
+    assert!(out.contains("defib: verdict needs-attention"), "{text}");
     let r = single_report(&stick);
     let json = r.to_string();
     for k in [right.rp.as_str(), wrong_key] {
