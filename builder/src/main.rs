@@ -155,6 +155,11 @@ struct PxeConfig {
     /// Extra kernel arguments, e.g. 'defib.report=http://10.0.0.5/reports/'
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     append: Option<String>,
+    /// Where PXE-booted rescues GET BitLocker keys the stick would carry:
+    /// http://IPv4[:PORT]/folder/ (files named after protector GUIDs) or
+    /// one key file's URL (docs/bitlocker.md)
+    #[arg(long, value_name = "URL")]
+    keys_url: Option<String>,
     #[command(flatten)]
     inputs: Inputs,
     /// Print a JSON summary on stdout
@@ -431,7 +436,7 @@ fn cmd_pxe(c: PxeConfig) -> Result<()> {
     let cfg = build_config(c.inputs, c.out.clone(), 0, &mut p)?;
     let opts = defib_builder::pxe::PxeOptions {
         http_base: c.http_base,
-        append: c.append,
+        append: defib_builder::pxe::append_keys_url(c.append, c.keys_url.as_deref())?,
     };
     let s = defib_builder::pxe::build_pxe(&cfg, &c.out, &opts, &mut |m| p.step(m))?;
     p.finish();

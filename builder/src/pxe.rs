@@ -71,6 +71,21 @@ pub fn check_append(a: &str) -> Result<String> {
     Ok(a.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// `--keys-url`: checked the way the rescue reads `defib.keys=` (http,
+/// an IPv4 address: the rescue has no TLS and no resolver) and added to
+/// the admin's `--append` words.
+pub fn append_keys_url(append: Option<String>, keys_url: Option<&str>) -> Result<Option<String>> {
+    let Some(url) = keys_url else {
+        return Ok(append);
+    };
+    defib_rescue::bootargs::KeysUrl::parse(url).map_err(|e| anyhow::anyhow!("--keys-url {e}"))?;
+    let word = format!("{}={url}", defib_rescue::layout::keys::KEYS_URL);
+    Ok(Some(match append {
+        Some(a) if !a.trim().is_empty() => format!("{a} {word}"),
+        _ => word,
+    }))
+}
+
 /// An entry's command line for a network boot: it says `defib.medium=pxe`
 /// (there is no stick to look for), then the loader's network words, then
 /// the admin's `--append`.
@@ -303,7 +318,11 @@ fn readme(build_id: &str, http_base: Option<&str>) -> String {
          {http}\n\
          Reports: add --append 'defib.report=http://IP[:PORT]/path/' when\n\
          building; each machine PUTs its report.json there (IP address, not\n\
-         a name; http only). The report also stays on the victim disk.\n"
+         a name; http only). The report also stays on the victim disk.\n\n\
+         BitLocker keys: build with --keys-url http://IP/keys/ and serve one\n\
+         file per protector GUID (lowercase, no braces) holding its recovery\n\
+         password; add defib.keywait=0 to --append so no PC waits at the key\n\
+         prompt. See docs/bitlocker.md for the trust model.\n"
     )
 }
 
@@ -629,6 +648,24 @@ mod tests {
         assert!(check_http_base("ftp://x/").is_err());
         assert!(check_http_base("http://x/$y/").is_err());
         assert_eq!(check_append(" a=1   b ").unwrap(), "a=1 b");
+        // --keys-url joins --append as defib.keys=, checked like the rescue.
+        let a = append_keys_url(
+            Some("defib.report=http://10.0.0.5/r/".into()),
+            Some("http://10.0.0.5/keys/"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            a,
+            "defib.report=http://10.0.0.5/r/ defib.keys=http://10.0.0.5/keys/"
+        );
+        let parsed = defib_rescue::bootargs::BootArgs::parse(&a);
+        assert_eq!(parsed.keys_url.unwrap().path, "/keys/");
+        assert_eq!(append_keys_url(None, None).unwrap(), None);
+        let e = append_keys_url(None, Some("https://keys.example/")).unwrap_err();
+        assert!(format!("{e}").contains("no TLS"), "{e}");
+        let e = append_keys_url(None, Some("http://keys.example/")).unwrap_err();
+        assert!(format!("{e}").contains("cannot resolve host names"), "{e}");
         assert!(check_append("a\nboot").is_err());
         assert!(check_append("x=${ip}").is_err());
     }

@@ -119,6 +119,11 @@ fn handle(mut c: TcpStream, root: Option<&Path>, seen: &Mutex<Seen>) -> std::io:
 
 /// `defib pxe --out DIR` with the report URL of `port` appended.
 fn pxe_tree(dir: &Path, port: u16, http_base: bool) -> PathBuf {
+    pxe_tree_with(dir, port, http_base, &[])
+}
+
+/// The same, with more `defib pxe` options.
+fn pxe_tree_with(dir: &Path, port: u16, http_base: bool, extra: &[String]) -> PathBuf {
     let out = dir.join("pxe");
     let mut c = Command::new(env_file("DEFIB_DEFIB"));
     c.args(["pxe", "--offline", "--after", "poweroff", "--out"])
@@ -128,7 +133,8 @@ fn pxe_tree(dir: &Path, port: u16, http_base: bool) -> PathBuf {
         .arg("--payloads")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads"))
         .arg("--append")
-        .arg(format!("defib.report=http://10.0.2.2:{port}/reports/"));
+        .arg(format!("defib.report=http://10.0.2.2:{port}/reports/"))
+        .args(extra);
     if http_base {
         c.arg("--http-base").arg(format!("http://10.0.2.2:{port}/"));
     }
@@ -314,6 +320,101 @@ fn mcafee_victim_repaired_through_pxe() {
     .unwrap();
     assert_eq!(on_victim["run_id"], r["run_id"]);
     assert_eq!(on_victim["verdict"], "repaired");
+    for (path, sha) in v.expect.must_stay() {
+        assert_eq!(victim::sha256_of(&v, &path).unwrap(), Some(sha), "{path}");
+    }
+}
+
+/// A BitLocker-encrypted CrowdStrike victim booted over the network, with
+/// no stick and so no key file: the admin serves a folder of per-protector
+/// key files and builds the tree with `--keys-url`. The rescue GETs
+/// `/keys/<protector GUID>`, unlocks, repairs and reports `key_source:
+/// network`; the key is never on the screen or in the report.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn crowdstrike_on_bitlocker_repaired_with_a_key_from_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, key) = victim::make_win10_crowdstrike_bitlocker(dir.path()).unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(served.join("keys")).unwrap();
+    // One file per protector, named by its GUID, holding the bare key.
+    std::fs::write(
+        served.join("keys").join(&key.protector),
+        format!("{}\n", key.recovery_password),
+    )
+    .unwrap();
+    let s = Server::start(Some(served));
+    let keys_url = format!("http://10.0.2.2:{}/keys/", s.port);
+    let tree = pxe_tree_with(
+        dir.path(),
+        s.port,
+        false,
+        &["--keys-url".into(), keys_url.clone()],
+    );
+    let out = boot(
+        Firmware::Bios,
+        &tree,
+        "boot.ipxe",
+        Some(&v.disk),
+        dir.path(),
+    );
+    assert!(out.contains("defib: verdict repaired"), "{}", out.text());
+    assert!(
+        !out.text().contains(&key.recovery_password),
+        "the recovery key reached the screen"
+    );
+    let gets = s.gets();
+    assert_eq!(
+        gets,
+        vec![format!("/keys/{}", key.protector)],
+        "one GET, for the volume's recovery-password protector"
+    );
+    assert!(
+        out.text()
+            .lines()
+            .any(|l| l.contains("keys: 1 key(s) for /dev/sda3")
+                && l.contains(&format!("from {keys_url}{}", key.protector))),
+        "{}",
+        out.text()
+    );
+    // The unlock's timing line, which scripts/bench reads.
+    assert!(
+        out.text()
+            .lines()
+            .any(|l| l.contains("bitlocker: sda3 unlocked in") && l.contains("key from network")),
+        "{}",
+        out.text()
+    );
+    let r = put_report(&s, &out);
+    assert!(
+        !r.to_string().contains(&key.recovery_password),
+        "the recovery key reached the report"
+    );
+    assert!(
+        r["boot"]["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("defib.keys={keys_url}")),
+        "{r:#}"
+    );
+    let w = &r["windows"][0];
+    assert_eq!(w["identity"]["computer_name"], "ICU-STATION-12", "{w:#}");
+    let bl = &w["state"]["bitlocker"];
+    assert_eq!(bl["unlocked"], true, "{w:#}");
+    assert_eq!(bl["key_source"], "network", "{w:#}");
+    assert_eq!(bl["unlocked_with"], key.protector.as_str(), "{w:#}");
+    // From the host, decrypting the disk: the bad channel file is in the
+    // vault, everything else as it was.
+    let run = r["run_id"].as_str().unwrap();
+    for (path, sha) in &v.expect.bad {
+        assert_eq!(victim::sha256_of(&v, path).unwrap(), None, "{path}");
+        let vaulted = format!(r"defib\{run}\vault\{path}");
+        assert_eq!(
+            victim::sha256_of(&v, &vaulted).unwrap().as_deref(),
+            Some(sha.as_str()),
+            "{vaulted}"
+        );
+    }
     for (path, sha) in v.expect.must_stay() {
         assert_eq!(victim::sha256_of(&v, &path).unwrap(), Some(sha), "{path}");
     }

@@ -78,6 +78,8 @@ pub struct BootArgs {
     pub hash_unlocked: bool,
     /// `defib.keywait=`: the recovery-key prompt's bound without a keystroke.
     pub keywait: Duration,
+    /// `defib.keys=`: where to fetch BitLocker keys over HTTP.
+    pub keys_url: Option<KeysUrl>,
 }
 
 impl Default for BootArgs {
@@ -95,6 +97,7 @@ impl Default for BootArgs {
             fault: None,
             hash_unlocked: false,
             keywait: DEFAULT_KEYWAIT,
+            keys_url: None,
         }
     }
 }
@@ -141,6 +144,12 @@ impl BootArgs {
                     "0" => args.hash_unlocked = false,
                     _ => args.bad(key, value, "0"),
                 },
+                keys::KEYS_URL => match KeysUrl::parse(value) {
+                    Ok(u) => args.keys_url = Some(u),
+                    Err(e) => args
+                        .warnings
+                        .push(format!("ignoring {key}=: {e}; no keys over the network")),
+                },
                 keys::IP => args.ip = Some(value.into()),
                 keys::BOOTIF => args.bootif = Some(value.into()),
                 keys::CONSOLE => {
@@ -165,6 +174,82 @@ impl BootArgs {
     fn bad(&mut self, key: &str, value: &str, default: &str) {
         self.warnings
             .push(format!("ignoring bad {key}={value:?}, using {default}"));
+    }
+}
+
+/// Where BitLocker keys come from over the network (`defib.keys=`):
+/// `http://IPv4[:PORT]/path/`. A URL ending in `/` is a folder of files
+/// named after protector GUIDs; any other URL is one key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysUrl {
+    pub addr: std::net::SocketAddrV4,
+    /// `IP[:PORT]` as written, for the `Host:` header and messages.
+    pub host: String,
+    /// The path, starting with `/`.
+    pub path: String,
+}
+
+impl KeysUrl {
+    /// Checks a `defib.keys=` value. Only `http://` with a literal IPv4
+    /// address: the rescue has no TLS, and as a static glibc binary it has
+    /// no resolver, so a host name could never be looked up.
+    pub fn parse(url: &str) -> Result<KeysUrl, String> {
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => {
+                return Err(format!(
+                    "{url}: https is not available (the rescue has no TLS); serve the keys \
+                     over http:// on the deployment network"
+                ))
+            }
+            _ => return Err(format!("{url}: not an http:// URL")),
+        };
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        if path
+            .contains(|c: char| matches!(c, '?' | '#' | '%') || c.is_whitespace() || c.is_control())
+            || path.split('/').any(|seg| seg == "..")
+        {
+            return Err(format!(
+                "{url}: the path may hold no query, fragment, escapes, spaces or `..`"
+            ));
+        }
+        if hostport.starts_with('[') {
+            return Err(format!(
+                "{url}: not an IPv4 address; the rescue fetches keys over IPv4 only"
+            ));
+        }
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => (h, p),
+                _ => return Err(format!("{url}: bad port {p:?}")),
+            },
+            None => (hostport, 80),
+        };
+        let ip: std::net::Ipv4Addr = host.parse().map_err(|_| {
+            format!(
+                "{url}: {host:?} is not an IPv4 address; the rescue cannot resolve host \
+                 names (a static binary without a resolver), write the server's address"
+            )
+        })?;
+        Ok(KeysUrl {
+            addr: std::net::SocketAddrV4::new(ip, port),
+            host: hostport.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// A folder of per-protector files (the URL ends in `/`), else one file.
+    pub fn is_folder(&self) -> bool {
+        self.path.ends_with('/')
+    }
+
+    /// The full URL of `name` in the folder (or of the file itself when
+    /// `name` is empty).
+    pub fn url_of(&self, name: &str) -> String {
+        format!("http://{}{}{}", self.host, self.path, name)
     }
 }
 
@@ -347,6 +432,43 @@ mod tests {
         assert_eq!(a.bootif.as_deref(), Some("01-52-54-00-12-34-56"));
         assert_eq!(a.report_url.as_deref(), Some("http://10.0.2.2:8080/r/"));
         assert_eq!(BootArgs::parse("defib.report=").report_url, None);
+    }
+
+    #[test]
+    fn keys_url_takes_http_with_an_ipv4_address_only() {
+        let a = BootArgs::parse("defib.keys=http://10.0.2.2:8080/keys/");
+        let u = a.keys_url.expect("parsed");
+        assert_eq!(u.addr.to_string(), "10.0.2.2:8080");
+        assert_eq!(u.path, "/keys/");
+        assert!(u.is_folder());
+        assert_eq!(u.url_of("abc"), "http://10.0.2.2:8080/keys/abc");
+        let f = KeysUrl::parse("http://192.168.1.5/fleet/BitLockerKeys.csv").unwrap();
+        assert_eq!(f.addr.port(), 80);
+        assert!(!f.is_folder());
+        assert_eq!(KeysUrl::parse("http://10.0.0.1").unwrap().path, "/");
+        for (bad, why) in [
+            ("https://10.0.0.1/keys/", "no TLS"),
+            ("http://keys.example/keys/", "cannot resolve host names"),
+            ("http://[::1]/keys/", "not an IPv4 address"),
+            ("ftp://10.0.0.1/keys/", "not an http:// URL"),
+            ("http://10.0.0.1:0/keys/", "bad port"),
+            ("http://10.0.0.1:99999/keys/", "bad port"),
+            ("http://10.0.0.1/keys/../etc/", "`..`"),
+            ("http://10.0.0.1/keys/?id=1", "query"),
+            ("http://user@10.0.0.1/keys/", "not an IPv4 address"),
+        ] {
+            let e = KeysUrl::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // A bad value is a warning that says so; the boot goes on.
+        let a = BootArgs::parse("defib.keys=http://keys.example/");
+        assert_eq!(a.keys_url, None);
+        assert_eq!(a.warnings.len(), 1);
+        assert!(
+            a.warnings[0].contains("no keys over the network"),
+            "{:?}",
+            a.warnings
+        );
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub mod keys {
     /// `defib.keywait=SECONDS`: how long the recovery-key prompt waits for
     /// a keystroke before it goes on without the volume (0: never asks).
     pub const KEYWAIT: &str = "defib.keywait";
+    /// `defib.keys=http://IPv4[:PORT]/path/`: where to GET BitLocker keys
+    /// for protectors no key on the stick opened (network boots).
+    pub const KEYS_URL: &str = "defib.keys";
     /// `console=`: where the rescue prints.
     pub const CONSOLE: &str = "console";
 }

@@ -43,9 +43,17 @@ pub fn decide(probe: &Probe, windows: &[WindowsReport]) -> Outcome {
         .find(|w| matches!(w.verdict, Verdict::NeedsAttention | Verdict::Failed))
         .or_else(|| windows.iter().find(|w| w.verdict == Verdict::Repaired))
         .unwrap_or(&windows[0]);
+    // Every other volume that needs a person is named too: with several
+    // locked BitLocker disks, each one's key IDs are in the verdict.
+    let mut reason = format!("{}: {}", lead.volume, lead.reason);
+    for w in windows.iter().filter(|w| {
+        !std::ptr::eq(*w, lead) && matches!(w.verdict, Verdict::NeedsAttention | Verdict::Failed)
+    }) {
+        reason.push_str(&format!("; and {}: {}", w.volume, w.reason));
+    }
     Outcome {
         verdict: lead.verdict,
-        reason: format!("{}: {}", lead.volume, lead.reason),
+        reason,
         next_step: lead.next_step.clone(),
         messages: Vec::new(),
     }
@@ -124,6 +132,16 @@ mod tests {
         );
         assert_eq!(o.verdict, Verdict::NeedsAttention);
         assert!(o.reason.starts_with("sdb3: "));
+        // Two volumes needing a person: both named, the repaired one not.
+        let o = decide(
+            &p,
+            &[
+                win("vda", Verdict::Repaired),
+                win("vdb", Verdict::NeedsAttention),
+                win("vdc", Verdict::NeedsAttention),
+            ],
+        );
+        assert_eq!(o.reason, "vdb: NeedsAttention; and vdc: NeedsAttention");
         let o = decide(
             &p,
             &[win("sda2", Verdict::Clean), win("sdb3", Verdict::Repaired)],

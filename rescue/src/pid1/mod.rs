@@ -29,6 +29,7 @@ pub mod kmod;
 pub mod medium;
 pub mod mounts;
 pub mod net;
+pub mod netkeys;
 pub mod shell;
 
 /// How long block device names must stay unchanged to count as settled.
@@ -444,10 +445,22 @@ fn decide(run: &mut Run) -> Result<()> {
     } else {
         run.args.consoles.clone()
     };
-    let mut prompt = keyprompt::Prompt::new(consoles, run.args.keywait);
-    run.volumes.prompt = Some(Box::new(move |dev, meta| {
-        prompt.ask(dev, meta).map(crate::volumes::Typed)
-    }));
+    if run.args.keywait.is_zero() {
+        // defib.keywait=0: an unattended boot, nobody is asked.
+        run.volumes.prompt = None;
+    } else {
+        let mut prompt = keyprompt::Prompt::new(consoles, run.args.keywait);
+        run.volumes.prompt = Some(Box::new(move |dev, meta| {
+            prompt.ask(dev, meta).map(crate::volumes::Typed)
+        }));
+    }
+    if let Some(url) = run.args.keys_url.clone() {
+        run.say(&format!(
+            "keys: asking {} for BitLocker keys the stick does not have",
+            url.url_of("")
+        ));
+        run.volumes.fetch = Some(netkeys::for_boot(&run.root, url, &run.args));
+    }
     run.say(&format!(
         "playbooks: {} ({}), store: {} entries",
         payloads.playbooks.len(),
@@ -485,6 +498,12 @@ fn decide(run: &mut Run) -> Result<()> {
             for l in report::screen_lines(&dev, r) {
                 run.say(&l);
             }
+        }
+        for l in std::mem::take(&mut run.volumes.lines) {
+            run.say(&l);
+        }
+        for n in std::mem::take(&mut run.volumes.notes) {
+            run.note(n);
         }
         run.report.windows.extend(reports);
     }
