@@ -125,6 +125,20 @@ pub enum Condition {
     },
     /// Holds when no file exists at `path` (the damage a deletion did).
     Missing { id: String, path: String },
+    /// Holds when no file matches `glob` and the tests (the same fields as
+    /// `files`): the incident's file is gone.
+    NoFiles {
+        id: String,
+        glob: String,
+        #[serde(default)]
+        match_any: Vec<FileTest>,
+        #[serde(default)]
+        except_any: Vec<FileTest>,
+    },
+    /// Holds when the BCD store's default boot entry has `safeboot` set
+    /// (`safeboot = true`) or not set (`false`). A store that is missing
+    /// or unreadable makes the condition an error, never a guess.
+    Bcd { id: String, safeboot: bool },
     /// Holds when a registry value matches. `hive` is `SOFTWARE` or
     /// `SYSTEM` (from `Windows\System32\config`); `key` is below the hive
     /// root (`McAfee\AVEngine`). Strings compare without case; numbers by
@@ -155,6 +169,8 @@ impl Condition {
         match self {
             Condition::Files { id, .. }
             | Condition::Missing { id, .. }
+            | Condition::NoFiles { id, .. }
+            | Condition::Bcd { id, .. }
             | Condition::Registry { id, .. }
             | Condition::Quarantine { id, .. } => id,
         }
@@ -403,6 +419,21 @@ pub enum Action {
         optional: bool,
         unless: Option<String>,
     },
+    /// Edit the BCD store: `clear = "safeboot"` removes the `safeboot`
+    /// element of the default boot entry (docs/boot-health.md).
+    Bcd {
+        id: Option<String>,
+        clear: BcdClear,
+        unless: Option<String>,
+    },
+}
+
+/// What a `bcd` action may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BcdClear {
+    /// The default entry's `safeboot` element (`25000080`).
+    Safeboot,
 }
 
 impl Action {
@@ -410,7 +441,8 @@ impl Action {
         match self {
             Action::Neutralize { id, .. }
             | Action::Restore { id, .. }
-            | Action::DropIn { id, .. } => id.as_deref(),
+            | Action::DropIn { id, .. }
+            | Action::Bcd { id, .. } => id.as_deref(),
         }
     }
 
@@ -418,7 +450,8 @@ impl Action {
         match self {
             Action::Neutralize { unless, .. }
             | Action::Restore { unless, .. }
-            | Action::DropIn { unless, .. } => unless.as_deref(),
+            | Action::DropIn { unless, .. }
+            | Action::Bcd { unless, .. } => unless.as_deref(),
         }
     }
 
@@ -427,6 +460,7 @@ impl Action {
             Action::Neutralize { .. } => "neutralize",
             Action::Restore { .. } => "restore",
             Action::DropIn { .. } => "drop-in",
+            Action::Bcd { .. } => "bcd",
         }
     }
 }
@@ -611,6 +645,12 @@ impl Playbook {
                     match_any,
                     except_any,
                     ..
+                }
+                | Condition::NoFiles {
+                    glob,
+                    match_any,
+                    except_any,
+                    ..
                 } => {
                     split_path(glob).map_err(|e| {
                         At::error(here("glob"), format!("condition {id}: glob {e}"))
@@ -654,6 +694,7 @@ impl Playbook {
                         bail!("condition {id}: quarantine needs an original path glob");
                     }
                 }
+                Condition::Bcd { .. } => {}
             }
         }
         let mut action_ids: Vec<&str> = Vec::new();
@@ -733,6 +774,7 @@ impl Playbook {
                         bail!("action {n}: drop-in needs a store entry name");
                     }
                 }
+                Action::Bcd { .. } => {}
             }
         }
         if self.detect_only && !self.actions.is_empty() {
