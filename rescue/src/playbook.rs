@@ -136,8 +136,8 @@ pub enum Condition {
         except_any: Vec<FileTest>,
     },
     /// Holds when the BCD store's default boot entry has `safeboot` set
-    /// (`safeboot = true`) or not set (`false`). A store that is missing
-    /// or unreadable makes the condition an error, never a guess.
+    /// (`safeboot = true`) or not set (`false`). No store found: does not
+    /// hold; a store that cannot be read: an error, never a guess.
     Bcd { id: String, safeboot: bool },
     /// Holds when a registry value matches. `hive` is `SOFTWARE` or
     /// `SYSTEM` (from `Windows\System32\config`); `key` is below the hive

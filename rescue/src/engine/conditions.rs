@@ -137,8 +137,16 @@ impl Ctx<'_> {
                 Ok(None)
             }
             Condition::Bcd { safeboot, .. } => {
-                let f = crate::boothealth::find_bcd(self.root(), self.t.system)?
-                    .context("no BCD store found (on the system partition or the Windows volume); in host mode pass --esp DIR")?;
+                // No store at all is an answer (a pre-Vista Windows, or a
+                // host run without --esp), not an error: the condition
+                // does not hold. A store that cannot be read is an error.
+                let Some(f) = crate::boothealth::find_bcd(self.root(), self.t.system)? else {
+                    cr.detail = match self.t.system {
+                        Some(_) => "no BCD store on the system partition or the Windows volume".into(),
+                        None => "no BCD store on the Windows volume and no system partition (in host mode pass --esp DIR)".into(),
+                    };
+                    return Ok(None);
+                };
                 let (bytes, _) = crate::boothealth::read_store(&f)?;
                 let rep = crate::guard::contain("BCD", || crate::bcd::read(&bytes))
                     .map_err(|e| anyhow::anyhow!("{e}"))?
