@@ -968,6 +968,33 @@ mod tests {
     }
 
     #[test]
+    fn bcd_and_no_files_parse_and_bad_values_are_refused() {
+        let pbs = load_dir(&shipped()).unwrap();
+        let sm = pbs
+            .iter()
+            .find(|p| p.id == "crowdstrike-safe-mode")
+            .unwrap();
+        assert!(matches!(
+            sm.conditions[2],
+            Condition::Bcd { safeboot: true, .. }
+        ));
+        assert!(matches!(sm.conditions[1], Condition::NoFiles { .. }));
+        assert!(matches!(
+            sm.actions[0],
+            Action::Bcd {
+                clear: BcdClear::Safeboot,
+                ..
+            }
+        ));
+        let text = std::fs::read_to_string(shipped().join("crowdstrike-safe-mode.toml")).unwrap();
+        let bad = text.replace(r#"clear = "safeboot""#, r#"clear = "everything""#);
+        let e = format!("{:#}", Playbook::parse(&bad, "pb.toml").unwrap_err());
+        assert!(e.contains("pb.toml") && e.contains("everything"), "{e}");
+        let bad = text.replace("safeboot = true", r#"safeboot = "yes""#);
+        assert!(Playbook::parse(&bad, "pb.toml").is_err());
+    }
+
+    #[test]
     fn shipped_playbooks_are_valid() {
         let pbs = load_dir(&shipped()).unwrap();
         let ids: Vec<&str> = pbs.iter().map(|p| p.id.as_str()).collect();
@@ -977,6 +1004,9 @@ mod tests {
                 "avg-user32-2008",
                 "bitdefender-fakealert5-2010",
                 "crowdstrike-c00000291",
+                // after the file playbook: it clears Safe Mode once the
+                // file is gone, in the same run
+                "crowdstrike-safe-mode",
                 "mcafee-dat-5958",
                 // sorted by file name: '-' sorts before '.'
                 "sophos-shh-updater-b-2012-x64",

@@ -38,6 +38,7 @@
 
 mod check;
 mod disk;
+mod esp;
 mod hives;
 mod makers;
 mod pe;
@@ -45,6 +46,7 @@ mod tree;
 
 pub use check::*;
 pub use disk::*;
+pub use esp::*;
 pub use hives::*;
 pub use makers::*;
 #[allow(unused_imports)]
