@@ -92,6 +92,14 @@ pub fn run(
     only: Option<&str>,
     keys: crate::bitlocker::keyfile::KeyStore,
 ) -> Result<Report> {
+    if let Target::Root(_, Some(esp)) = target {
+        if !esp.is_dir() {
+            bail!(
+                "--esp {}: not a folder; mount the EFI system partition and give its mount point",
+                esp.display()
+            );
+        }
+    }
     let payloads = Payloads::load(payloads)?;
     if payloads.playbooks.is_empty() {
         bail!(
