@@ -46,6 +46,7 @@ mod tree;
 
 pub use check::*;
 pub use disk::*;
+#[allow(unused_imports)]
 pub use esp::*;
 pub use hives::*;
 pub use makers::*;
