@@ -991,4 +991,94 @@ pub(crate) mod tests {
             None
         );
     }
+
+    /// Every file name in the ESP folder (temp files included).
+    fn esp_names(esp: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![esp.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p.strip_prefix(esp).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_interrupted_bcd_edit_converges_and_undo_gives_the_original() {
+        let payloads = safe_mode_playbooks();
+        let d = tempfile::tempdir().unwrap();
+        // The outcome without faults.
+        let (root, esp) = safe_mode_victim(&d.path().join("clean"));
+        let bcd_rel = "EFI/Microsoft/Boot/BCD";
+        let original = std::fs::read(esp.join(bcd_rel)).unwrap();
+        crate::repair::evaluate_root(&root, Some(&esp), "vol", &payloads, Mode::Fix, "ok", None)
+            .unwrap();
+        let cleared = std::fs::read(esp.join(bcd_rel)).unwrap();
+        assert_ne!(cleared, original);
+
+        let mut points = 0;
+        for n in 1..100 {
+            let (root, esp) = safe_mode_victim(&d.path().join(format!("v{n}")));
+            journal::set_fault(n, journal::FaultMode::Panic);
+            let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::repair::evaluate_root(
+                    &root,
+                    Some(&esp),
+                    "vol",
+                    &payloads,
+                    Mode::Fix,
+                    "first",
+                    None,
+                )
+            }));
+            journal::set_fault(0, journal::FaultMode::Panic);
+            match crashed {
+                Ok(_) => break,
+                Err(p) => assert!(p.downcast_ref::<journal::FaultInjected>().is_some()),
+            }
+            points = n;
+            // The next run rolls the cut-off one back, then clears the flag:
+            // the same store as an uninterrupted run, no temp file left.
+            let w = crate::repair::evaluate_root(
+                &root,
+                Some(&esp),
+                "vol",
+                &payloads,
+                Mode::Fix,
+                "second",
+                None,
+            )
+            .unwrap();
+            let sm = w[0]
+                .playbooks
+                .iter()
+                .find(|p| p.id == "crowdstrike-safe-mode")
+                .unwrap();
+            assert_eq!(sm.status, Status::Repaired, "fault {n}: {sm:#?}");
+            assert_eq!(
+                std::fs::read(esp.join(bcd_rel)).unwrap(),
+                cleared,
+                "fault {n}: not converged"
+            );
+            assert_eq!(esp_names(&esp), [bcd_rel], "fault {n}");
+            // Undoing every run gives back the original store.
+            while let Some(id) = engine::latest_undoable(&root).unwrap() {
+                let u = engine::undo(&root, Some(&esp), &id).unwrap();
+                assert!(u.problems.is_empty(), "fault {n}, undo {id}: {u:?}");
+            }
+            assert_eq!(
+                std::fs::read(esp.join(bcd_rel)).unwrap(),
+                original,
+                "fault {n}: undo lost bytes"
+            );
+        }
+        assert!(points >= 5, "only {points} fault points were exercised");
+    }
 }
