@@ -692,7 +692,7 @@ pub(crate) mod tests {
 
     /// A Windows 10 volume whose CrowdStrike channel file was deleted
     /// through Safe Mode, and its ESP (a folder) with `safeboot` set.
-    fn safe_mode_victim(d: &Path) -> (PathBuf, PathBuf) {
+    pub(crate) fn safe_mode_victim(d: &Path) -> (PathBuf, PathBuf) {
         let root = d.join("vol");
         let esp = d.join("esp");
         make(

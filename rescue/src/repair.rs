@@ -469,8 +469,24 @@ pub fn check_volume(
             return v;
         }
     };
-    // The BCD store is on the system partition: writable for the fix.
-    let (system, system_err) = split_system(ops.system_partition(dev, true));
+    // The system partition is remounted read-write only when its BCD store
+    // has Safe Mode set and a playbook may clear it: a read-write vfat
+    // mount itself writes (the volume's dirty bit), so a fix that does not
+    // touch the store leaves the ESP as it was.
+    let may_edit_bcd = scan.iter().any(|r| {
+        r.boot_health
+            .as_ref()
+            .is_some_and(|h| h.bcd.safeboot.is_some() && !h.bcd.dirty)
+    }) && payloads.playbooks.iter().any(|p| {
+        p.actions
+            .iter()
+            .any(|a| matches!(a, crate::playbook::Action::Bcd { .. }))
+    });
+    let (system, system_err) = if may_edit_bcd {
+        split_system(ops.system_partition(dev, true))
+    } else {
+        (system, system_err.clone())
+    };
     let res = evaluate_root(
         &root,
         system.as_deref(),
@@ -508,6 +524,9 @@ mod tests {
         key: bool,
         unlocked: Vec<String>,
         locked: Vec<String>,
+        /// The system partition (a folder), and how it was asked for.
+        esp: Option<PathBuf>,
+        esp_mounts: Vec<bool>,
     }
 
     impl VolumeOps for FakeOps {
@@ -547,6 +566,10 @@ mod tests {
         fn umount(&mut self, _dev: &str) -> Result<()> {
             Ok(())
         }
+        fn system_partition(&mut self, _dev: &str, rw: bool) -> Result<Option<PathBuf>> {
+            self.esp_mounts.push(rw);
+            Ok(self.esp.clone())
+        }
     }
 
     fn setup() -> (tempfile::TempDir, FakeOps, Payloads) {
@@ -570,6 +593,8 @@ mod tests {
             key: false,
             unlocked: Vec::new(),
             locked: Vec::new(),
+            esp: None,
+            esp_mounts: Vec::new(),
         };
         (d, ops, payloads)
     }
@@ -587,6 +612,37 @@ mod tests {
         assert_eq!(r[0].verdict, Verdict::Clean, "{r:#?}");
         assert_eq!(ops.mounts, [(false, false)]);
         assert!(r[0].mount.is_none());
+    }
+
+    #[test]
+    fn the_esp_is_mounted_read_write_only_when_safe_mode_may_be_cleared() {
+        let (d, mut ops, payloads) = setup();
+        let (root, esp) = crate::boothealth::tests::safe_mode_victim(&d.path().join("cs"));
+        let bcd = esp.join("EFI/Microsoft/Boot/BCD");
+        // Safe Mode set: scanned read-only, fixed read-write.
+        ops.dir = root.clone();
+        ops.esp = Some(esp.clone());
+        let r = check_volume(&mut ops, "sda3", false, &payloads, Mode::Fix, "run1", None);
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        assert_eq!(ops.esp_mounts, [false, true]);
+        // A fix with the store not in Safe Mode never mounts it read-write.
+        crate::boothealth::tests::make_bcd(&bcd, None);
+        let before = std::fs::read(&bcd).unwrap();
+        let bad =
+            root.join("Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys");
+        std::fs::write(&bad, [0xAA, 0xAA, 0xAA, 0xAA, 1, 0, 0x23, 1, 9]).unwrap();
+        // Stamped like the bad update (2024-07-19T04:09:13Z).
+        std::fs::File::options()
+            .write(true)
+            .open(&bad)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_721_362_153))
+            .unwrap();
+        ops.esp_mounts.clear();
+        let r = check_volume(&mut ops, "sda3", false, &payloads, Mode::Fix, "run2", None);
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        assert_eq!(ops.esp_mounts, [false]);
+        assert_eq!(std::fs::read(&bcd).unwrap(), before);
     }
 
     #[test]
