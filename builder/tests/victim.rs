@@ -731,6 +731,7 @@ fn scan_with(v: &Victim, playbooks: &[(&str, &str)], id: &str) -> serde_json::Va
     victim::with_volume(v, |root| {
         let w = defib_rescue::repair::evaluate_root(
             root,
+            None,
             "test",
             &payloads,
             defib_rescue::engine::Mode::Scan,

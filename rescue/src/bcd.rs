@@ -64,9 +64,9 @@ const BASE_BLOCK_LEN: usize = 4096;
 pub enum BcdError {
     #[error("not a readable BCD store: {0}")]
     Unreadable(String),
-    #[error("the BCD store is dirty (it has unreplayed transaction logs); boot Windows once or replay its logs before editing")]
+    #[error("the BCD store is dirty (its newest state is only in its transaction logs); defib does not edit it: clear the flag from Windows RE with `bcdedit /deletevalue {{default}} safeboot`, or let Windows start once and run defib again")]
     Dirty,
-    #[error("{0} holds changes Windows would replay over an edit; refusing to edit the BCD store")]
+    #[error("{0} holds changes Windows would replay over an edit, so defib does not edit the BCD store: clear the flag from Windows RE with `bcdedit /deletevalue {{default}} safeboot`, or let Windows start once (it applies and empties the log) and run defib again")]
     LogsNotEmpty(String),
     #[error("the BCD store names no default boot entry")]
     NoDefaultEntry,

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 /// A volume the admin already mounted (`--root`): its dirty flag and
 /// BitLocker state cannot be read from a folder, and mounting it read-only
 /// or read-write means using it as it is.
-struct MountedRoot(PathBuf);
+struct MountedRoot(PathBuf, Option<PathBuf>);
 
 impl crate::repair::VolumeOps for MountedRoot {
     fn bitlocker(&mut self, _dev: &str) -> Result<crate::report::BitlockerState> {
@@ -32,11 +32,19 @@ impl crate::repair::VolumeOps for MountedRoot {
     fn umount(&mut self, _dev: &str) -> Result<()> {
         Ok(())
     }
+    /// `--esp DIR`, as the admin mounted it.
+    fn system_partition(&mut self, _dev: &str, _rw: bool) -> Result<Option<PathBuf>> {
+        match &self.1 {
+            Some(p) if !p.is_dir() => bail!("--esp {}: not a folder", p.display()),
+            other => Ok(other.clone()),
+        }
+    }
 }
 
 /// Where the volume is.
 pub enum Target {
-    Root(PathBuf),
+    /// A mounted volume, and the mounted system partition (`--esp`).
+    Root(PathBuf, Option<PathBuf>),
     Device(String),
 }
 
@@ -84,6 +92,14 @@ pub fn run(
     only: Option<&str>,
     keys: crate::bitlocker::keyfile::KeyStore,
 ) -> Result<Report> {
+    if let Target::Root(_, Some(esp)) = target {
+        if !esp.is_dir() {
+            bail!(
+                "--esp {}: not a folder; mount the EFI system partition and give its mount point",
+                esp.display()
+            );
+        }
+    }
     let payloads = Payloads::load(payloads)?;
     if payloads.playbooks.is_empty() {
         bail!(
@@ -108,11 +124,11 @@ pub fn run(
     let mut vols = crate::volumes::KernelVolumes::new(Path::new("/"));
     vols.keys = keys;
     let windows = match target {
-        Target::Root(root) => {
+        Target::Root(root, esp) => {
             // The same safe path as the image: scan read-only, decide
             // whether the volume may be written (one function for both),
             // then fix. The admin mounted it; "mounting" is using it.
-            let mut ops = MountedRoot(root.clone());
+            let mut ops = MountedRoot(root.clone(), esp.clone());
             let name = root.display().to_string();
             check_volume(&mut ops, &name, false, &payloads, mode, &run_id, only)
         }
@@ -141,11 +157,11 @@ pub fn run(
 }
 
 /// `rescue undo`: the latest run (or `run`) on the volume at `root`.
-pub fn undo(root: &Path, run: Option<&str>) -> Result<engine::UndoResult> {
+pub fn undo(root: &Path, esp: Option<&Path>, run: Option<&str>) -> Result<engine::UndoResult> {
     let id = match run {
         Some(r) => r.to_string(),
         None => engine::latest_undoable(root)?
             .with_context(|| format!("no run to undo under {}\\defib", root.display()))?,
     };
-    engine::undo(root, &id)
+    engine::undo(root, esp, &id)
 }

@@ -53,6 +53,9 @@ pub enum Op {
     Restore,
     /// A store file placed at `path`; a file that was there is in `vault`.
     DropIn,
+    /// A BCD store at `path` (on the volume `volume` names) rewritten in
+    /// place with one element removed; the original is in `vault`.
+    Bcd,
     /// `rescue undo`, or a rollback, put `path` back (or took it away).
     Undo,
     /// The first line of a run: `run` is its number on this volume.
@@ -60,6 +63,16 @@ pub enum Op {
     /// The last line of a run that finished (its actions done, failed or
     /// rolled back). Without it the run was interrupted.
     End,
+}
+
+/// Which file system a journalled path is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Volume {
+    /// The system partition (ESP, or the BIOS active partition).
+    System,
+    /// The Windows volume itself (where the journal is).
+    Windows,
 }
 
 /// One journal line.
@@ -71,6 +84,10 @@ pub struct Step {
     pub playbook: String,
     /// Volume-relative Windows path, as spelled on disk (`WINDOWS\system32\svchost.exe`).
     pub path: String,
+    /// The volume `path` is on when it is not the Windows volume the
+    /// journal is on: `system` (the system partition, for a BCD store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
     /// Run-folder-relative path of the backup in the vault, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<String>,
@@ -99,6 +116,7 @@ impl Step {
             op,
             playbook: playbook.into(),
             path: path.into(),
+            volume: None,
             vault: None,
             sha256_before: None,
             sha256_after: None,
@@ -516,6 +534,46 @@ pub fn create_verified(path: &Path, data: &[u8]) -> Result<String> {
     Ok(got)
 }
 
+/// Replaces the file at `path` with `data`: temp name in the same folder,
+/// fsync, rename over the old file (atomic: a crash leaves the old or the
+/// new whole), fsync the folder, then read back from the disk and compare
+/// the SHA-256. The caller has the old content in the vault already.
+pub fn replace_verified(path: &Path, data: &[u8]) -> Result<String> {
+    let dir = path.parent().context("path has no parent")?;
+    let tmp = tmp_path(path).context("path has no file name")?;
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    fault_point("write");
+    let r = f
+        .write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()));
+    drop(f);
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fault_point("rename over");
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("renaming to {}", path.display()));
+    }
+    fsync_dir(dir)?;
+    let want = sha256_bytes(data);
+    let got = sha256_from_disk(path)?;
+    if got != want {
+        bail!(
+            "{} reads back as {got}, expected {want}: the disk may be failing",
+            path.display()
+        );
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +585,7 @@ mod tests {
             op: Op::Neutralize,
             playbook: "p".into(),
             path: r"a\b".into(),
+            volume: None,
             vault: None,
             sha256_before: None,
             sha256_after: None,

@@ -27,6 +27,7 @@ pub mod runid;
 // The repair engine and what it reads.
 pub mod bcd;
 pub mod bitlocker;
+pub mod boothealth;
 pub mod bup;
 pub mod engine;
 pub mod hivelog;
@@ -45,6 +46,7 @@ pub mod winreg;
 pub mod devmapper;
 pub mod firmware;
 pub mod probe;
+pub mod syspart;
 pub mod verdict;
 pub mod volumes;
 

@@ -39,9 +39,15 @@ struct RunArgs {
         required_unless_present = "device"
     )]
     root: Option<PathBuf>,
-    /// A disk or partition to detect and mount with ntfs3 (needs root)
+    /// A disk or partition to detect and mount with ntfs3 (needs root);
+    /// the EFI system partition on the same disk is found and mounted too
     #[arg(long, value_name = "DEV")]
     device: Option<String>,
+    /// With --root: the mounted EFI system partition (or BIOS active
+    /// partition) holding the BCD store [default: none; then only
+    /// \Boot\BCD on the volume itself is looked at]
+    #[arg(long, value_name = "DIR", conflicts_with = "device")]
+    esp: Option<PathBuf>,
     /// Playbooks and store [default: /payloads in the image, else ./payloads]
     #[arg(long, value_name = "DIR")]
     payloads: Option<PathBuf>,
@@ -76,6 +82,10 @@ struct UndoArgs {
     /// The mounted Windows volume the run changed
     #[arg(long, value_name = "DIR")]
     root: PathBuf,
+    /// The mounted EFI system partition, when the run edited the BCD
+    /// store on it
+    #[arg(long, value_name = "DIR")]
+    esp: Option<PathBuf>,
     /// Which run [default: the latest not yet undone]
     #[arg(long, value_name = "RUN_ID")]
     run: Option<String>,
@@ -117,7 +127,7 @@ fn main() -> ExitCode {
 
 fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let target = match (a.root, a.device) {
-        (Some(r), _) => Target::Root(r),
+        (Some(r), _) => Target::Root(r, a.esp),
         (None, Some(d)) => Target::Device(d),
         (None, None) => anyhow::bail!("give --root DIR or --device DEV"),
     };
@@ -149,7 +159,7 @@ fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
 }
 
 fn undo(u: UndoArgs) -> anyhow::Result<ExitCode> {
-    let r = host::undo(&u.root, u.run.as_deref())?;
+    let r = host::undo(&u.root, u.esp.as_deref(), u.run.as_deref())?;
     if u.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

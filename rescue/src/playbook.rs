@@ -125,6 +125,20 @@ pub enum Condition {
     },
     /// Holds when no file exists at `path` (the damage a deletion did).
     Missing { id: String, path: String },
+    /// Holds when no file matches `glob` and the tests (the same fields as
+    /// `files`): the incident's file is gone.
+    NoFiles {
+        id: String,
+        glob: String,
+        #[serde(default)]
+        match_any: Vec<FileTest>,
+        #[serde(default)]
+        except_any: Vec<FileTest>,
+    },
+    /// Holds when the BCD store's default boot entry has `safeboot` set
+    /// (`safeboot = true`) or not set (`false`). No store found: does not
+    /// hold; a store that cannot be read: an error, never a guess.
+    Bcd { id: String, safeboot: bool },
     /// Holds when a registry value matches. `hive` is `SOFTWARE` or
     /// `SYSTEM` (from `Windows\System32\config`); `key` is below the hive
     /// root (`McAfee\AVEngine`). Strings compare without case; numbers by
@@ -164,6 +178,8 @@ impl Condition {
         match self {
             Condition::Files { id, .. }
             | Condition::Missing { id, .. }
+            | Condition::NoFiles { id, .. }
+            | Condition::Bcd { id, .. }
             | Condition::Registry { id, .. }
             | Condition::Quarantine { id, .. } => id,
         }
@@ -421,6 +437,21 @@ pub enum Action {
         optional: bool,
         unless: Option<String>,
     },
+    /// Edit the BCD store: `clear = "safeboot"` removes the `safeboot`
+    /// element of the default boot entry (docs/boot-health.md).
+    Bcd {
+        id: Option<String>,
+        clear: BcdClear,
+        unless: Option<String>,
+    },
+}
+
+/// What a `bcd` action may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BcdClear {
+    /// The default entry's `safeboot` element (`25000080`).
+    Safeboot,
 }
 
 impl Action {
@@ -428,7 +459,8 @@ impl Action {
         match self {
             Action::Neutralize { id, .. }
             | Action::Restore { id, .. }
-            | Action::DropIn { id, .. } => id.as_deref(),
+            | Action::DropIn { id, .. }
+            | Action::Bcd { id, .. } => id.as_deref(),
         }
     }
 
@@ -436,7 +468,8 @@ impl Action {
         match self {
             Action::Neutralize { unless, .. }
             | Action::Restore { unless, .. }
-            | Action::DropIn { unless, .. } => unless.as_deref(),
+            | Action::DropIn { unless, .. }
+            | Action::Bcd { unless, .. } => unless.as_deref(),
         }
     }
 
@@ -445,6 +478,7 @@ impl Action {
             Action::Neutralize { .. } => "neutralize",
             Action::Restore { .. } => "restore",
             Action::DropIn { .. } => "drop-in",
+            Action::Bcd { .. } => "bcd",
         }
     }
 }
@@ -629,6 +663,12 @@ impl Playbook {
                     match_any,
                     except_any,
                     ..
+                }
+                | Condition::NoFiles {
+                    glob,
+                    match_any,
+                    except_any,
+                    ..
                 } => {
                     split_path(glob).map_err(|e| {
                         At::error(here("glob"), format!("condition {id}: glob {e}"))
@@ -679,6 +719,7 @@ impl Playbook {
                         bail!("condition {id}: an empty detection glob matches nothing; leave it out to match any detection");
                     }
                 }
+                Condition::Bcd { .. } => {}
             }
         }
         let mut action_ids: Vec<&str> = Vec::new();
@@ -758,6 +799,7 @@ impl Playbook {
                         bail!("action {n}: drop-in needs a store entry name");
                     }
                 }
+                Action::Bcd { .. } => {}
             }
         }
         if self.detect_only && !self.actions.is_empty() {
@@ -951,6 +993,33 @@ mod tests {
     }
 
     #[test]
+    fn bcd_and_no_files_parse_and_bad_values_are_refused() {
+        let pbs = load_dir(&shipped()).unwrap();
+        let sm = pbs
+            .iter()
+            .find(|p| p.id == "crowdstrike-safe-mode")
+            .unwrap();
+        assert!(matches!(
+            sm.conditions[2],
+            Condition::Bcd { safeboot: true, .. }
+        ));
+        assert!(matches!(sm.conditions[1], Condition::NoFiles { .. }));
+        assert!(matches!(
+            sm.actions[0],
+            Action::Bcd {
+                clear: BcdClear::Safeboot,
+                ..
+            }
+        ));
+        let text = std::fs::read_to_string(shipped().join("crowdstrike-safe-mode.toml")).unwrap();
+        let bad = text.replace(r#"clear = "safeboot""#, r#"clear = "everything""#);
+        let e = format!("{:#}", Playbook::parse(&bad, "pb.toml").unwrap_err());
+        assert!(e.contains("pb.toml") && e.contains("everything"), "{e}");
+        let bad = text.replace("safeboot = true", r#"safeboot = "yes""#);
+        assert!(Playbook::parse(&bad, "pb.toml").is_err());
+    }
+
+    #[test]
     fn shipped_playbooks_are_valid() {
         let pbs = load_dir(&shipped()).unwrap();
         let ids: Vec<&str> = pbs.iter().map(|p| p.id.as_str()).collect();
@@ -960,6 +1029,9 @@ mod tests {
                 "avg-user32-2008",
                 "bitdefender-fakealert5-2010",
                 "crowdstrike-c00000291",
+                // after the file playbook: it clears Safe Mode once the
+                // file is gone, in the same run
+                "crowdstrike-safe-mode",
                 "mcafee-dat-5958",
                 // sorted by file name: '-' sorts before '.'
                 "sophos-shh-updater-b-2012-x64",

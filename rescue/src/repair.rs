@@ -125,6 +125,13 @@ pub trait VolumeOps {
     fn lock(&mut self, _mapped: &str) -> Result<()> {
         Ok(())
     }
+    /// Mounts the system partition of the disk `dev` is on (the EFI system
+    /// partition, or the BIOS active partition) read-only or read-write,
+    /// remounting when it is mounted the other way; `None` when the disk
+    /// has none apart from `dev` itself.
+    fn system_partition(&mut self, _dev: &str, _rw: bool) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
 }
 
 fn attention(volume: &str, reason: String, next: &str) -> WindowsReport {
@@ -137,6 +144,7 @@ fn attention(volume: &str, reason: String, next: &str) -> WindowsReport {
         verdict: Verdict::NeedsAttention,
         reason,
         next_step: next.into(),
+        boot_health: None,
         mount: None,
     }
 }
@@ -192,8 +200,11 @@ pub fn summarise(playbooks: &[PlaybookResult], mode: Mode) -> (Verdict, String, 
 /// root. `only` picks one installation by its Windows folder (`--windows`)
 /// when a volume holds several. In fix mode, runs that were interrupted
 /// are rolled back first, so the playbooks see the volume as it was.
+/// `system` is the mounted system partition (ESP) of the volume's disk,
+/// where its BCD store is, when there is one.
 pub fn evaluate_root(
     root: &Path,
+    system: Option<&Path>,
     volume: &str,
     payloads: &Payloads,
     mode: Mode,
@@ -218,7 +229,7 @@ pub fn evaluate_root(
     let mut out = Vec::new();
     let ambiguous = installs.len() > 1;
     let recovered = if mode == Mode::Fix && !ambiguous && !installs.is_empty() {
-        engine::recover(root)?
+        engine::recover(root, system)?
     } else {
         Vec::new()
     };
@@ -234,6 +245,7 @@ pub fn evaluate_root(
             store: &payloads.store,
             mode: engine_mode,
             run_id,
+            system,
         };
         let playbooks = engine::run(&t, &payloads.playbooks)?;
         let (mut verdict, mut reason, mut next) = summarise(&playbooks, mode);
@@ -267,6 +279,7 @@ pub fn evaluate_root(
             verdict,
             reason,
             next_step: next,
+            boot_health: Some(crate::boothealth::check(root, w, system)),
             mount: Some(root.to_path_buf()),
         });
     }
@@ -302,12 +315,28 @@ pub fn may_write(
 /// `hiberfil.sys` as the report spells it, and whether it blocks writing
 /// (live, or not readable as a known state).
 pub fn hibernation(root: &Path) -> (String, bool) {
-    match crate::volstate::hiberfil_state(root) {
-        Ok(crate::volstate::Hibernation::Live) => ("live".into(), true),
-        Ok(crate::volstate::Hibernation::None) => ("none".into(), false),
-        Ok(crate::volstate::Hibernation::Resumed) => ("resumed".into(), false),
-        Ok(crate::volstate::Hibernation::Unknown(s)) => (format!("unknown: {s}"), true),
-        Err(e) => (format!("unknown: {e:#}"), true),
+    crate::volstate::hibernation_summary(root)
+}
+
+fn split_system(r: Result<Option<PathBuf>>) -> (Option<PathBuf>, Option<String>) {
+    match r {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    }
+}
+
+/// A system partition that could not be mounted is a boot-health finding:
+/// the BCD store on it was not read.
+fn note_system_error(r: &mut WindowsReport, err: Option<&str>) {
+    let (Some(e), Some(h)) = (err, r.boot_health.as_mut()) else {
+        return;
+    };
+    let f = crate::boothealth::Finding {
+        what: format!("the system partition could not be read: {e}"),
+        next: "check it from the rescue shell (it holds the boot manager and its BCD store)".into(),
+    };
+    if !h.findings.contains(&f) {
+        h.findings.insert(0, f);
     }
 }
 
@@ -344,7 +373,16 @@ pub fn check_volume(
         }
     };
     let (hib, hib_blocks) = hibernation(&root);
-    let scan = match evaluate_root(&root, dev, payloads, Mode::Scan, run_id, only) {
+    let (system, system_err) = split_system(ops.system_partition(dev, false));
+    let scan = match evaluate_root(
+        &root,
+        system.as_deref(),
+        dev,
+        payloads,
+        Mode::Scan,
+        run_id,
+        only,
+    ) {
         Ok(r) => r,
         Err(e) => {
             let _ = ops.umount(dev);
@@ -357,6 +395,7 @@ pub fn check_volume(
     };
     let set_state = |mut v: Vec<WindowsReport>, written: bool| {
         for r in &mut v {
+            note_system_error(r, system_err.as_deref());
             r.state.dirty = dirty;
             r.state.hibernation = hib.clone();
             r.state.ntfs_serial = serial.clone();
@@ -430,7 +469,39 @@ pub fn check_volume(
             return v;
         }
     };
-    match evaluate_root(&root, dev, payloads, Mode::Fix, run_id, only) {
+    // The system partition is remounted read-write only when its BCD store
+    // has Safe Mode set and a playbook may clear it: a read-write vfat
+    // mount itself writes (the volume's dirty bit), so a fix that does not
+    // touch the store leaves the ESP as it was.
+    let may_edit_bcd = scan.iter().any(|r| {
+        r.boot_health
+            .as_ref()
+            .is_some_and(|h| h.bcd.safeboot.is_some() && !h.bcd.dirty)
+    }) && payloads.playbooks.iter().any(|p| {
+        p.actions
+            .iter()
+            .any(|a| matches!(a, crate::playbook::Action::Bcd { .. }))
+    });
+    let (system, system_err) = if may_edit_bcd {
+        split_system(ops.system_partition(dev, true))
+    } else {
+        (system, system_err.clone())
+    };
+    let res = evaluate_root(
+        &root,
+        system.as_deref(),
+        dev,
+        payloads,
+        Mode::Fix,
+        run_id,
+        only,
+    );
+    match res.map(|mut v| {
+        for r in &mut v {
+            note_system_error(r, system_err.as_deref());
+        }
+        v
+    }) {
         Ok(v) => set_state(v, true),
         Err(e) => vec![attention(
             dev,
@@ -453,6 +524,9 @@ mod tests {
         key: bool,
         unlocked: Vec<String>,
         locked: Vec<String>,
+        /// The system partition (a folder), and how it was asked for.
+        esp: Option<PathBuf>,
+        esp_mounts: Vec<bool>,
     }
 
     impl VolumeOps for FakeOps {
@@ -492,6 +566,10 @@ mod tests {
         fn umount(&mut self, _dev: &str) -> Result<()> {
             Ok(())
         }
+        fn system_partition(&mut self, _dev: &str, rw: bool) -> Result<Option<PathBuf>> {
+            self.esp_mounts.push(rw);
+            Ok(self.esp.clone())
+        }
     }
 
     fn setup() -> (tempfile::TempDir, FakeOps, Payloads) {
@@ -515,6 +593,8 @@ mod tests {
             key: false,
             unlocked: Vec::new(),
             locked: Vec::new(),
+            esp: None,
+            esp_mounts: Vec::new(),
         };
         (d, ops, payloads)
     }
@@ -532,6 +612,37 @@ mod tests {
         assert_eq!(r[0].verdict, Verdict::Clean, "{r:#?}");
         assert_eq!(ops.mounts, [(false, false)]);
         assert!(r[0].mount.is_none());
+    }
+
+    #[test]
+    fn the_esp_is_mounted_read_write_only_when_safe_mode_may_be_cleared() {
+        let (d, mut ops, payloads) = setup();
+        let (root, esp) = crate::boothealth::tests::safe_mode_victim(&d.path().join("cs"));
+        let bcd = esp.join("EFI/Microsoft/Boot/BCD");
+        // Safe Mode set: scanned read-only, fixed read-write.
+        ops.dir = root.clone();
+        ops.esp = Some(esp.clone());
+        let r = check_volume(&mut ops, "sda3", false, &payloads, Mode::Fix, "run1", None);
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        assert_eq!(ops.esp_mounts, [false, true]);
+        // A fix with the store not in Safe Mode never mounts it read-write.
+        crate::boothealth::tests::make_bcd(&bcd, None);
+        let before = std::fs::read(&bcd).unwrap();
+        let bad =
+            root.join("Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys");
+        std::fs::write(&bad, [0xAA, 0xAA, 0xAA, 0xAA, 1, 0, 0x23, 1, 9]).unwrap();
+        // Stamped like the bad update (2024-07-19T04:09:13Z).
+        std::fs::File::options()
+            .write(true)
+            .open(&bad)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_721_362_153))
+            .unwrap();
+        ops.esp_mounts.clear();
+        let r = check_volume(&mut ops, "sda3", false, &payloads, Mode::Fix, "run2", None);
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        assert_eq!(ops.esp_mounts, [false]);
+        assert_eq!(std::fs::read(&bcd).unwrap(), before);
     }
 
     #[test]

@@ -87,6 +87,7 @@ mod tests {
             verdict,
             reason: format!("{verdict:?}"),
             next_step: "next".into(),
+            boot_health: None,
             mount: None,
         }
     }

@@ -448,6 +448,19 @@ fn volume_attributes(rec: &[u8], serial: u64) -> Result<NtfsState> {
     })
 }
 
+/// `hiberfil.sys` as the report spells it (`none`, `live`, `resumed`,
+/// `unknown: …`), and whether that blocks writing (live, or not readable
+/// as a known state).
+pub fn hibernation_summary(root: &Path) -> (String, bool) {
+    match hiberfil_state(root) {
+        Ok(Hibernation::Live) => ("live".into(), true),
+        Ok(Hibernation::None) => ("none".into(), false),
+        Ok(Hibernation::Resumed) => ("resumed".into(), false),
+        Ok(Hibernation::Unknown(s)) => (format!("unknown: {s}"), true),
+        Err(e) => (format!("unknown: {e:#}"), true),
+    }
+}
+
 /// Reads the first 8 bytes of `hiberfil.sys` at the mounted volume `root`
 /// (name matched case-insensitively); no file means [`Hibernation::None`].
 pub fn hiberfil_state(root: &Path) -> Result<Hibernation> {

@@ -323,6 +323,51 @@ impl VolumeOps for KernelVolumes {
         Ok(target)
     }
 
+    /// The system partition of `dev`'s disk (`syspart::find`), mounted
+    /// under `/run/defib/sys/<name>`: vfat for an ESP, ntfs3 for a BIOS
+    /// "System Reserved" partition. Remounted when wanted the other way.
+    fn system_partition(&mut self, dev: &str, rw: bool) -> Result<Option<PathBuf>> {
+        use rustix::mount::{mount, MountFlags};
+        let Some(sp) = crate::syspart::find(&self.root, dev)? else {
+            return Ok(None);
+        };
+        let fstype = match sp.fs {
+            crate::probe::FsKind::Fat => "vfat",
+            crate::probe::FsKind::Ntfs => "ntfs3",
+            other => anyhow::bail!(
+                "the system partition /dev/{} holds {} (not FAT or NTFS)",
+                sp.name,
+                other.as_str()
+            ),
+        };
+        let key = format!("system:{}", sp.name);
+        self.umount(&key)?;
+        let target = self.root.join("run/defib/sys").join(&sp.name);
+        std::fs::create_dir_all(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        let flags = if rw {
+            MountFlags::NOATIME
+        } else {
+            MountFlags::RDONLY
+        };
+        mount(
+            self.dev(&sp.name),
+            &target,
+            fstype,
+            flags,
+            None::<&std::ffi::CStr>,
+        )
+        .with_context(|| {
+            format!(
+                "mounting the system partition /dev/{} with {fstype} ({})",
+                sp.name,
+                if rw { "read-write" } else { "read-only" }
+            )
+        })?;
+        self.mounted.insert(key, target.clone());
+        Ok(Some(target))
+    }
+
     fn umount(&mut self, dev: &str) -> Result<()> {
         let Some(t) = self.mounted.remove(dev) else {
             return Ok(());

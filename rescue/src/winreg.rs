@@ -126,14 +126,22 @@ fn utf16z(raw: &[u8]) -> String {
 }
 
 /// NUL-separated UTF-16LE strings, ending at an empty one (or the data's end).
+/// REG_MULTI_SZ: NUL-separated strings ended by an empty one. Empty
+/// strings inside the list are kept: `PendingFileRenameOperations` pairs a
+/// source with an empty destination to mean "delete", so stopping at the
+/// first empty string would lose every pair after the first deletion. Only
+/// the terminator (the trailing empty strings) is dropped.
 fn multi_sz(raw: &[u8]) -> Vec<String> {
     let units: Vec<u16> = raw
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
-    units
-        .split(|&u| u == 0)
-        .take_while(|s| !s.is_empty())
+    let mut parts: Vec<&[u16]> = units.split(|&u| u == 0).collect();
+    while parts.last().is_some_and(|s| s.is_empty()) {
+        parts.pop();
+    }
+    parts
+        .into_iter()
         .map(|s| {
             char::decode_utf16(s.iter().copied())
                 .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
@@ -754,6 +762,21 @@ pub(crate) mod tests {
         assert_eq!(
             RegData::decode(REG_MULTI_SZ, raw),
             RegData::MultiSz(vec!["a".into(), "bc".into()])
+        );
+        // A rename pair with an empty destination (a deletion) in the
+        // middle: the pairs after it are kept.
+        let raw: Vec<u8> = "\\??\\C:\\x\0\0\\??\\C:\\y\0!\\??\\C:\\z\0\0\0"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(
+            RegData::decode(REG_MULTI_SZ, raw),
+            RegData::MultiSz(vec![
+                r"\??\C:\x".into(),
+                "".into(),
+                r"\??\C:\y".into(),
+                r"!\??\C:\z".into()
+            ])
         );
         let raw: Vec<u8> = "%SystemRoot%\0"
             .encode_utf16()

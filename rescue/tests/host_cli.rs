@@ -246,3 +246,91 @@ fn a_fix_killed_at_any_point_converges_on_the_next_run() {
     }
     assert!(n > 4, "only {} fault points", n - 1);
 }
+
+/// A BCD store on an ESP folder, merged by hivexregedit into the empty
+/// hive Windows wrote: the default entry in Safe Mode (network).
+fn esp_with_safe_mode(dir: &Path) -> PathBuf {
+    let esp = dir.join("esp");
+    let boot = esp.join("EFI/Microsoft/Boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    let bcd = boot.join("BCD");
+    std::fs::copy(corpus("registry/yarp-EmptyHive"), &bcd).unwrap();
+    let mut perm = std::fs::metadata(&bcd).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&bcd, perm).unwrap();
+    let p = r"HKEY_LOCAL_MACHINE\BCD\Objects";
+    let bm = r"{9dea862c-5cdd-4e70-acc1-f32b344d4795}";
+    let os = r"{0c7a1e52-6f3d-4b8e-9d21-7a5b3c9e1f04}";
+    let reg = format!(
+        "Windows Registry Editor Version 5.00\n\n[{p}]\n\n[{p}\\{bm}]\n\n[{p}\\{bm}\\Elements]\n\n\
+         [{p}\\{bm}\\Elements\\23000003]\n\"Element\"=\"{os}\"\n\n[{p}\\{os}]\n\n[{p}\\{os}\\Elements]\n\n\
+         [{p}\\{os}\\Elements\\12000002]\n\"Element\"=\"\\\\Windows\\\\system32\\\\winload.efi\"\n\n\
+         [{p}\\{os}\\Elements\\25000080]\n\"Element\"=hex:01,00,00,00,00,00,00,00\n\n"
+    );
+    let reg_path = dir.join("bcd.reg");
+    std::fs::write(&reg_path, reg).unwrap();
+    let o = Command::new("hivexregedit")
+        .args(["--merge", "--prefix", r"HKEY_LOCAL_MACHINE\BCD"])
+        .arg(&bcd)
+        .arg(&reg_path)
+        .output()
+        .expect("hivexregedit is required for these tests: scripts/setup --test");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    esp
+}
+
+#[test]
+fn esp_flag_reads_the_bcd_and_undo_of_the_store_needs_it() {
+    let d = tempfile::tempdir().unwrap();
+    let root = victim(d.path());
+    let esp = esp_with_safe_mode(d.path());
+    let bcd = esp.join("EFI/Microsoft/Boot/BCD");
+    let original = std::fs::read(&bcd).unwrap();
+    let esp_s = esp.to_str().unwrap();
+
+    let (code, out) = rescue(&["scan", "--esp", esp_s], &root);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("safeboot network"), "{out}");
+    assert!(
+        out.contains("crowdstrike-safe-mode [Clean]"),
+        "the bad file is still there\n{out}"
+    );
+
+    // One run: the file into the vault, then Safe Mode cleared.
+    let (code, out) = rescue(&["fix", "--esp", esp_s], &root);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("crowdstrike-safe-mode [Repaired]"), "{out}");
+    assert!(out.contains("safeboot not set"), "{out}");
+    assert_ne!(std::fs::read(&bcd).unwrap(), original);
+
+    // Undo without --esp: the file comes back, the store is reported.
+    let o = Command::new(env!("CARGO_BIN_EXE_rescue"))
+        .args(["undo", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("PROBLEM") && text.contains("--esp"), "{text}");
+    assert!(root
+        .join("Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys")
+        .exists());
+    let o = Command::new(env!("CARGO_BIN_EXE_rescue"))
+        .args(["undo", "--esp", esp_s, "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains(r"put back EFI\Microsoft\Boot\BCD"), "{text}");
+    assert_eq!(std::fs::read(&bcd).unwrap(), original, "byte for byte");
+
+    // A --esp that is not a folder is an error naming it, before anything.
+    let (code, out) = rescue(&["scan", "--esp", "/nonexistent/esp"], &root);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--esp /nonexistent/esp: not a folder"),
+        "{out}"
+    );
+}

@@ -182,13 +182,15 @@ fn win10_system_replay_matches_regipy() {
                 let Some(got) = got else { continue };
                 present += 1;
                 if let (RegData::MultiSz(ours), Some(all)) = (got, theirs["data"].as_array()) {
-                    // winreg stops a REG_MULTI_SZ at its first empty string;
-                    // regipy drops empty strings and reads on. Session
-                    // Manager's PendingFileRenameOperations (pairs with an
-                    // empty "delete" target) shows the difference.
+                    // winreg keeps the empty strings inside a REG_MULTI_SZ
+                    // (Session Manager's PendingFileRenameOperations pairs a
+                    // source with an empty "delete" target); regipy drops
+                    // them. The non-empty strings must be the same list.
+                    let non_empty: Vec<&String> = ours.iter().filter(|s| !s.is_empty()).collect();
                     assert!(
-                        ours.len() <= all.len() && ours.iter().zip(all).all(|(a, b)| b == a),
-                        "{side} {key}:{name}: {ours:?} is not a prefix of {all:?}"
+                        non_empty.len() == all.len()
+                            && non_empty.iter().zip(all).all(|(a, b)| b == a.as_str()),
+                        "{side} {key}:{name}: {ours:?} differs from {all:?}"
                     );
                     compared += 1;
                 } else if let Some(j) = as_json(got) {

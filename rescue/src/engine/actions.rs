@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::journal::{self, Op, RunDir, Step, StepState};
-use crate::playbook::{Action, Playbook, Source};
+use crate::playbook::{Action, BcdClear, Playbook, Source};
 use crate::winpath;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
@@ -39,7 +39,134 @@ impl Ctx<'_> {
                 optional,
                 ..
             } => vec![self.drop_in(pb, path, name, *optional)],
+            Action::Bcd { clear, .. } => vec![self.bcd(pb, *clear)],
         }
+    }
+
+    /// Edits the BCD store in place (`clear = "safeboot"`): the original is
+    /// copied into the vault first, the edited store written under a temp
+    /// name, fsynced, renamed over, read back and parsed again. A dirty
+    /// store, or one whose logs hold data, is refused with nothing written.
+    pub(super) fn bcd(&mut self, pb: &Playbook, clear: BcdClear) -> ActionResult {
+        let BcdClear::Safeboot = clear;
+        let f = match crate::boothealth::find_bcd(self.root(), self.t.system) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return self.result(
+                    "bcd",
+                    "BCD",
+                    ActionStatus::Refused,
+                    "no BCD store found on the system partition or the Windows volume (in host mode pass --esp DIR); nothing was changed",
+                )
+            }
+            Err(e) => return self.result("bcd", "BCD", ActionStatus::Refused, format!("{e:#}")),
+        };
+        let rel = f.describe();
+        let read = crate::boothealth::read_store(&f)
+            .and_then(|(bytes, _)| Ok((bytes, crate::boothealth::read_logs(&f.path)?)));
+        let (bytes, logs) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                return self.result(
+                    "bcd",
+                    &rel,
+                    ActionStatus::Refused,
+                    format!("{e:#}; nothing was changed"),
+                )
+            }
+        };
+        let log_files: Vec<crate::hivelog::LogFile> = logs
+            .iter()
+            .map(|(n, d)| crate::hivelog::LogFile { name: n, data: d })
+            .collect();
+        let edited =
+            match crate::guard::contain("BCD", || crate::bcd::clear_safeboot(&bytes, &log_files)) {
+                Ok(Ok(b)) => b,
+                Ok(Err(crate::bcd::BcdError::SafebootNotSet(id))) => {
+                    return self.result(
+                        "bcd",
+                        &rel,
+                        ActionStatus::Skipped,
+                        format!("the default entry {id} is not in safe mode; left as it is"),
+                    )
+                }
+                Ok(Err(e)) => {
+                    return self.result(
+                        "bcd",
+                        &rel,
+                        ActionStatus::Refused,
+                        format!("{e}; nothing was changed"),
+                    )
+                }
+                Err(e) => {
+                    return self.result(
+                        "bcd",
+                        &rel,
+                        ActionStatus::Refused,
+                        format!("{e}; nothing was changed"),
+                    )
+                }
+            };
+        let before = journal::sha256_bytes(&bytes);
+        let after = journal::sha256_bytes(&edited);
+        let mut r = self.result(
+            "bcd",
+            &rel,
+            ActionStatus::Planned,
+            "would remove the default entry's safeboot element (25000080), the store copied into the vault first",
+        );
+        r.sha256_before = Some(before.clone());
+        r.sha256_after = Some(after.clone());
+        if !self.writing {
+            return r;
+        }
+        let mut vault_rel = PathBuf::new();
+        if f.volume == crate::journal::Volume::System {
+            vault_rel.push("system-partition");
+        }
+        for c in f.rel.split('\\') {
+            vault_rel.push(c);
+        }
+        let outcome = (|| -> Result<String> {
+            let rd = self.run_dir()?;
+            let vault = rd.vault_path(&vault_rel);
+            let vrel = rd.rel_to_run(&vault);
+            let mut step = Step::new(Op::Bcd, &pb.id, &f.rel);
+            step.volume = (f.volume == crate::journal::Volume::System).then_some(f.volume);
+            step.vault = Some(vrel.clone());
+            step.sha256_before = Some(before.clone());
+            step.sha256_after = Some(after.clone());
+            step.source = Some("default entry: safeboot element removed".into());
+            rd.step(step, || {
+                journal::create_verified(&vault, &bytes)?;
+                // The store must still be what was planned on.
+                let now = journal::sha256_file(&f.path)?;
+                if now != before {
+                    bail!("{} changed while defib ran (now {now}); not edited", rel);
+                }
+                journal::replace_verified(&f.path, &edited)?;
+                let back = std::fs::read(&f.path)?;
+                let rep = crate::bcd::read(&back)
+                    .map_err(|e| anyhow::anyhow!("the written store does not parse: {e}"))?;
+                if rep.default_entry.and_then(|e| e.safeboot).is_some() {
+                    bail!("the written store still has safeboot set");
+                }
+                Ok(())
+            })?;
+            Ok(vrel)
+        })();
+        match outcome {
+            Ok(v) => {
+                r.status = ActionStatus::Done;
+                r.detail = "safeboot removed from the default entry; written, read back and parsed again; the original is in the vault".into();
+                r.vault = Some(v);
+            }
+            Err(e) => {
+                r.status = ActionStatus::Failed;
+                r.detail = format!("{e:#}");
+            }
+        }
+        r
     }
 
     pub(super) fn result(
@@ -96,6 +223,7 @@ impl Ctx<'_> {
                 op: Op::Neutralize,
                 playbook: pb.id.clone(),
                 path: rel.clone(),
+                volume: None,
                 vault: Some(vrel.clone()),
                 sha256_before: Some(before.clone()),
                 sha256_after: None,
@@ -299,6 +427,7 @@ impl Ctx<'_> {
                 op,
                 playbook: pb.id.clone(),
                 path: rel.clone(),
+                volume: None,
                 vault: vrel.clone(),
                 sha256_before: before.clone(),
                 sha256_after: Some(want.clone()),

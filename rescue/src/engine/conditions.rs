@@ -86,6 +86,8 @@ impl Ctx<'_> {
             kind: match c {
                 Condition::Files { .. } => "files",
                 Condition::Missing { .. } => "missing",
+                Condition::NoFiles { .. } => "no-files",
+                Condition::Bcd { .. } => "bcd",
                 Condition::Registry { .. } => "registry",
                 Condition::Quarantine { .. } => "quarantine",
             }
@@ -102,30 +104,7 @@ impl Ctx<'_> {
                 except_any,
                 ..
             } => {
-                let parts = self.split(glob)?;
-                let mut hits = Vec::new();
-                for p in winpath::glob(self.root(), &parts)? {
-                    if !p.is_file() {
-                        continue;
-                    }
-                    let mut any = match_any.is_empty();
-                    for t in match_any {
-                        if file_test(&p, t)? {
-                            any = true;
-                            break;
-                        }
-                    }
-                    let mut except = false;
-                    for t in except_any {
-                        if file_test(&p, t)? {
-                            except = true;
-                            break;
-                        }
-                    }
-                    if any && !except {
-                        hits.push(p);
-                    }
-                }
+                let hits = self.matching_files(glob, match_any, except_any)?;
                 cr.matched = hits
                     .iter()
                     .map(|p| winpath::display_rel(self.root(), p))
@@ -137,6 +116,49 @@ impl Ctx<'_> {
                     format!("{} file(s) match", hits.len())
                 };
                 Ok(Some(hits))
+            }
+            Condition::NoFiles {
+                glob,
+                match_any,
+                except_any,
+                ..
+            } => {
+                let hits = self.matching_files(glob, match_any, except_any)?;
+                cr.matched = hits
+                    .iter()
+                    .map(|p| winpath::display_rel(self.root(), p))
+                    .collect();
+                cr.held = hits.is_empty();
+                cr.detail = if hits.is_empty() {
+                    format!("no file matches {glob}")
+                } else {
+                    format!("{} file(s) still match", hits.len())
+                };
+                Ok(None)
+            }
+            Condition::Bcd { safeboot, .. } => {
+                // No store at all is an answer (a pre-Vista Windows, or a
+                // host run without --esp), not an error: the condition
+                // does not hold. A store that cannot be read is an error.
+                let Some(f) = crate::boothealth::find_bcd(self.root(), self.t.system)? else {
+                    cr.detail = match self.t.system {
+                        Some(_) => "no BCD store on the system partition or the Windows volume".into(),
+                        None => "no BCD store on the Windows volume and no system partition (in host mode pass --esp DIR)".into(),
+                    };
+                    return Ok(None);
+                };
+                let (bytes, _) = crate::boothealth::read_store(&f)?;
+                let rep = crate::guard::contain("BCD", || crate::bcd::read(&bytes))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .with_context(|| format!("reading {}", f.describe()))?;
+                let set = rep.default_entry.as_ref().and_then(|e| e.safeboot);
+                cr.held = set.is_some() == *safeboot;
+                cr.detail = match (&rep.default_id, set) {
+                    (None, _) => format!("{} names no default boot entry", f.describe()),
+                    (Some(id), Some(s)) => format!("default entry {id} has safeboot {s:?}"),
+                    (Some(id), None) => format!("default entry {id} has no safeboot"),
+                };
+                Ok(None)
             }
             Condition::Missing { path, .. } => {
                 let found = winpath::resolve(self.root(), &self.split(path)?)?;
@@ -261,6 +283,41 @@ impl Ctx<'_> {
                 (cr, None)
             }
         }
+    }
+
+    /// Files matching `glob` that pass any of `match_any` (any file when
+    /// empty) and none of `except_any`.
+    fn matching_files(
+        &self,
+        glob: &str,
+        match_any: &[FileTest],
+        except_any: &[FileTest],
+    ) -> Result<Vec<PathBuf>> {
+        let parts = self.split(glob)?;
+        let mut hits = Vec::new();
+        for p in winpath::glob(self.root(), &parts)? {
+            if !p.is_file() {
+                continue;
+            }
+            let mut any = match_any.is_empty();
+            for t in match_any {
+                if file_test(&p, t)? {
+                    any = true;
+                    break;
+                }
+            }
+            let mut except = false;
+            for t in except_any {
+                if file_test(&p, t)? {
+                    except = true;
+                    break;
+                }
+            }
+            if any && !except {
+                hits.push(p);
+            }
+        }
+        Ok(hits)
     }
 
     pub(super) fn reg_value(

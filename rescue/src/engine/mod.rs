@@ -54,6 +54,10 @@ pub struct Target<'a> {
     pub store: &'a Store,
     pub mode: Mode,
     pub run_id: &'a str,
+    /// The mounted system partition (ESP) of the volume's disk, where the
+    /// BCD store is; `None` when there is none (then `\Boot\BCD` on the
+    /// volume itself is used, if it exists).
+    pub system: Option<&'a Path>,
 }
 
 /// Runs every playbook against one installation. The run folder on the
@@ -235,6 +239,7 @@ impl Ctx<'_> {
     /// Undoes the steps `pb` made in this run and says so in `r`.
     fn roll_back(&mut self, pb: &Playbook, r: &mut PlaybookResult) {
         let root = self.t.root.to_path_buf();
+        let system = self.t.system;
         let Some(rd) = self.run_dir.as_mut() else {
             return;
         };
@@ -243,7 +248,7 @@ impl Ctx<'_> {
                 .into_iter()
                 .filter(|s| s.playbook == pb.id && s.op != journal::Op::Undo)
                 .collect();
-            undo::undo_steps(&root, rd, &mine, "rollback")
+            undo::undo_steps(&root, system, rd, &mine, "rollback")
         });
         self.rolled_back = match outcome {
             Ok(u) if u.problems.is_empty() => Some(format!(

@@ -151,6 +151,7 @@ fn run_on(
         store,
         mode,
         run_id,
+        system: None,
     };
     run(&t, pbs).unwrap()
 }
@@ -262,7 +263,7 @@ fn undo_puts_back_the_exact_bytes() {
     let r = run_on(&root, &empty_store(d.path()), &mcafee(), Mode::Fix, "run1");
     assert_eq!(r[0].status, Status::Repaired, "{r:#?}");
     assert_ne!(snapshot(&root), before);
-    let u = undo(&root, "run1").unwrap();
+    let u = undo(&root, None, "run1").unwrap();
     assert!(u.problems.is_empty(), "{u:?}");
     assert_eq!(u.restored.len(), 4);
     assert_eq!(
@@ -275,7 +276,7 @@ fn undo_puts_back_the_exact_bytes() {
         std::fs::read(root.join("defib/run1/undone/WINDOWS/system32/svchost.exe")).unwrap(),
         good_svchost()
     );
-    assert!(undo(&root, "run1").is_err(), "a run is undone once");
+    assert!(undo(&root, None, "run1").is_err(), "a run is undone once");
 }
 
 #[test]
@@ -695,7 +696,7 @@ fn two_windows_on_one_volume_is_reported_not_chosen() {
         playbooks: mcafee(),
         store: empty_store(d.path()),
     };
-    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1", None).unwrap();
+    let r = evaluate_root(&root, None, "vol", &payloads, Mode::Fix, "run1", None).unwrap();
     assert_eq!(r.len(), 2);
     assert!(
         r.iter()
@@ -758,7 +759,7 @@ fn temp_files(root: &Path) -> Vec<String> {
 /// Puts back every run still holding changes, newest first.
 fn undo_all(root: &Path) {
     while let Some(id) = latest_undoable(root).unwrap() {
-        let r = undo(root, &id).unwrap();
+        let r = undo(root, None, &id).unwrap();
         assert!(r.problems.is_empty(), "undo {id}: {:?}", r.problems);
     }
 }
@@ -787,7 +788,7 @@ fn every_interruption_converges_and_loses_nothing() {
     let clean = d.path().join("clean");
     mcafee_victim_with_dllcache(&clean);
     let original = snapshot(&clean);
-    let r = evaluate_root(&clean, "vol", &payloads, Mode::Fix, "ok", None).unwrap();
+    let r = evaluate_root(&clean, None, "vol", &payloads, Mode::Fix, "ok", None).unwrap();
     assert_eq!(r[0].verdict, crate::report::Verdict::Repaired, "{r:#?}");
     let repaired = snapshot(&clean);
     assert_ne!(repaired, original);
@@ -798,7 +799,7 @@ fn every_interruption_converges_and_loses_nothing() {
         mcafee_victim_with_dllcache(&root);
         journal::set_fault(n, journal::FaultMode::Panic);
         let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            evaluate_root(&root, "vol", &payloads, Mode::Fix, "first", None)
+            evaluate_root(&root, None, "vol", &payloads, Mode::Fix, "first", None)
         }));
         journal::set_fault(0, journal::FaultMode::Panic);
         match crashed {
@@ -807,7 +808,7 @@ fn every_interruption_converges_and_loses_nothing() {
         }
         points = n;
         // The next run: rolls back, repairs, the same bytes as a clean run.
-        let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "second", None).unwrap();
+        let r = evaluate_root(&root, None, "vol", &payloads, Mode::Fix, "second", None).unwrap();
         assert_eq!(
             r[0].verdict,
             crate::report::Verdict::Repaired,
@@ -820,7 +821,7 @@ fn every_interruption_converges_and_loses_nothing() {
             temp_files(&root)
         );
         // And a third finds nothing to do and changes nothing.
-        let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "third", None).unwrap();
+        let r = evaluate_root(&root, None, "vol", &payloads, Mode::Fix, "third", None).unwrap();
         assert_eq!(
             r[0].verdict,
             crate::report::Verdict::Clean,
@@ -848,7 +849,7 @@ fn a_failed_restore_rolls_back_the_neutralized_dats() {
         playbooks: mcafee(),
         store: empty_store(d.path()),
     };
-    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1", None).unwrap();
+    let r = evaluate_root(&root, None, "vol", &payloads, Mode::Fix, "run1", None).unwrap();
     let p = &r[0].playbooks[0];
     assert_eq!(p.status, Status::NeedsAttention, "{p:#?}");
     assert!(p.reason.contains("rolled back"), "{}", p.reason);
@@ -859,7 +860,7 @@ fn a_failed_restore_rolls_back_the_neutralized_dats() {
     std::fs::remove_dir_all(root.join("WINDOWS/system32/.svchost.exe.defib-tmp")).unwrap();
     assert_eq!(snapshot(&root), before, "the DATs are back where they were");
     // So the next run still sees the damage, and repairs it.
-    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run2", None).unwrap();
+    let r = evaluate_root(&root, None, "vol", &payloads, Mode::Fix, "run2", None).unwrap();
     assert_eq!(r[0].verdict, crate::report::Verdict::Repaired, "{r:#?}");
 }
 
@@ -885,14 +886,14 @@ fn undo_refuses_journal_paths_that_leave_the_volume() {
             "path": path, "vault": vault, "sha256_before": h, "time": "t"
         });
         std::fs::write(run.join("journal.jsonl"), format!("{line}\n")).unwrap();
-        let r = undo(&root, "evil").unwrap();
+        let r = undo(&root, None, "evil").unwrap();
         assert!(r.restored.is_empty(), "{path} {vault}: {r:?}");
         assert!(!r.problems.is_empty());
     }
     assert_eq!(std::fs::read(&outside).unwrap(), b"host");
     assert!(!d.path().join("etc").exists() && run.join("vault/x").exists());
     assert!(
-        undo(&root, "../vol").is_err(),
+        undo(&root, None, "../vol").is_err(),
         "run ids name no other folder"
     );
 }
@@ -910,7 +911,7 @@ fn a_linked_defib_folder_is_refused() {
         playbooks: mcafee(),
         store: empty_store(d.path()),
     };
-    let r = evaluate_root(&root, "vol", &payloads, Mode::Fix, "run1", None);
+    let r = evaluate_root(&root, None, "vol", &payloads, Mode::Fix, "run1", None);
     let failed = match &r {
         Err(e) => format!("{e:#}"),
         Ok(v) => format!("{v:#?}"),
@@ -937,6 +938,7 @@ fn default_undo_skips_runs_that_changed_nothing() {
     };
     evaluate_root(
         &root,
+        None,
         "vol",
         &payloads,
         Mode::Fix,
@@ -1011,6 +1013,7 @@ fn find(
         store,
         mode: Mode::Scan,
         run_id: "find",
+        system: None,
     };
     let ctx = Ctx {
         t: &t,

@@ -59,13 +59,15 @@ pub fn interrupted(root: &Path) -> Result<Vec<String>> {
 /// Rolls back every interrupted run on the volume, newest first, so that
 /// what the playbooks see is the volume as it was before that run. Each
 /// rolled-back run gets its `end` line. Returns one line per run.
-pub fn recover(root: &Path) -> Result<Vec<String>> {
+/// `system` is the mounted system partition, for steps that changed the
+/// BCD store on it.
+pub fn recover(root: &Path, system: Option<&Path>) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     for id in interrupted(root)?.into_iter().rev() {
         let mut rd = RunDir::open(root, &id)?;
         let steps = journal::read_journal(&rd.dir.join(journal::JOURNAL))?;
         let todo = pending(&steps);
-        let r = undo_steps(root, &mut rd, &todo, "rollback of interrupted run")?;
+        let r = undo_steps(root, system, &mut rd, &todo, "rollback of interrupted run")?;
         rd.finish(Some("rolled back after an interruption".into()))?;
         if r.problems.is_empty() {
             lines.push(format!(
@@ -85,14 +87,16 @@ pub fn recover(root: &Path) -> Result<Vec<String>> {
 /// Puts the volume back as it was before run `run_id`, from its journal and
 /// vault. Files the run created are moved into `\defib\<run>\undone\`, not
 /// deleted. A file changed since the run is left alone and reported.
-pub fn undo(root: &Path, run_id: &str) -> Result<UndoResult> {
+/// A BCD store the run edited on the system partition is put back only
+/// when `system` is given (`--esp DIR`); otherwise that step is reported.
+pub fn undo(root: &Path, system: Option<&Path>, run_id: &str) -> Result<UndoResult> {
     let mut rd = RunDir::open(root, run_id)?;
     let steps = journal::read_journal(&rd.dir.join(journal::JOURNAL))?;
     let todo = pending(&steps);
     if todo.is_empty() {
         bail!("run {run_id} has nothing to undo (already undone, or it changed nothing)");
     }
-    let res = undo_steps(root, &mut rd, &todo, "undo")?;
+    let res = undo_steps(root, system, &mut rd, &todo, "undo")?;
     if !steps.iter().any(|s| s.op == Op::End) {
         rd.finish(Some("undone".into()))?;
     }
@@ -133,6 +137,7 @@ fn undone_seq(source: &str) -> Option<u32> {
 /// Undoes `steps` newest first into `rd`'s journal, one `undo` line each.
 pub(super) fn undo_steps(
     root: &Path,
+    system: Option<&Path>,
     rd: &mut RunDir,
     steps: &[Step],
     why: &str,
@@ -143,11 +148,16 @@ pub(super) fn undo_steps(
         problems: Vec::new(),
     };
     for s in steps.iter().rev() {
-        let r = undo_one(root, &rd.dir, s);
+        let r = if s.op == Op::Bcd {
+            undo_bcd(root, system, &rd.dir, s)
+        } else {
+            undo_one(root, &rd.dir, s)
+        };
         let seq = rd.next_seq();
         let mut line = Step::new(Op::Undo, &s.playbook, &s.path);
         line.seq = seq;
         line.state = StepState::Done;
+        line.volume = s.volume;
         line.vault = s.vault.clone();
         line.sha256_before = s.sha256_after.clone();
         line.sha256_after = s.sha256_before.clone();
@@ -188,6 +198,54 @@ fn hash_if_present(p: &Path) -> Result<Option<String>> {
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         Ok(_) => journal::sha256_file(p).map(Some),
     }
+}
+
+/// Puts a BCD store back from its vault copy (a copy: the vault keeps it)
+/// when it is what the step wrote, or gone. A store changed since the run
+/// is left alone and reported.
+fn undo_bcd(root: &Path, system: Option<&Path>, run: &Path, s: &Step) -> Result<()> {
+    let base = match s.volume {
+        Some(journal::Volume::System) => system.with_context(|| {
+            format!(
+                "{} is on the system partition; mount it and pass --esp DIR to put it back (the original is in the vault)",
+                s.path
+            )
+        })?,
+        _ => root,
+    };
+    let target = confined(base, &s.path)?;
+    if let Some(t) = journal::tmp_path(&target) {
+        if t.symlink_metadata().is_ok_and(|m| m.file_type().is_file()) {
+            std::fs::remove_file(&t).with_context(|| format!("removing {}", t.display()))?;
+        }
+    }
+    let now = hash_if_present(&target)?;
+    if now.is_some() && now == s.sha256_before {
+        // Never replaced, or put back already.
+        return Ok(());
+    }
+    if now.is_some() && now != s.sha256_after {
+        bail!(
+            "{} changed since the run (now {}); left alone, the original stays in the vault",
+            s.path,
+            now.unwrap_or_default()
+        );
+    }
+    let v = confined(
+        run,
+        s.vault.as_deref().context("the step names no vault copy")?,
+    )?;
+    let data = std::fs::read(&v).with_context(|| format!("reading {}", v.display()))?;
+    let vh = journal::sha256_bytes(&data);
+    if Some(&vh) != s.sha256_before.as_ref() {
+        bail!(
+            "the vault copy of {} reads as {vh}, not the {} it had; left where it is",
+            s.path,
+            s.sha256_before.as_deref().unwrap_or("?")
+        );
+    }
+    journal::replace_verified(&target, &data)?;
+    Ok(())
 }
 
 /// Brings one step's file back to how it was before the step, from what

@@ -337,6 +337,11 @@ pub struct WindowsReport {
     pub verdict: Verdict,
     pub reason: String,
     pub next_step: String,
+    /// Will Windows start now: the BCD default entry, pending servicing,
+    /// hibernation (docs/boot-health.md). Absent when no installation was
+    /// read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_health: Option<crate::boothealth::BootHealth>,
     /// Where the volume is mounted now (for the caller to write reports).
     #[serde(skip)]
     pub mount: Option<PathBuf>,

@@ -63,6 +63,9 @@ pub fn render_text(r: &Report) -> String {
                 b.key_protectors.join(", ")
             ));
         }
+        if let Some(h) = &w.boot_health {
+            s.push_str(&boot_health_text(h));
+        }
         s.push_str(&format!(
             "verdict: {} - {}\nnext: {}\n",
             w.verdict.as_str(),
@@ -137,8 +140,67 @@ pub fn screen_lines(dev: &str, r: &WindowsReport) -> Vec<String> {
             ));
         }
     }
+    if let Some(h) = &r.boot_health {
+        for f in &h.findings {
+            out.push(format!("  boot: {} -> {}", f.what, f.next));
+        }
+    }
     out.push(format!("  => {}: {}", r.verdict.as_str(), r.reason));
     out
+}
+
+/// The `boot_health` section of `report.txt`.
+fn boot_health_text(h: &crate::boothealth::BootHealth) -> String {
+    let b = &h.bcd;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let flag = |v: Option<bool>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "boot health:\n  BCD: {}{}{}\n",
+        b.status,
+        b.store
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default(),
+        if b.dirty {
+            ", dirty or logs hold data"
+        } else {
+            ""
+        },
+    );
+    if b.status == "read" {
+        s.push_str(&format!(
+            "  default entry {} {:?}: path {} (exists {}) safeboot {} bootstatuspolicy {} recoveryenabled {}\n",
+            opt(&b.default_entry),
+            b.description.as_deref().unwrap_or(""),
+            opt(&b.path),
+            flag(b.path_exists),
+            b.safeboot.as_deref().unwrap_or("not set"),
+            opt(&b.bootstatuspolicy),
+            flag(b.recoveryenabled),
+        ));
+    }
+    if let Some(e) = &b.error {
+        s.push_str(&format!("  BCD error: {e}\n"));
+    }
+    s.push_str(&format!(
+        "  pending: WinSxS\\pending.xml {} PendingFileRenameOperations {}{}\n  power: hiberfil.sys {} HiberbootEnabled {}\n",
+        h.pending.pending_xml,
+        h.pending
+            .file_rename_operations
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
+        h.pending
+            .error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default(),
+        if h.power.hiberfil.is_empty() { "-" } else { &h.power.hiberfil },
+        flag(h.power.hiberboot_enabled),
+    ));
+    for f in &h.findings {
+        s.push_str(&format!("  finding: {} -> {}\n", f.what, f.next));
+    }
+    s
 }
 
 /// One line per volume for the screen.

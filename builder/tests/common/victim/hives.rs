@@ -10,6 +10,8 @@ use super::*;
 pub enum RegVal {
     Sz(String),
     Dword(u32),
+    /// REG_BINARY (how BCD stores integers and booleans).
+    Bin(Vec<u8>),
 }
 
 /// Keys (relative to the hive root) with their values.
@@ -166,6 +168,11 @@ pub(super) fn reg_text(prefix: &str, spec: &HiveSpec) -> String {
                             }
                             RegVal::Dword(d) => {
                                 out.push_str(&format!("\"{}\"=dword:{d:08x}\n", esc(n)))
+                            }
+                            RegVal::Bin(b) => {
+                                let hex: Vec<String> =
+                                    b.iter().map(|x| format!("{x:02x}")).collect();
+                                out.push_str(&format!("\"{}\"=hex:{}\n", esc(n), hex.join(",")))
                             }
                         }
                     }

@@ -38,6 +38,7 @@
 
 mod check;
 mod disk;
+mod esp;
 mod hives;
 mod makers;
 mod pe;
@@ -45,6 +46,8 @@ mod tree;
 
 pub use check::*;
 pub use disk::*;
+#[allow(unused_imports)]
+pub use esp::*;
 pub use hives::*;
 pub use makers::*;
 #[allow(unused_imports)]
