@@ -838,3 +838,59 @@ fn win10_lsass_only_in_defender() {
     );
     assert_eq!(pb["actions"][0]["sha256_after"], lsass.as_str());
 }
+
+/// Host mode on the mount a Linux technician gets: ntfs-3g through FUSE,
+/// which cannot refuse a replacing rename by itself (EINVAL for
+/// RENAME_NOREPLACE). `rescue fix` repairs the McAfee victim there, and
+/// `rescue undo` puts every byte back, through the hard-link fallback.
+#[test]
+fn host_fix_and_undo_on_an_ntfs3g_mount() {
+    let t = tempfile::tempdir().unwrap();
+    let v = victim::make_xp_mcafee(t.path(), McafeeSvchost::InDllcache).unwrap();
+    let pay = t.path().join("payloads");
+    fs::create_dir_all(pay.join("playbooks")).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads/playbooks");
+    fs::copy(
+        repo.join("mcafee-dat-5958.toml"),
+        pay.join("playbooks/mcafee-dat-5958.toml"),
+    )
+    .unwrap();
+    let payloads = defib_rescue::repair::Payloads::load(&pay).unwrap();
+    let good = v.expect.svchost_sha256.clone().unwrap();
+    victim::with_volume_copy_rw(&v, |root| {
+        let before = walk(root);
+        let w = defib_rescue::repair::evaluate_root(
+            root,
+            None,
+            "ntfs-3g",
+            &payloads,
+            defib_rescue::engine::Mode::Fix,
+            "20260101T000000Z-ntfs3g",
+            None,
+        )?;
+        assert_eq!(
+            w[0].verdict,
+            defib_rescue::report::Verdict::Repaired,
+            "{:#?}",
+            w[0]
+        );
+        let after_fix = walk(root);
+        assert_eq!(
+            after_fix
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(r"WINDOWS\system32\svchost.exe"))
+                .map(|(_, h)| h.as_str()),
+            Some(good.as_str())
+        );
+        defib_rescue::host::undo(root, None, None)?;
+        // Everything the victim had is back with its bytes; what the run
+        // added is only its own folder (journal, vault, report).
+        let after_undo: BTreeMap<String, String> = walk(root)
+            .into_iter()
+            .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("defib\\"))
+            .collect();
+        assert_eq!(after_undo, before, "undo did not restore the volume");
+        Ok(())
+    })
+    .unwrap();
+}

@@ -481,10 +481,37 @@ pub fn move_noreplace(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `rename(from, to)` that never replaces `to`. The kernel's flag does it
+/// where the filesystem supports it (ntfs3, vfat, ext4, tmpfs); a
+/// filesystem that does not (ntfs-3g through FUSE answers EINVAL) gets a
+/// hard link, which never replaces either, then the old name is removed —
+/// a cut between the two leaves both names on one file, never a lost one.
+/// Where hard links are not possible either, the destination is checked
+/// first and a plain rename follows (only this process writes the volume).
 fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE)
-        .with_context(|| format!("moving {} to {}", from.display(), to.display()))
+    use rustix::fs::{linkat, lstat, renameat, renameat_with, unlinkat, AtFlags, RenameFlags, CWD};
+    use rustix::io::Errno;
+    let what = || format!("moving {} to {}", from.display(), to.display());
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL) => {}
+        r => return r.with_context(what),
+    }
+    match linkat(CWD, from, CWD, to, AtFlags::empty()) {
+        Ok(()) => unlinkat(CWD, from, AtFlags::empty()).with_context(|| {
+            format!(
+                "{} (linked to the new name; the old name could not be removed)",
+                what()
+            )
+        }),
+        Err(Errno::PERM | Errno::NOTSUP | Errno::MLINK | Errno::XDEV) => match lstat(to) {
+            Ok(_) => {
+                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)).with_context(what)
+            }
+            Err(Errno::NOENT) => renameat(CWD, from, CWD, to).with_context(what),
+            Err(e) => Err(e).with_context(what),
+        },
+        Err(e) => Err(e).with_context(what),
+    }
 }
 
 /// The temporary name a new file is written under before it is renamed
