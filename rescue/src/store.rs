@@ -380,10 +380,7 @@ impl Store {
                         } else {
                             format!("{n} bytes")
                         };
-                        tried.push(format!(
-                            "{what} is corrupt: {n}, the index says {}",
-                            e.size
-                        ));
+                        tried.push(format!("{what} is corrupt: {n}, the index says {}", e.size));
                         continue;
                     }
                     let h = sha256_hex(&data);
@@ -702,7 +699,10 @@ mod tests {
         let medium = tempfile::tempdir().expect("tempdir");
         s.add_location(Location::Dir(medium.path().to_path_buf()));
         let err = format!("{:#}", s.read_verified(&e).unwrap_err());
-        assert!(err.contains("is missing") && err.contains("absent"), "{err}");
+        assert!(
+            err.contains("is missing") && err.contains("absent"),
+            "{err}"
+        );
         std::fs::write(medium.path().join(&e.sha256), good).expect("w");
         assert_eq!(s.read_verified(&e).expect("read"), good);
 
@@ -775,7 +775,9 @@ mod tests {
         let (t, mut s) = store_with(&[(entry(r"WINDOWS\system32\a.exe", b"a"), b"a")]);
         let built_in = s.index_sha256.clone().expect("hash");
         let medium = tempfile::tempdir().expect("tempdir");
-        assert!(!s.use_index(&medium.path().join(INDEX_FILE)).expect("absent"));
+        assert!(!s
+            .use_index(&medium.path().join(INDEX_FILE))
+            .expect("absent"));
         let idx = Index {
             schema: SCHEMA,
             entries: vec![
@@ -787,7 +789,10 @@ mod tests {
         std::fs::write(medium.path().join(INDEX_FILE), &text).expect("w");
         assert!(s.use_index(&medium.path().join(INDEX_FILE)).expect("use"));
         assert_eq!(s.index.entries.len(), 2);
-        assert_eq!(s.index_sha256.as_deref(), Some(sha256_hex(text.as_bytes()).as_str()));
+        assert_eq!(
+            s.index_sha256.as_deref(),
+            Some(sha256_hex(text.as_bytes()).as_str())
+        );
         assert_ne!(s.index_sha256.as_deref(), Some(built_in.as_str()));
         // A malformed medium index changes nothing.
         std::fs::write(medium.path().join(INDEX_FILE), "{").expect("w");

@@ -31,6 +31,7 @@ fn spec() -> EspSpec {
     files.insert("a/b/c/deep file name.txt".to_string(), b"nested".to_vec());
     files.insert("empty".to_string(), Vec::new());
     EspSpec {
+        from_disk: BTreeMap::new(),
         files,
         dirs: vec!["reports".to_string()],
         label: "DEFIB".to_string(),
