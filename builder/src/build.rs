@@ -662,6 +662,68 @@ mod tests {
     }
 
     #[test]
+    fn store_objects_stay_out_of_the_payload_segment() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("playbooks")).unwrap();
+        std::fs::create_dir_all(d.path().join("store/objects")).unwrap();
+        std::fs::write(d.path().join("playbooks/a.toml"), "x").unwrap();
+        std::fs::write(d.path().join("store/index.json"), "{}").unwrap();
+        std::fs::write(d.path().join("store/objects/ab"), vec![0u8; 4096]).unwrap();
+        let mut cpio = Vec::new();
+        payload_archive(d.path())
+            .unwrap()
+            .write_newc(&mut cpio, 0)
+            .unwrap();
+        let text = String::from_utf8_lossy(&cpio);
+        assert!(text.contains("payloads/store/index.json"));
+        assert!(text.contains("payloads/playbooks/a.toml"));
+        assert!(!text.contains("objects"), "objects go to the medium");
+    }
+
+    #[test]
+    fn a_build_that_would_not_boot_in_256_mib_is_refused_with_sizes() {
+        let mib = 1u64 << 20;
+        let today = RamUse {
+            kernel: 10 * mib,
+            initramfs: 9 * mib,
+            initramfs_unpacked: 11 * mib,
+            payloads: mib / 10,
+            payloads_unpacked: mib / 5,
+        };
+        let need = today.check().unwrap();
+        assert!(need < RAM_FLOOR);
+        // The 300 MB store of issue 16, had it stayed in the payloads.
+        let e = RamUse {
+            payloads: 290 * mib,
+            payloads_unpacked: 300 * mib,
+            ..today
+        }
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("over the 256 MiB")
+                && e.contains("payloads 290.0 MiB (300.0 MiB unpacked)")
+                && e.contains("stays on the medium"),
+            "{e}"
+        );
+        // Just over the line is refused, just under accepted.
+        let spare = RAM_FLOOR - need;
+        assert!(RamUse {
+            payloads_unpacked: today.payloads_unpacked + spare,
+            ..today
+        }
+        .check()
+        .is_ok());
+        assert!(RamUse {
+            payloads_unpacked: today.payloads_unpacked + spare + 1,
+            ..today
+        }
+        .check()
+        .is_err());
+    }
+
+    #[test]
     fn dynamic_binaries_are_refused() {
         let me = std::env::current_exe().unwrap();
         let bin = std::fs::read(&me).unwrap();

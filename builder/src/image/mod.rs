@@ -38,7 +38,7 @@ mod read;
 mod tests;
 mod write;
 
-pub use edit::{add_file_to_image, restamp_esp};
+pub use edit::{add_file_to_image, restamp_esp, with_esp, EspOps};
 pub use read::{DirEntryInfo, UsbImage};
 pub use write::{fat_image, write_usb_image};
 #[allow(unused_imports)]
