@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 #[path = "../tests/common/victim/mod.rs"]
 mod victim;
+// Synthetic store objects, as tests/store_medium.rs makes them.
+#[allow(dead_code)]
+#[path = "../tests/common/bigstore.rs"]
+mod bigstore;
 
 #[derive(Parser)]
 struct Args {
@@ -37,6 +41,9 @@ struct Args {
     /// unlocked volume against an unencrypted one)
     #[arg(long)]
     bitlocker_only: bool,
+    /// Store sizes in MiB to build with (and boot the largest in 256 MiB)
+    #[arg(long, value_delimiter = ',', default_value = "0,100,400")]
+    store_mib: Vec<usize>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -226,6 +233,88 @@ fn general(a: &Args, img: &UsbImage) -> Result<()> {
         "    to REPAIRED                {:>8}",
         secs(median(sb_verdict))
     );
+    store_figures(a)
+}
+
+/// Build time and image size against the store's size, and what the
+/// rescue's memory looks like after restoring svchost.exe from the largest
+/// store on the stick in a 256 MiB machine (its `memory:` line: VmHWM,
+/// the rescue's peak resident set, and MemAvailable after the repair).
+fn store_figures(a: &Args) -> Result<()> {
+    println!("  known-good store on the medium (svchost.exe + N x 1 MiB synthetic objects):");
+    let mut largest = None;
+    for &mib in &a.store_mib {
+        let payloads = a.work.join(format!("payloads-{mib}"));
+        let pb = payloads.join("playbooks");
+        std::fs::create_dir_all(&pb)?;
+        for e in std::fs::read_dir("payloads/playbooks")? {
+            let p = e?.path();
+            std::fs::copy(&p, pb.join(p.file_name().context("playbook name")?))?;
+        }
+        victim::store_payloads(&payloads)?;
+        bigstore::add_synthetic(&payloads.join("store"), mib)?;
+        let out = a.work.join(format!("store-{mib}.img"));
+        let t = Instant::now();
+        let st = Command::new(&a.defib)
+            .args(["build", "--offline", "--json", "--out"])
+            .arg(&out)
+            .arg("--payloads")
+            .arg(&payloads)
+            .arg("--rescue")
+            .arg(&a.rescue)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running defib build")?;
+        if !st.success() {
+            bail!("defib build with a {mib} MiB store failed");
+        }
+        let took = t.elapsed();
+        let payload_seg = UsbImage::open(&out)?.read_file("defib/payloads.img")?.len();
+        println!(
+            "    store {mib:>4} MiB: build {:>8}, image {:>7.1} MiB, payload segment {:>5.1} KiB",
+            secs(took),
+            std::fs::metadata(&out)?.len() as f64 / 1048576.0,
+            payload_seg as f64 / 1024.0
+        );
+        std::fs::remove_dir_all(&payloads).ok();
+        if largest.as_ref().is_none_or(|(m, _)| mib > *m) {
+            largest = Some((mib, out));
+        }
+    }
+    let Some((mib, stick)) = largest else {
+        return Ok(());
+    };
+    let vdir = a.work.join("store-victim");
+    std::fs::create_dir_all(&vdir)?;
+    let v = victim::make_xp_mcafee(&vdir, victim::McafeeSvchost::InStore)?;
+    let mut b = Boot::new(Firmware::UefiSb, &a.work);
+    b.stick = Some(stick);
+    b.disks = vec![(v.disk.clone(), Bus::Ahci)];
+    b.memory_mib = 256;
+    b.stop_on = Some("defib: verdict".into());
+    b.timeout = Duration::from_secs(900);
+    let out = qemu::run(&b)?;
+    if !out.contains("defib: verdict repaired") {
+        bail!("the {mib} MiB store boot did not repair:\n{}", out.text());
+    }
+    let line = out
+        .text()
+        .lines()
+        .find(|l| l.contains("memory: rescue peak"))
+        .map(str::to_string)
+        .with_context(|| format!("no memory line in the boot log:\n{}", out.text()))?;
+    let num = |key: &str| -> Option<u64> {
+        let i = line.find(key)?;
+        line[..i].split_whitespace().next_back()?.parse().ok()
+    };
+    let (peak, avail) = (num("KiB (VmHWM)"), num("KiB (MemAvailable)"));
+    println!(
+        "    restore from the {mib} MiB store, 256 MiB RAM, OVMF Secure Boot: \
+         rescue peak {} MiB, MemAvailable after {} MiB",
+        peak.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        avail.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+    );
+    std::fs::remove_dir_all(&vdir).ok();
     Ok(())
 }
 

@@ -61,6 +61,107 @@ pub struct Staged {
     pub shim: Vec<u8>,
     pub grub: Vec<u8>,
     pub manifest: Manifest,
+    /// The known-good store as it goes onto the medium (not into RAM):
+    /// its index and its objects, read from the payloads folder.
+    pub store: StoreFiles,
+}
+
+/// The store's files for a medium: `index.json` and the objects the index
+/// names, as (SHA-256, path in the payloads folder). The objects are read
+/// when the medium is written, one at a time, never kept together.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFiles {
+    pub index: Option<Vec<u8>>,
+    pub objects: Vec<(String, PathBuf)>,
+    /// Their total size in bytes.
+    pub bytes: u64,
+}
+
+impl StoreFiles {
+    /// Reads the store in `dir` (already verified by [`check_payloads`]).
+    pub fn read(dir: &Path) -> Result<StoreFiles> {
+        let store = defib_rescue::store::Store::open(dir)?;
+        let index = match std::fs::read(dir.join(defib_rescue::store::INDEX_FILE)) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let mut objects: BTreeMap<String, (PathBuf, u64)> = BTreeMap::new();
+        for e in &store.index.entries {
+            objects.insert(e.sha256.clone(), (store.object_path(&e.sha256), e.size));
+        }
+        let bytes = objects.values().map(|(_, s)| s).sum();
+        Ok(StoreFiles {
+            index,
+            objects: objects.into_iter().map(|(h, (p, _))| (h, p)).collect(),
+            bytes,
+        })
+    }
+
+    /// `(path on the medium under `base`, path on disk)` for every file.
+    pub fn medium_files(&self, base: &str) -> Vec<(String, PathBuf)> {
+        self.objects
+            .iter()
+            .map(|(h, p)| {
+                (
+                    format!("{base}/{}/{h}", defib_rescue::store::OBJECTS_DIR),
+                    p.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The smallest machine the rescue must run on.
+pub const RAM_FLOOR: u64 = 256 << 20;
+/// What the running system needs beyond the boot files: the kernel's own
+/// allocations, the rescue's heap, one store object being restored, the
+/// page cache of the victim's mount.
+pub const RAM_WORKING_MARGIN: u64 = 96 << 20;
+
+/// Sizes of what must sit in RAM while the kernel boots.
+#[derive(Debug, Clone, Copy)]
+pub struct RamUse {
+    pub kernel: u64,
+    pub initramfs: u64,
+    pub initramfs_unpacked: u64,
+    pub payloads: u64,
+    pub payloads_unpacked: u64,
+}
+
+impl RamUse {
+    /// The boot loader holds the kernel and both compressed segments while
+    /// the kernel unpacks them into its rootfs (the compressed copies are
+    /// freed only afterwards), and the kernel decompresses to about three
+    /// times its bzImage. Refuses a build that would not boot in
+    /// [`RAM_FLOOR`] with [`RAM_WORKING_MARGIN`] to spare.
+    pub fn check(&self) -> Result<u64> {
+        let need = 3 * self.kernel
+            + self.initramfs
+            + self.initramfs_unpacked
+            + self.payloads
+            + self.payloads_unpacked
+            + RAM_WORKING_MARGIN;
+        if need > RAM_FLOOR {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            bail!(
+                "the image would need {:.0} MiB of RAM to boot, over the {:.0} MiB a rescue must fit: \
+                 kernel {:.1} MiB (x3 unpacked), initramfs {:.1} MiB ({:.1} MiB unpacked), \
+                 payloads {:.1} MiB ({:.1} MiB unpacked), {:.0} MiB working margin; \
+                 keep large files out of the payloads folder: known-good files belong in the \
+                 store (payloads/store, `defib store import`), which stays on the medium",
+                mib(need),
+                mib(RAM_FLOOR),
+                mib(self.kernel),
+                mib(self.initramfs),
+                mib(self.initramfs_unpacked),
+                mib(self.payloads),
+                mib(self.payloads_unpacked),
+                mib(RAM_WORKING_MARGIN),
+            );
+        }
+        Ok(need)
+    }
 }
 
 /// Finds the one versioned kernel image package in the set.
@@ -246,11 +347,27 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
     ar.write_newc(&mut cpio, cfg.source_date_epoch as u32)?;
     let initramfs = compress_zstd(&cpio, ZSTD_LEVEL)?;
     let payloads_z = compress_zstd(&payload_cpio, ZSTD_LEVEL)?;
+    let store = StoreFiles::read(&cfg.payloads.join("store"))?;
     log(&format!(
-        "initramfs {} KiB ({} entries), payloads {} KiB",
+        "initramfs {} KiB ({} entries), payloads {} KiB, store {} objects ({} KiB, on the medium)",
         initramfs.len() / 1024,
         ar.len(),
-        payloads_z.len() / 1024
+        payloads_z.len() / 1024,
+        store.objects.len(),
+        store.bytes / 1024
+    ));
+    let need = RamUse {
+        kernel: kernel.len() as u64,
+        initramfs: initramfs.len() as u64,
+        initramfs_unpacked: cpio.len() as u64,
+        payloads: payloads_z.len() as u64,
+        payloads_unpacked: payload_cpio.len() as u64,
+    }
+    .check()?;
+    log(&format!(
+        "RAM to boot: about {} MiB of the {} MiB minimum",
+        need >> 20,
+        RAM_FLOOR >> 20
     ));
 
     let entries = bootmenu::entries(cfg.after);
@@ -303,6 +420,7 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
         shim,
         grub,
         manifest,
+        store,
     })
 }
 
@@ -349,9 +467,11 @@ pub fn check_payloads(dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
     Ok(())
 }
 
-/// The payload segment: `payloads/` as `/payloads/…` in its own cpio.
-/// Only regular files and directories; a symlink is refused, since it could
-/// point anywhere on the build host.
+/// The payload segment: `payloads/` as `/payloads/…` in its own cpio,
+/// without the store's objects (they go onto the medium; the segment keeps
+/// `store/index.json`, which the build id covers). Only regular files and
+/// directories; a symlink is refused, since it could point anywhere on the
+/// build host.
 pub fn payload_archive(dir: &Path) -> Result<Archive> {
     let mut ar = Archive::new();
     ar.add_dir("payloads", 0o755)?;
@@ -373,6 +493,9 @@ pub fn payload_archive(dir: &Path) -> Result<Archive> {
             let rel = rel
                 .to_str()
                 .with_context(|| format!("{}: not UTF-8", p.display()))?;
+            if rel == "store/objects" {
+                continue;
+            }
             let dest = format!("payloads/{rel}");
             let ft = e
                 .file_type()
@@ -456,11 +579,29 @@ pub fn build(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSummar
     for (name, data) in key_files(&cfg.keys)? {
         files.insert(format!("{}/{name}", layout::KEYS_DIR), data);
     }
+    // The store: the index (also in the payloads, covered by the build id)
+    // and the objects it names, which the index's hashes cover.
+    if let Some(ix) = &staged.store.index {
+        files.insert(
+            format!(
+                "{}/{}",
+                layout::MEDIUM_STORE_DIR,
+                defib_rescue::store::INDEX_FILE
+            ),
+            ix.clone(),
+        );
+    }
+    let from_disk = staged
+        .store
+        .medium_files(layout::MEDIUM_STORE_DIR)
+        .into_iter()
+        .collect();
     let seed_hex = sha256_hex(format!("defib image seed {}", staged.manifest.build_id).as_bytes());
     let mut seed = [0u8; 32];
     hex::decode_to_slice(&seed_hex, &mut seed).context("seed")?;
     let spec = EspSpec {
         files,
+        from_disk,
         dirs: vec![layout::REPORTS_DIR.into(), layout::KEYS_DIR.into()],
         label: LABEL.into(),
         free_space: cfg.free_space,
@@ -518,6 +659,68 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("evil")).unwrap();
         let e = payload_archive(d.path()).unwrap_err().to_string();
         assert!(e.contains("symlinks are not allowed"), "{e}");
+    }
+
+    #[test]
+    fn store_objects_stay_out_of_the_payload_segment() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("playbooks")).unwrap();
+        std::fs::create_dir_all(d.path().join("store/objects")).unwrap();
+        std::fs::write(d.path().join("playbooks/a.toml"), "x").unwrap();
+        std::fs::write(d.path().join("store/index.json"), "{}").unwrap();
+        std::fs::write(d.path().join("store/objects/ab"), vec![0u8; 4096]).unwrap();
+        let mut cpio = Vec::new();
+        payload_archive(d.path())
+            .unwrap()
+            .write_newc(&mut cpio, 0)
+            .unwrap();
+        let text = String::from_utf8_lossy(&cpio);
+        assert!(text.contains("payloads/store/index.json"));
+        assert!(text.contains("payloads/playbooks/a.toml"));
+        assert!(!text.contains("objects"), "objects go to the medium");
+    }
+
+    #[test]
+    fn a_build_that_would_not_boot_in_256_mib_is_refused_with_sizes() {
+        let mib = 1u64 << 20;
+        let today = RamUse {
+            kernel: 10 * mib,
+            initramfs: 9 * mib,
+            initramfs_unpacked: 11 * mib,
+            payloads: mib / 10,
+            payloads_unpacked: mib / 5,
+        };
+        let need = today.check().unwrap();
+        assert!(need < RAM_FLOOR);
+        // The 300 MB store of issue 16, had it stayed in the payloads.
+        let e = RamUse {
+            payloads: 290 * mib,
+            payloads_unpacked: 300 * mib,
+            ..today
+        }
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("over the 256 MiB")
+                && e.contains("payloads 290.0 MiB (300.0 MiB unpacked)")
+                && e.contains("stays on the medium"),
+            "{e}"
+        );
+        // Just over the line is refused, just under accepted.
+        let spare = RAM_FLOOR - need;
+        assert!(RamUse {
+            payloads_unpacked: today.payloads_unpacked + spare,
+            ..today
+        }
+        .check()
+        .is_ok());
+        assert!(RamUse {
+            payloads_unpacked: today.payloads_unpacked + spare + 1,
+            ..today
+        }
+        .check()
+        .is_err());
     }
 
     #[test]

@@ -612,6 +612,7 @@ mod tests {
             files.insert(format!("reports/{name}"), data.clone());
         }
         let spec = crate::image::EspSpec {
+            from_disk: Default::default(),
             files,
             dirs: vec!["reports".into()],
             label: "DEFIB".into(),

@@ -80,6 +80,7 @@ pub fn build_iso(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSu
     let mut seed = [0u8; 32];
     hex::decode_to_slice(&seed_hex, &mut seed).context("seed")?;
     let efi = fat_image(&EspSpec {
+        from_disk: BTreeMap::new(),
         files: BTreeMap::from([
             ("EFI/BOOT/BOOTX64.EFI".to_string(), staged.shim.clone()),
             ("EFI/BOOT/grubx64.efi".to_string(), grub_cd),
@@ -133,8 +134,24 @@ pub fn build_iso(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<BuildSu
         serde_json::to_vec_pretty(&staged.manifest)?,
     );
 
+    // The store beside the boot files, as on the USB stick: the rescue
+    // reads objects from the mounted ISO when a restore needs one.
+    let store_dir = defib_rescue::layout::MEDIUM_STORE_DIR;
+    if let Some(ix) = &staged.store.index {
+        files.insert(
+            format!("{store_dir}/{}", defib_rescue::store::INDEX_FILE),
+            ix.clone(),
+        );
+    }
+    let from_disk = staged.store.medium_files(store_dir);
     log(&format!("writing {}", cfg.out.display()));
-    let size = write_iso(&files, &isohdpfx, cfg.source_date_epoch, &cfg.out)?;
+    let size = write_iso(
+        &files,
+        &from_disk,
+        &isohdpfx,
+        cfg.source_date_epoch,
+        &cfg.out,
+    )?;
     Ok(BuildSummary {
         image: cfg.out.clone(),
         image_size: size,
@@ -195,6 +212,7 @@ pub fn xorriso_args(tree: &Path, isohdpfx: &Path, out: &Path) -> Vec<std::ffi::O
 /// `epoch`, runs xorriso, and renames the result over `out`.
 fn write_iso(
     files: &BTreeMap<String, Vec<u8>>,
+    from_disk: &[(String, std::path::PathBuf)],
     isohdpfx: &[u8],
     epoch: u64,
     out: &Path,
@@ -219,7 +237,9 @@ fn write_iso(
     let tree = work.path().join("tree");
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
     let mut dirs = std::collections::BTreeSet::new();
-    for (path, data) in files {
+    let bytes = files.iter().map(|(p, d)| (p, Some(d)));
+    let copies = from_disk.iter().map(|(p, _)| (p, None));
+    for (i, (path, data)) in bytes.chain(copies).enumerate() {
         let p = tree.join(path);
         let parent = p.parent().context("staged path")?;
         std::fs::create_dir_all(parent)
@@ -229,7 +249,16 @@ fn write_iso(
             dirs.insert(tree.join(up));
             d = up;
         }
-        std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+        match data {
+            Some(data) => {
+                std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?
+            }
+            None => {
+                let src = &from_disk[i - files.len()].1;
+                std::fs::copy(src, &p)
+                    .with_context(|| format!("copying {} to {}", src.display(), p.display()))?;
+            }
+        }
         set_time(&p, when)?;
     }
     dirs.insert(tree.clone());
@@ -295,6 +324,7 @@ mod tests {
     #[test]
     fn efi_image_is_a_small_fat_with_the_loaders() {
         let spec = EspSpec {
+            from_disk: BTreeMap::new(),
             files: BTreeMap::from([
                 ("EFI/BOOT/BOOTX64.EFI".to_string(), vec![1u8; 900_000]),
                 ("EFI/BOOT/grubx64.efi".to_string(), vec![2u8; 2_300_000]),

@@ -21,6 +21,7 @@ pub mod pxe;
 pub mod qemu;
 pub mod size;
 pub mod store;
+pub mod storesync;
 pub mod template;
 
 /// Whether a build-host tool is on `PATH`.

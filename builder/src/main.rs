@@ -215,6 +215,9 @@ enum Format {
 struct InspectConfig {
     /// A defib image file or the block device of a used stick
     image: PathBuf,
+    /// Read every store object on the medium and check its SHA-256
+    #[arg(long)]
+    verify_store: bool,
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
@@ -457,10 +460,23 @@ fn cmd_pxe(c: PxeConfig) -> Result<()> {
 
 fn cmd_inspect(c: InspectConfig) -> Result<()> {
     let i = inspect::inspect(&c.image)?;
+    let img = defib_builder::image::UsbImage::open(&c.image)?;
+    let st = defib_builder::storesync::medium_store(&img, c.verify_store);
     if c.json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        let mut v = serde_json::to_value(&i)?;
+        v["store"] = serde_json::to_value(&st)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", inspect::render(&c.image, &i));
+        print!("{}", render_medium_store(&st));
+    }
+    if !st.problems.is_empty() {
+        bail!(
+            "the store on {} has {} problem(s); run `defib store sync {} --store DIR`",
+            c.image.display(),
+            st.problems.len(),
+            c.image.display()
+        );
     }
     Ok(())
 }
@@ -525,6 +541,28 @@ fn cmd_man(out: &Path) -> Result<()> {
     write_pages(&cmd, "defib", out, &mut n)?;
     println!("{n} man pages in {}", out.display());
     Ok(())
+}
+
+fn render_medium_store(st: &defib_builder::storesync::MediumStore) -> String {
+    use defib_builder::fleet::term;
+    if st.absent {
+        return "  store: none on the medium\n".into();
+    }
+    let mut s = format!(
+        "  store: {} entries, {} objects, {:.1} MiB, index sha256 {}; {}\n",
+        st.entries,
+        st.objects,
+        st.bytes as f64 / (1u64 << 20) as f64,
+        st.index_sha256.as_deref().unwrap_or("-"),
+        match st.verified {
+            None => "objects not verified (--verify-store reads them)".to_string(),
+            Some(n) => format!("{n} of {} objects verified", st.objects),
+        }
+    );
+    for p in &st.problems {
+        s.push_str(&format!("    problem: {}\n", term(p)));
+    }
+    s
 }
 
 fn cmd_playbook_check(paths: Vec<PathBuf>) -> Result<()> {
@@ -627,6 +665,22 @@ enum StoreCmd {
     List(ListConfig),
     /// Check every object's size and SHA-256; fail if anything is wrong
     Verify(VerifyConfig),
+    /// Bring the store on a stick or image up to date from a store folder
+    Sync(SyncConfig),
+}
+
+#[derive(Args, Debug)]
+struct SyncConfig {
+    /// The folder a defib stick is mounted on, the stick's block device,
+    /// or an image file
+    #[arg(value_name = "STICK|IMAGE")]
+    target: PathBuf,
+    /// The store folder to copy from
+    #[arg(long, value_name = "DIR", default_value = "payloads/store")]
+    store: PathBuf,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -688,6 +742,27 @@ fn store(cmd: StoreCmd) -> Result<()> {
                     s.objects_present,
                     s.entries_added,
                     s.entries_present
+                );
+            }
+            Ok(())
+        }
+        StoreCmd::Sync(c) => {
+            let s = defib_builder::storesync::sync(&c.target, &c.store, None)?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "{}: {} entries, {} objects: {} copied ({:.1} MiB, {} replacing corrupt copies), \
+                     {} already there; index {} (sha256 {})",
+                    c.target.display(),
+                    s.entries,
+                    s.objects,
+                    s.objects_copied,
+                    s.bytes_copied as f64 / (1u64 << 20) as f64,
+                    s.objects_repaired,
+                    s.objects_present,
+                    if s.index_replaced { "replaced" } else { "unchanged" },
+                    s.index_sha256
                 );
             }
             Ok(())

@@ -18,6 +18,7 @@ use crate::build::{stage, BuildConfig, Staged};
 use crate::manifest::{FileEntry, Part, Taken};
 use crate::sha256_hex;
 use anyhow::{bail, Context, Result};
+use defib_rescue::layout;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -342,10 +343,7 @@ pub fn tree(staged: &Staged, debs_dir: &Path, opts: &PxeOptions) -> Result<(File
     let grubnet = grub_deb.file(GRUBNET)?;
     let undionly = ipxe_deb.file(UNDIONLY)?;
     let snponly = ipxe_deb.file(SNPONLY)?;
-    let append = match &opts.append {
-        Some(a) => check_append(a)?,
-        None => String::new(),
-    };
+    let append = effective_append(staged, opts)?;
     let id = staged.manifest.build_id.clone();
     let mut f: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     f.insert("vmlinuz".into(), staged.kernel.clone());
@@ -377,6 +375,16 @@ pub fn tree(staged: &Staged, debs_dir: &Path, opts: &PxeOptions) -> Result<(File
     f.insert("dnsmasq-proxy.conf".into(), dnsmasq_proxy(&id).into_bytes());
     f.insert("dnsmasq-dhcp.conf".into(), dnsmasq_dhcp(&id).into_bytes());
     f.insert("http/nginx.conf".into(), nginx_conf().into_bytes());
+    if let Some(ix) = &staged.store.index {
+        f.insert(
+            format!(
+                "{}/{}",
+                layout::PXE_STORE_DIR,
+                defib_rescue::store::INDEX_FILE
+            ),
+            ix.clone(),
+        );
+    }
     f.insert(
         "README.txt".into(),
         readme(&id, base.as_deref()).into_bytes(),
@@ -431,10 +439,26 @@ pub fn build_pxe(
         .retain(|p| p.package != "grub-efi-amd64-signed");
     manifest.parts.extend(parts);
     manifest.parts.sort_by(|a, b| a.package.cmp(&b.package));
+    let append = effective_append(&staged, opts)?;
     for e in manifest.boot_entries.iter_mut() {
-        let append = opts.append.as_deref().map(check_append).transpose()?;
-        e.cmdline = net_cmdline(&e.cmdline, "", append.as_deref().unwrap_or(""));
+        e.cmdline = net_cmdline(&e.cmdline, "", &append);
     }
+    if !staged.store.objects.is_empty() && !append.contains("defib.store=") {
+        log(&format!(
+            "warning: the store's {} objects are in {}/ but no defib.store= URL is set: \
+             give --http-base http://IP/... (an IP address) or \
+             --append defib.store=http://IP[:PORT]/path/{}/, or restores from the store will \
+             report the object missing",
+            staged.store.objects.len(),
+            layout::PXE_STORE_DIR,
+            layout::PXE_STORE_DIR
+        ));
+    }
+    let from_disk: BTreeMap<String, PathBuf> = staged
+        .store
+        .medium_files(layout::PXE_STORE_DIR)
+        .into_iter()
+        .collect();
     manifest.files = files
         .iter()
         .map(|(p, d)| FileEntry {
@@ -452,10 +476,10 @@ pub fn build_pxe(
         .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
     if is_zip {
         log(&format!("writing {}", out.display()));
-        write_zip(&files, out)?;
+        write_zip_with(&files, &from_disk, out)?;
     } else {
         log(&format!("writing {}/", out.display()));
-        write_dir(&files, out)?;
+        write_dir(&files, &from_disk, out)?;
     }
     Ok(PxeSummary {
         out: out.to_path_buf(),
@@ -464,14 +488,76 @@ pub fn build_pxe(
     })
 }
 
-fn write_dir(files: &BTreeMap<String, Vec<u8>>, out: &Path) -> Result<()> {
-    for (p, d) in files {
+/// The kernel arguments every network entry gets: `--append`, plus
+/// `defib.store=<http-base>store/` when the build has store objects, the
+/// tree is served from an `--http-base` whose host is an IPv4 address (the
+/// rescue cannot resolve names) and `--append` does not set its own.
+pub fn effective_append(staged: &Staged, opts: &PxeOptions) -> Result<String> {
+    let mut append = match &opts.append {
+        Some(a) => check_append(a)?,
+        None => String::new(),
+    };
+    let base = opts.http_base.as_deref().map(check_http_base).transpose()?;
+    if let Some(b) = base {
+        let host = b
+            .strip_prefix("http://")
+            .and_then(|r| r.split(['/', ':']).next())
+            .unwrap_or("");
+        let literal = host.parse::<std::net::Ipv4Addr>().is_ok();
+        if literal && !staged.store.objects.is_empty() && !append.contains("defib.store=") {
+            let word = format!("defib.store={b}{}/", layout::PXE_STORE_DIR);
+            append = if append.is_empty() {
+                word
+            } else {
+                format!("{append} {word}")
+            };
+        }
+    }
+    Ok(append)
+}
+
+/// Where a tree file's bytes come from.
+enum Src<'a> {
+    Bytes(&'a [u8]),
+    Disk(&'a Path),
+}
+
+fn sources<'a>(
+    files: &'a BTreeMap<String, Vec<u8>>,
+    from_disk: &'a BTreeMap<String, PathBuf>,
+) -> Result<BTreeMap<&'a str, Src<'a>>> {
+    let mut all: BTreeMap<&str, Src> = files
+        .iter()
+        .map(|(p, d)| (p.as_str(), Src::Bytes(d)))
+        .collect();
+    for (p, d) in from_disk {
+        if all.insert(p.as_str(), Src::Disk(d)).is_some() {
+            bail!("{p} is in the PXE tree twice");
+        }
+    }
+    Ok(all)
+}
+
+fn write_dir(
+    files: &BTreeMap<String, Vec<u8>>,
+    from_disk: &BTreeMap<String, PathBuf>,
+    out: &Path,
+) -> Result<()> {
+    for (p, src) in sources(files, from_disk)? {
         let dest = out.join(p);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::write(&dest, d).with_context(|| format!("writing {}", dest.display()))?;
+        match src {
+            Src::Bytes(d) => {
+                std::fs::write(&dest, d).with_context(|| format!("writing {}", dest.display()))?
+            }
+            Src::Disk(s) => {
+                std::fs::copy(s, &dest)
+                    .with_context(|| format!("copying {} to {}", s.display(), dest.display()))?;
+            }
+        }
     }
     Ok(())
 }
@@ -479,13 +565,33 @@ fn write_dir(files: &BTreeMap<String, Vec<u8>>, out: &Path) -> Result<()> {
 /// A zip with entries in path order, all stamped 1980-01-01 00:00 (the
 /// zip epoch), mode 0644; compressed files are stored.
 pub fn write_zip(files: &BTreeMap<String, Vec<u8>>, out: &Path) -> Result<()> {
+    write_zip_with(files, &BTreeMap::new(), out)
+}
+
+/// [`write_zip`] with files streamed from the build host too (the store's
+/// objects), in one path order.
+pub fn write_zip_with(
+    files: &BTreeMap<String, Vec<u8>>,
+    from_disk: &BTreeMap<String, PathBuf>,
+    out: &Path,
+) -> Result<()> {
     use std::io::Write;
     use zip::write::SimpleFileOptions;
     let tmp = out.with_extension("zip.partial");
     let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut z = zip::ZipWriter::new(std::io::BufWriter::new(f));
-    for (p, d) in files {
-        let stored = [".img", ".efi", ".kpxe"].iter().any(|x| p.ends_with(x)) || p == "vmlinuz";
+    for (p, src) in sources(files, from_disk)? {
+        let len = match &src {
+            Src::Bytes(d) => d.len() as u64,
+            Src::Disk(s) => std::fs::metadata(s)
+                .with_context(|| format!("reading {}", s.display()))?
+                .len(),
+        };
+        // Store objects are mostly PE files that compress little; stored
+        // keeps the zip quick to write and to serve from.
+        let stored = [".img", ".efi", ".kpxe"].iter().any(|x| p.ends_with(x))
+            || p == "vmlinuz"
+            || matches!(src, Src::Disk(_));
         let o = SimpleFileOptions::default()
             .compression_method(if stored {
                 zip::CompressionMethod::Stored
@@ -494,10 +600,17 @@ pub fn write_zip(files: &BTreeMap<String, Vec<u8>>, out: &Path) -> Result<()> {
             })
             .last_modified_time(zip::DateTime::default())
             .unix_permissions(0o644)
-            .large_file(d.len() >= 0xffff_ffff);
-        z.start_file(p.as_str(), o)
+            .large_file(len >= 0xffff_ffff);
+        z.start_file(p, o)
             .with_context(|| format!("zip entry {p}"))?;
-        z.write_all(d).with_context(|| format!("zip entry {p}"))?;
+        match src {
+            Src::Bytes(d) => z.write_all(d).with_context(|| format!("zip entry {p}"))?,
+            Src::Disk(s) => {
+                let mut f =
+                    std::fs::File::open(s).with_context(|| format!("opening {}", s.display()))?;
+                std::io::copy(&mut f, &mut z).with_context(|| format!("zip entry {p}"))?;
+            }
+        }
     }
     let mut w = z.finish().context("finishing the zip")?;
     w.flush()?;
@@ -577,6 +690,7 @@ mod tests {
             payloads: b"payloads".to_vec(),
             shim: b"shim".to_vec(),
             grub: b"grub".to_vec(),
+            store: Default::default(),
             manifest: Manifest {
                 schema: 1,
                 defib_version: "0.1.0".into(),

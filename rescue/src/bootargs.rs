@@ -68,6 +68,8 @@ pub struct BootArgs {
     pub warnings: Vec<String>,
     /// `defib.report=`: where to PUT the report (checked by `net`).
     pub report_url: Option<String>,
+    /// `defib.store=`: where to GET store objects from (checked by `net`).
+    pub store_url: Option<String>,
     /// The kernel's `ip=`, as the boot loader passed it (parsed by `net`).
     pub ip: Option<String>,
     /// `BOOTIF=`: the MAC address of the NIC the machine booted from.
@@ -92,6 +94,7 @@ impl Default for BootArgs {
             consoles: Vec::new(),
             warnings: Vec::new(),
             report_url: None,
+            store_url: None,
             ip: None,
             bootif: None,
             fault: None,
@@ -131,6 +134,7 @@ impl BootArgs {
                     None => args.bad(key, value, "none"),
                 },
                 keys::REPORT if !value.is_empty() => args.report_url = Some(value.into()),
+                keys::STORE if !value.is_empty() => args.store_url = Some(value.into()),
                 keys::FAULT => match value.parse::<u64>() {
                     Ok(n) if n > 0 => args.fault = Some(n),
                     _ => args.bad(key, value, "none"),
@@ -432,6 +436,12 @@ mod tests {
         assert_eq!(a.bootif.as_deref(), Some("01-52-54-00-12-34-56"));
         assert_eq!(a.report_url.as_deref(), Some("http://10.0.2.2:8080/r/"));
         assert_eq!(BootArgs::parse("defib.report=").report_url, None);
+        let a = BootArgs::parse("defib.store=http://10.0.2.2:8080/defib/store/");
+        assert_eq!(
+            a.store_url.as_deref(),
+            Some("http://10.0.2.2:8080/defib/store/")
+        );
+        assert_eq!(BootArgs::parse("defib.store=").store_url, None);
     }
 
     #[test]

@@ -27,6 +27,14 @@ pub const PAYLOADS_DIR: &str = "payloads";
 /// `\reports\` on the medium: one report per machine and run.
 pub const REPORTS_DIR: &str = "reports";
 
+/// `\defib\store\` on the USB medium and the ISO: the known-good
+/// store's `index.json` and `objects\<sha256>`, read on demand, never
+/// loaded into RAM as a whole (docs/store-format.md).
+pub const MEDIUM_STORE_DIR: &str = "defib/store";
+
+/// `store/` in the PXE tree: the same store, served under the HTTP root.
+pub const PXE_STORE_DIR: &str = "store";
+
 /// `\keys\` on the medium: BitLocker key files the rescue reads (CSV
 /// exports, `BitLocker Recovery Key <GUID>.TXT`, `.BEK` startup keys).
 pub const KEYS_DIR: &str = "keys";
@@ -43,6 +51,9 @@ pub mod keys {
     pub const MEDIUM: &str = "defib.medium";
     /// `defib.report=http://IP[:PORT]/folder/`: where to PUT the report.
     pub const REPORT: &str = "defib.report";
+    /// `defib.store=http://IP[:PORT]/path/`: where to GET store objects
+    /// (`<path>objects/<sha256>`) when the image has no medium (PXE).
+    pub const STORE: &str = "defib.store";
     /// The kernel's `ip=` as iPXE or GRUB pass it.
     pub const IP: &str = "ip";
     /// `BOOTIF=01-<mac>`: the NIC the machine booted from (PXELINUX style).

@@ -768,6 +768,7 @@ mod tests {
             messages: Vec::new(),
             verdict: Verdict::Repaired,
             network: None,
+            store: None,
         };
         let t = crate::report::render_text(&rep);
         assert!(t.contains("VERDICT: REPAIRED"), "{t}");

@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The index format version this code reads and writes.
 pub const SCHEMA: u32 = 1;
@@ -153,11 +154,71 @@ impl Index {
     }
 }
 
-/// An opened store.
+/// Fetches an object by hash from somewhere the store module cannot reach
+/// itself (the PXE server, through the rescue's HTTP client): given the
+/// SHA-256 and a byte cap, it returns the body, `Ok(None)` when the source
+/// does not have it, or an error. The store checks what comes back.
+pub type Fetch = Arc<dyn Fn(&str, u64) -> Result<Option<Vec<u8>>> + Send + Sync>;
+
+/// Where objects can come from, tried in order.
+#[derive(Clone)]
+pub enum Location {
+    /// A folder of `<sha256>` files: the payloads' `store/objects`, the
+    /// boot medium's `defib/store/objects`.
+    Dir(PathBuf),
+    /// Anything else, named for messages (`http://10.0.2.2:8080/store/`).
+    Fetch { label: String, fetch: Fetch },
+}
+
+impl Location {
+    pub fn label(&self) -> String {
+        match self {
+            Location::Dir(d) => d.display().to_string(),
+            Location::Fetch { label, .. } => label.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.label())
+    }
+}
+
+/// An opened store: an index, and where to fetch the objects it names.
+/// The index decides what is good; a location only supplies bytes, and
+/// they are accepted only when size and SHA-256 equal the index entry.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
     pub index: Index,
+    /// Which `index.json` the entries came from, and its SHA-256 (None
+    /// when there was none: an empty store).
+    pub index_origin: PathBuf,
+    pub index_sha256: Option<String>,
+    locations: Vec<Location>,
+}
+
+/// Reads and parses an index file; `Ok(None)` when it does not exist.
+/// Returns the index and the SHA-256 of its bytes.
+pub fn read_index(path: &Path) -> Result<Option<(Index, String)>> {
+    let f = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        Ok(f) => f,
+    };
+    let mut text = String::new();
+    f.take(MAX_INDEX + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {} (is it UTF-8?)", path.display()))?;
+    if text.len() as u64 > MAX_INDEX {
+        bail!(
+            "{} is over {MAX_INDEX} bytes: not a store index",
+            path.display()
+        );
+    }
+    let idx = Index::parse(&text, &path.display().to_string())?;
+    Ok(Some((idx, sha256_hex(text.as_bytes()))))
 }
 
 /// What `verify` found. Clean when `problems` and `orphans` are empty.
@@ -183,31 +244,22 @@ impl VerifyReport {
 }
 
 impl Store {
-    /// Opens the store at `root`. No folder, or a folder without
-    /// `index.json`, is an empty store: an image may carry none. A
-    /// malformed index is an error naming the file and line.
+    /// Opens the store at `root`, with `root/objects` as its one object
+    /// location. No folder, or a folder without `index.json`, is an empty
+    /// store: an image may carry none. A malformed index is an error
+    /// naming the file and line.
     pub fn open(root: &Path) -> Result<Store> {
         let index_path = root.join(INDEX_FILE);
-        let index = match std::fs::File::open(&index_path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", index_path.display())),
-            Ok(f) => {
-                let mut text = String::new();
-                f.take(MAX_INDEX + 1)
-                    .read_to_string(&mut text)
-                    .with_context(|| format!("reading {} (is it UTF-8?)", index_path.display()))?;
-                if text.len() as u64 > MAX_INDEX {
-                    bail!(
-                        "{} is over {MAX_INDEX} bytes: not a store index",
-                        index_path.display()
-                    );
-                }
-                Index::parse(&text, &index_path.display().to_string())?
-            }
+        let (index, sha) = match read_index(&index_path)? {
+            Some((i, h)) => (i, Some(h)),
+            None => (Index::default(), None),
         };
         Ok(Store {
             root: root.to_path_buf(),
             index,
+            index_origin: index_path,
+            index_sha256: sha,
+            locations: vec![Location::Dir(root.join(OBJECTS_DIR))],
         })
     }
 
@@ -215,9 +267,36 @@ impl Store {
         &self.root
     }
 
-    /// Where the object for `sha256` lives (whether or not it exists).
+    /// Where the object for `sha256` lives in the store's own folder
+    /// (whether or not it exists).
     pub fn object_path(&self, sha256: &str) -> PathBuf {
         self.root.join(OBJECTS_DIR).join(sha256)
+    }
+
+    /// Object locations, in the order they are tried.
+    pub fn locations(&self) -> &[Location] {
+        &self.locations
+    }
+
+    /// Tries `loc` after the locations already known.
+    pub fn add_location(&mut self, loc: Location) {
+        self.locations.push(loc);
+    }
+
+    /// Takes the entries from another index file (the boot medium's,
+    /// brought up to date by `defib store sync`) instead of this one.
+    /// Returns false, changing nothing, when that file does not exist; a
+    /// malformed one is an error and changes nothing either.
+    pub fn use_index(&mut self, path: &Path) -> Result<bool> {
+        match read_index(path)? {
+            None => Ok(false),
+            Some((idx, sha)) => {
+                self.index = idx;
+                self.index_sha256 = Some(sha);
+                self.index_origin = path.to_path_buf();
+                Ok(true)
+            }
+        }
     }
 
     /// Entries known good for this Windows: same arch, same build, UBR
@@ -263,8 +342,13 @@ impl Store {
             .collect()
     }
 
-    /// The object's bytes after checking size and SHA-256 against `e`.
-    /// On a mismatch the bytes are not returned.
+    /// The object's bytes after checking size and SHA-256 against `e`,
+    /// from the first location that has a good copy. Each location is
+    /// read with a cap of the entry's size + 1 byte, so a huge or endless
+    /// source costs no more than the entry says. A location without the
+    /// object, or with a copy of the wrong size or hash, is passed over;
+    /// when none has a good copy the error names every location and what
+    /// was wrong there. Bytes that do not match are never returned.
     pub fn read_verified(&self, e: &Entry) -> Result<Vec<u8>> {
         if !is_sha256(&e.sha256) {
             bail!(
@@ -273,40 +357,61 @@ impl Store {
                 e.sha256
             );
         }
-        let p = self.object_path(&e.sha256);
-        let f = match std::fs::File::open(&p) {
-            Ok(f) => f,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
-                "store object {} ({}) is missing from {}; rebuild the image",
+        let mut tried = Vec::new();
+        let mut corrupt = false;
+        for loc in &self.locations {
+            let got = match loc {
+                Location::Dir(d) => read_capped(&d.join(&e.sha256), e.size),
+                Location::Fetch { fetch, .. } => fetch(&e.sha256, e.size + 1),
+            };
+            let what = match loc {
+                Location::Dir(d) => d.join(&e.sha256).display().to_string(),
+                Location::Fetch { label, .. } => format!("{label}{}", e.sha256),
+            };
+            match got {
+                Ok(None) => tried.push(format!("{what}: absent")),
+                Err(err) => tried.push(format!("{what}: {err:#}")),
+                Ok(Some(data)) => {
+                    let n = data.len() as u64;
+                    if n != e.size {
+                        corrupt = true;
+                        let n = if n > e.size {
+                            format!("over {} bytes", e.size)
+                        } else {
+                            format!("{n} bytes")
+                        };
+                        tried.push(format!("{what} is corrupt: {n}, the index says {}", e.size));
+                        continue;
+                    }
+                    let h = sha256_hex(&data);
+                    if h != e.sha256 {
+                        corrupt = true;
+                        tried.push(format!("{what} is corrupt: its content hashes to {h}"));
+                        continue;
+                    }
+                    return Ok(data);
+                }
+            }
+        }
+        if tried.is_empty() {
+            bail!(
+                "store object {} ({}) is missing: this store has no object location",
                 e.sha256,
-                e.path,
-                p.display()
-            ),
-            Err(err) => return Err(err).with_context(|| format!("opening {}", p.display())),
+                e.path
+            );
+        }
+        let fix = if corrupt {
+            "refused; copy a good store onto the medium with `defib store sync` or rebuild the image"
+        } else {
+            "bring the store onto the medium with `defib store sync` or rebuild the image"
         };
-        let len = f
-            .metadata()
-            .with_context(|| format!("reading the size of {}", p.display()))?
-            .len();
-        if len != e.size {
-            bail!(
-                "store object {} is corrupt: {len} bytes, the index says {}; rebuild the image",
-                e.sha256,
-                e.size
-            );
-        }
-        let mut data = Vec::new();
-        f.take(e.size + 1)
-            .read_to_end(&mut data)
-            .with_context(|| format!("reading {}", p.display()))?;
-        let got = sha256_hex(&data);
-        if data.len() as u64 != e.size || got != e.sha256 {
-            bail!(
-                "store object {} is corrupt: its content hashes to {got}; rebuild the image",
-                e.sha256
-            );
-        }
-        Ok(data)
+        bail!(
+            "store object {} ({}) is {}: {}; {fix}",
+            e.sha256,
+            e.path,
+            if corrupt { "corrupt" } else { "missing" },
+            tried.join("; ")
+        )
     }
 
     /// Checks every entry (schema rules, object present, size, hash) and
@@ -375,6 +480,20 @@ impl Store {
         r.orphans.sort();
         Ok(r)
     }
+}
+
+/// Up to `size + 1` bytes of the file at `p`; `Ok(None)` if it is absent.
+fn read_capped(p: &Path, size: u64) -> Result<Option<Vec<u8>>> {
+    let f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("opening {}", p.display())),
+    };
+    let mut data = Vec::new();
+    f.take(size + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(data))
 }
 
 pub use crate::hash::{is_sha256, sha256_hex};
@@ -544,7 +663,7 @@ mod tests {
         );
         std::fs::write(t.path().join(OBJECTS_DIR).join(&e.sha256), b"longer").expect("w");
         let err = s.read_verified(&e).unwrap_err().to_string();
-        assert!(err.contains("6 bytes, the index says 4"), "{err}");
+        assert!(err.contains("over 4 bytes, the index says 4"), "{err}");
         let r = s.verify().expect("verify");
         assert!(!r.is_clean());
         assert_eq!(r.objects_ok, 0);
@@ -568,6 +687,118 @@ mod tests {
                 "stray.tmp"
             ]
         );
+    }
+
+    #[test]
+    fn objects_come_from_a_second_location_verified() {
+        let good = b"svchost from the store";
+        let e = entry(r"WINDOWS\system32\svchost.exe", good);
+        // The payload store has the index but not the object (a new image).
+        let (t, mut s) = store_with(&[(e.clone(), good)]);
+        std::fs::remove_file(t.path().join(OBJECTS_DIR).join(&e.sha256)).expect("rm");
+        let medium = tempfile::tempdir().expect("tempdir");
+        s.add_location(Location::Dir(medium.path().to_path_buf()));
+        let err = format!("{:#}", s.read_verified(&e).unwrap_err());
+        assert!(
+            err.contains("is missing") && err.contains("absent"),
+            "{err}"
+        );
+        std::fs::write(medium.path().join(&e.sha256), good).expect("w");
+        assert_eq!(s.read_verified(&e).expect("read"), good);
+
+        // One byte flipped on the medium: refused, the file named.
+        let mut bad = good.to_vec();
+        bad[3] ^= 1;
+        std::fs::write(medium.path().join(&e.sha256), &bad).expect("w");
+        let err = format!("{:#}", s.read_verified(&e).unwrap_err());
+        let named = medium.path().join(&e.sha256).display().to_string();
+        assert!(
+            err.contains("is corrupt") && err.contains(&named) && err.contains("refused"),
+            "{err}"
+        );
+        // A later location with a good copy serves it; the bad one is passed over.
+        let third = tempfile::tempdir().expect("tempdir");
+        std::fs::write(third.path().join(&e.sha256), good).expect("w");
+        s.add_location(Location::Dir(third.path().to_path_buf()));
+        assert_eq!(s.read_verified(&e).expect("read"), good);
+    }
+
+    #[test]
+    fn fetched_objects_are_capped_and_checked() {
+        let good = b"fetched bytes";
+        let e = entry(r"WINDOWS\system32\svchost.exe", good);
+        let (t, mut s) = store_with(&[(e.clone(), good)]);
+        std::fs::remove_file(t.path().join(OBJECTS_DIR).join(&e.sha256)).expect("rm");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let body = Arc::new(std::sync::Mutex::new(Some(good.to_vec())));
+        let (seen2, body2) = (seen.clone(), body.clone());
+        s.add_location(Location::Fetch {
+            label: "http://10.0.2.2/store/objects/".into(),
+            fetch: Arc::new(move |sha: &str, cap: u64| {
+                seen2.lock().unwrap().push((sha.to_string(), cap));
+                Ok(body2.lock().unwrap().clone())
+            }),
+        });
+        assert_eq!(s.read_verified(&e).expect("read"), good);
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [(e.sha256.clone(), good.len() as u64 + 1)],
+            "asks for the object by hash with a cap of size + 1"
+        );
+        *body.lock().unwrap() = Some(b"fetched bytez".to_vec());
+        let err = format!("{:#}", s.read_verified(&e).unwrap_err());
+        assert!(
+            err.contains("http://10.0.2.2/store/objects/") && err.contains("hashes to"),
+            "{err}"
+        );
+        *body.lock().unwrap() = None;
+        let err = format!("{:#}", s.read_verified(&e).unwrap_err());
+        assert!(err.contains("is missing"), "{err}");
+    }
+
+    #[test]
+    fn index_and_object_disagree() {
+        // The object is what another index said: the size in this index
+        // is wrong, so the bytes are refused even though they hash right.
+        let mut e = entry(r"WINDOWS\system32\svchost.exe", b"good");
+        let (_t, s) = store_with(&[(e.clone(), b"good")]);
+        e.size = 3;
+        let err = format!("{:#}", s.read_verified(&e).unwrap_err());
+        assert!(err.contains("over 3 bytes, the index says 3"), "{err}");
+        e.size = 5;
+        let err = format!("{:#}", s.read_verified(&e).unwrap_err());
+        assert!(err.contains("4 bytes, the index says 5"), "{err}");
+    }
+
+    #[test]
+    fn a_medium_index_replaces_the_built_in_one() {
+        let (t, mut s) = store_with(&[(entry(r"WINDOWS\system32\a.exe", b"a"), b"a")]);
+        let built_in = s.index_sha256.clone().expect("hash");
+        let medium = tempfile::tempdir().expect("tempdir");
+        assert!(!s
+            .use_index(&medium.path().join(INDEX_FILE))
+            .expect("absent"));
+        let idx = Index {
+            schema: SCHEMA,
+            entries: vec![
+                entry(r"WINDOWS\system32\a.exe", b"a"),
+                entry(r"WINDOWS\system32\b.exe", b"b"),
+            ],
+        };
+        let text = idx.to_json().expect("json");
+        std::fs::write(medium.path().join(INDEX_FILE), &text).expect("w");
+        assert!(s.use_index(&medium.path().join(INDEX_FILE)).expect("use"));
+        assert_eq!(s.index.entries.len(), 2);
+        assert_eq!(
+            s.index_sha256.as_deref(),
+            Some(sha256_hex(text.as_bytes()).as_str())
+        );
+        assert_ne!(s.index_sha256.as_deref(), Some(built_in.as_str()));
+        // A malformed medium index changes nothing.
+        std::fs::write(medium.path().join(INDEX_FILE), "{").expect("w");
+        assert!(s.use_index(&medium.path().join(INDEX_FILE)).is_err());
+        assert_eq!(s.index.entries.len(), 2);
+        drop(t);
     }
 
     #[test]

@@ -56,6 +56,16 @@ pub(super) fn replace_file<T: fatfs::ReadWriteSeek>(
     data: &[u8],
     epoch: u64,
 ) -> Result<()> {
+    replace_file_from(fs, fat_path, &mut &data[..], epoch)
+}
+
+/// [`replace_file`] copying from a reader.
+pub(super) fn replace_file_from<T: fatfs::ReadWriteSeek>(
+    fs: &FileSystem<T>,
+    fat_path: &str,
+    data: &mut dyn Read,
+    epoch: u64,
+) -> Result<()> {
     let root = fs.root_dir();
     for parent in fat_parents(fat_path) {
         if root.open_dir(parent).is_err() {
@@ -75,8 +85,11 @@ pub(super) fn replace_file<T: fatfs::ReadWriteSeek>(
         dir.remove(&tmp)
             .with_context(|| format!("removing a stale {tmp}"))?;
     }
-    write_fat_file(&dir, &tmp, data, fixed_date_time(epoch))
-        .with_context(|| format!("writing {fat_path} (as {tmp})"))?;
+    if let Err(e) = write_fat_stream(&dir, &tmp, data, fixed_date_time(epoch)) {
+        // A full volume: the temp name goes, the old file stays.
+        let _ = dir.remove(&tmp);
+        return Err(e.context(format!("writing {fat_path} (as {tmp})")));
+    }
     if dir.open_file(leaf).is_ok() {
         dir.remove(leaf)
             .with_context(|| format!("removing the old {fat_path}"))?;
@@ -163,4 +176,85 @@ pub(super) fn stamp_tree<T: fatfs::ReadWriteSeek>(
         }
     }
     Ok(())
+}
+
+/// The ESP of an image or stick, mounted read-write for a series of edits
+/// (`defib store sync`): see [`with_esp`].
+pub trait EspOps {
+    /// Up to `cap` bytes of a file; `Ok(None)` if there is no such file.
+    fn read_capped(&self, fat_path: &str, cap: u64) -> Result<Option<Vec<u8>>>;
+    /// Writes a file under a temp name in its folder and renames it over
+    /// the old one (creating parent folders): a failure leaves the old file.
+    fn replace(&self, fat_path: &str, data: &mut dyn Read) -> Result<()>;
+    /// Free bytes on the volume.
+    fn free_bytes(&self) -> Result<u64>;
+    fn cluster_size(&self) -> u64;
+}
+
+struct EspRw<'a, T: fatfs::ReadWriteSeek> {
+    fs: &'a FileSystem<T>,
+    epoch: u64,
+}
+
+impl<T: fatfs::ReadWriteSeek> EspOps for EspRw<'_, T> {
+    fn read_capped(&self, fat_path: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        let f = match self.fs.root_dir().open_file(fat_path.trim_matches('/')) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {fat_path}")),
+        };
+        let mut data = Vec::new();
+        f.take(cap)
+            .read_to_end(&mut data)
+            .with_context(|| format!("reading {fat_path}"))?;
+        Ok(Some(data))
+    }
+
+    fn replace(&self, fat_path: &str, data: &mut dyn Read) -> Result<()> {
+        check_fat_path(fat_path)?;
+        replace_file_from(self.fs, fat_path.trim_matches('/'), data, self.epoch)
+    }
+
+    fn free_bytes(&self) -> Result<u64> {
+        let s = self.fs.stats().context("reading FAT statistics")?;
+        Ok(u64::from(s.free_clusters()) * u64::from(s.cluster_size()))
+    }
+
+    fn cluster_size(&self) -> u64 {
+        u64::from(self.fs.cluster_size())
+    }
+}
+
+/// Mounts the ESP of the image or stick at `path` read-write, runs `f`,
+/// then unmounts and syncs whatever `f` returned: a half-done series of
+/// edits still leaves a consistent FAT. New stamps are `epoch`.
+pub fn with_esp<R>(path: &Path, epoch: u64, f: impl FnOnce(&dyn EspOps) -> Result<R>) -> Result<R> {
+    let img = UsbImage::open(path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {} for writing", path.display()))?;
+    let result;
+    {
+        let slice = StreamSlice::new(
+            &mut file,
+            img.esp_offset(),
+            img.esp_offset() + img.esp_size(),
+        )
+        .with_context(|| format!("seeking to the ESP of {}", path.display()))?;
+        let mut disk = BufStream::new(slice);
+        {
+            let fs = FileSystem::new(&mut disk, fs_options(epoch))
+                .with_context(|| format!("mounting the ESP of {}", path.display()))?;
+            result = f(&EspRw { fs: &fs, epoch });
+            fs.unmount()
+                .with_context(|| format!("unmounting the ESP of {}", path.display()))?;
+        }
+        disk.flush().context("flushing the ESP")?;
+    }
+    fix_dirs(&mut file, img.esp_offset(), img.esp_size())?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    result
 }

@@ -38,7 +38,7 @@ mod read;
 mod tests;
 mod write;
 
-pub use edit::{add_file_to_image, restamp_esp};
+pub use edit::{add_file_to_image, restamp_esp, with_esp, EspOps};
 pub use read::{DirEntryInfo, UsbImage};
 pub use write::{fat_image, write_usb_image};
 #[allow(unused_imports)]
@@ -87,6 +87,10 @@ const CLUSTER_SIZES: [u32; 4] = [4096, 2048, 1024, 512];
 pub struct EspSpec {
     /// FAT paths with `/` separators, e.g. `EFI/BOOT/BOOTX64.EFI`.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// Files copied from the build host when the volume is written, one at
+    /// a time, so a store of any size never sits in the builder's memory:
+    /// FAT path -> host path. A path must not also be in `files`.
+    pub from_disk: BTreeMap<String, PathBuf>,
     /// Extra (empty) directories, e.g. `reports`.
     pub dirs: Vec<String>,
     /// FAT volume label and GPT partition name: 1 to 11 chars of A-Z 0-9 _ -.

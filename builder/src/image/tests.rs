@@ -31,6 +31,7 @@ fn spec() -> EspSpec {
     files.insert("a/b/c/deep file name.txt".to_string(), b"nested".to_vec());
     files.insert("empty".to_string(), Vec::new());
     EspSpec {
+        from_disk: BTreeMap::new(),
         files,
         dirs: vec!["reports".to_string()],
         label: "DEFIB".to_string(),
@@ -423,4 +424,33 @@ fn fsck_fat_finds_no_errors() {
     big.free_space = 400 * MIB;
     let (_d2, out2, _) = build(&big);
     fsck(&out2);
+}
+
+/// Files streamed from the build host (the store's objects) land exactly
+/// as the same bytes given in memory would: same image bytes, every time.
+#[test]
+fn files_from_disk_give_the_same_bytes_as_in_memory() {
+    let host = tempfile::tempdir().unwrap();
+    let mut streamed = spec();
+    let mut inline = spec();
+    for i in 0..5u64 {
+        let data = noise(300_000 + i as usize * 4099, 100 + i);
+        let sha = crate::sha256_hex(&data);
+        let src = host.path().join(&sha);
+        std::fs::write(&src, &data).unwrap();
+        let fat = format!("defib/store/objects/{sha}");
+        streamed.from_disk.insert(fat.clone(), src);
+        inline.files.insert(fat, data);
+    }
+    let (_a, out_a, _) = build(&streamed);
+    let (_b, out_b, _) = build(&streamed);
+    let (_c, out_c, _) = build(&inline);
+    let a = std::fs::read(&out_a).unwrap();
+    assert_eq!(a, std::fs::read(&out_b).unwrap(), "same inputs, same bytes");
+    assert_eq!(a, std::fs::read(&out_c).unwrap(), "streamed = in memory");
+    let img = UsbImage::open(&out_a).unwrap();
+    for (fat, src) in &streamed.from_disk {
+        assert_eq!(img.read_file(fat).unwrap(), std::fs::read(src).unwrap());
+    }
+    assert!(img.free_bytes().unwrap() >= streamed.free_space);
 }

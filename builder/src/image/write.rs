@@ -7,7 +7,12 @@ use super::*;
 /// fsyncs, and renames over `out` only when everything succeeded.
 pub fn write_usb_image(spec: &EspSpec, out: &Path) -> Result<ImageSummary> {
     check_label(&spec.label)?;
-    for path in spec.files.keys().chain(&spec.dirs) {
+    for path in spec
+        .files
+        .keys()
+        .chain(spec.from_disk.keys())
+        .chain(&spec.dirs)
+    {
         check_fat_path(path)?;
     }
     let (cluster_size, esp_size) = plan_esp(spec)?;
@@ -242,6 +247,16 @@ pub(super) fn write_tree<T: fatfs::ReadWriteSeek>(
             let path = path.trim_start_matches('/');
             write_fat_file(&root, path, data, when).with_context(|| format!("writing {path}"))?;
         }
+        for (path, src) in &spec.from_disk {
+            let path = path.trim_start_matches('/');
+            if spec.files.contains_key(path) {
+                bail!("{path} is given twice (as bytes and as {})", src.display());
+            }
+            let mut input =
+                File::open(src).with_context(|| format!("opening {}", src.display()))?;
+            write_fat_stream(&root, path, &mut input, when)
+                .with_context(|| format!("writing {path} from {}", src.display()))?;
+        }
     }
     Ok(())
 }
@@ -252,9 +267,19 @@ pub(super) fn write_fat_file<T: fatfs::ReadWriteSeek>(
     data: &[u8],
     when: DateTime,
 ) -> Result<()> {
+    write_fat_stream(dir, path, &mut &data[..], when)
+}
+
+/// Like [`write_fat_file`], copying from a reader.
+pub(super) fn write_fat_stream<T: fatfs::ReadWriteSeek>(
+    dir: &fatfs::Dir<T>,
+    path: &str,
+    data: &mut dyn Read,
+    when: DateTime,
+) -> Result<()> {
     let mut f = dir.create_file(path).context("creating the file")?;
     f.truncate().context("truncating the file")?;
-    f.write_all(data).context("writing data")?;
+    io::copy(data, &mut f).context("writing data")?;
     // The TimeProvider already stamped create/modify; set them again so the
     // entry's times don't depend on when fatfs chose to consult it.
     #[allow(deprecated)]
@@ -327,6 +352,15 @@ pub(super) fn content_bytes(spec: &EspSpec, cluster: u64) -> Result<u64> {
             .checked_add(round_up(data.len() as u64, cluster))
             .context("ESP size overflows")?;
     }
+    for (path, src) in &spec.from_disk {
+        add(path.trim_start_matches('/'), &mut dirs);
+        let len = std::fs::metadata(src)
+            .with_context(|| format!("reading the size of {}", src.display()))?
+            .len();
+        total = total
+            .checked_add(round_up(len, cluster))
+            .context("ESP size overflows")?;
+    }
     for bytes in dirs.values() {
         total += round_up(*bytes, cluster);
     }
@@ -337,7 +371,7 @@ pub(super) fn content_bytes(spec: &EspSpec, cluster: u64) -> Result<u64> {
 /// dirs with their parents. Sorted, so parents come before their children.
 pub(super) fn spec_dirs(spec: &EspSpec) -> BTreeSet<&str> {
     let mut dirs = BTreeSet::new();
-    for path in spec.files.keys() {
+    for path in spec.files.keys().chain(spec.from_disk.keys()) {
         dirs.extend(fat_parents(path));
     }
     for d in &spec.dirs {
@@ -355,7 +389,12 @@ pub(super) fn spec_dirs(spec: &EspSpec) -> BTreeSet<&str> {
 /// `spec.seed` gives the volume id, `spec.mtime` every stamp.
 pub fn fat_image(spec: &EspSpec) -> Result<Vec<u8>> {
     check_label(&spec.label)?;
-    for path in spec.files.keys().chain(&spec.dirs) {
+    for path in spec
+        .files
+        .keys()
+        .chain(spec.from_disk.keys())
+        .chain(&spec.dirs)
+    {
         check_fat_path(path)?;
     }
     // Size for the worst cluster fatfs may pick for a small volume (4 KiB),

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod bigstore;
 pub mod victim;
 
 use defib_builder::image::UsbImage;

@@ -30,6 +30,7 @@ pub mod medium;
 pub mod mounts;
 pub mod net;
 pub mod netkeys;
+pub mod objects;
 pub mod shell;
 
 /// How long block device names must stay unchanged to count as settled.
@@ -424,7 +425,7 @@ fn probe_volumes(run: &mut Run) -> Result<()> {
 fn decide(run: &mut Run) -> Result<()> {
     use crate::repair::{check_volume, Payloads};
     let payload_dir = run.root.join(layout::PAYLOADS_DIR);
-    let payloads = match Payloads::load(&payload_dir) {
+    let mut payloads = match Payloads::load(&payload_dir) {
         Ok(p) => p,
         Err(e) => {
             run.report.verdict = Verdict::Failed;
@@ -437,6 +438,7 @@ fn decide(run: &mut Run) -> Result<()> {
             return Ok(());
         }
     };
+    let fetched = store_locations(run, &mut payloads.store);
     let mode = run.args.mode.engine_mode();
     load_keys(run);
     run.volumes.hash_unlocked = run.args.hash_unlocked;
@@ -507,11 +509,47 @@ fn decide(run: &mut Run) -> Result<()> {
         }
         run.report.windows.extend(reports);
     }
+    for l in std::mem::take(&mut *fetched.lock().unwrap_or_else(|p| p.into_inner())) {
+        run.say(&l);
+    }
+    let mem = objects::memory_line(&run.root);
+    run.say(&mem);
     let o = verdict::decide(&run.probe, &run.report.windows);
     run.report.messages.extend(o.messages.iter().cloned());
     run.report.verdict = o.verdict;
     run.outcome = Some(o);
     Ok(())
+}
+
+/// The store's object locations beyond the payloads (the medium, the PXE
+/// server) and the medium's index when it has one; see `objects`.
+fn store_locations(run: &mut Run, store: &mut crate::store::Store) -> objects::Lines {
+    let lines = objects::Lines::default();
+    let net = objects::NetPlan {
+        root: run.root.clone(),
+        ip: run.args.ip.clone(),
+        bootif: run.args.bootif.clone(),
+        wait: Duration::from_secs(15),
+    };
+    let medium = run.medium.as_ref().map(|m| m.path.clone());
+    let url = run.args.store_url.clone();
+    let (used, notes) =
+        objects::attach(store, medium.as_deref(), url.as_deref(), net, lines.clone());
+    for n in notes {
+        run.note(n);
+    }
+    run.say(&format!(
+        "store: index {} ({} entries{}), objects from {}",
+        used.index,
+        used.entries,
+        used.index_sha256
+            .as_deref()
+            .map(|h| format!(", sha256 {}", &h[..12]))
+            .unwrap_or_default(),
+        used.locations.join(", ")
+    ));
+    run.report.store = Some(used);
+    lines
 }
 
 /// BitLocker keys from the stick's `keys` folder (CSV exports, the .TXT

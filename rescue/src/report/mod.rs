@@ -63,6 +63,24 @@ pub struct Report {
     /// (the victim disk's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// Which store index the run used and where objects came from; absent
+    /// in host runs and in reports from before the store left the RAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreUsed>,
+}
+
+/// The store a run used (docs/store-format.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreUsed {
+    /// The index file the entries came from: the medium's
+    /// `/defib/store/index.json` (kept current by `defib store sync`) when
+    /// it has one, else the payloads' copy built into the image.
+    pub index: String,
+    /// SHA-256 of that index file; null when there was none (no store).
+    pub index_sha256: Option<String>,
+    pub entries: usize,
+    /// Where objects were looked for, in order.
+    pub locations: Vec<String>,
 }
 
 /// DMI identity (`/sys/class/dmi/id`). Placeholder strings that vendors leave
@@ -221,6 +239,7 @@ impl Report {
             messages: Vec::new(),
             verdict: Verdict::Failed,
             network: None,
+            store: None,
         }
     }
 
@@ -416,6 +435,7 @@ mod tests {
             messages: vec!["hello".into()],
             verdict: Verdict::NeedsAttention,
             network: None,
+            store: None,
         }
     }
 

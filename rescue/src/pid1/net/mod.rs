@@ -12,12 +12,14 @@
 //! no TLS, no name resolution (a static glibc binary cannot resolve names).
 
 mod args;
+mod fetch;
 mod http;
 mod link;
 #[cfg(test)]
 mod tests;
 
 pub use args::*;
+pub use fetch::get;
 pub use http::*;
 pub use link::*;
 
