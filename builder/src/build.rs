@@ -406,9 +406,12 @@ pub fn key_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
         let n = store
             .add_file(p)
             .with_context(|| format!("--keys {}", p.display()))?;
-        if n == 0 {
+        // A sealed file (`defib keys seal`) cannot be opened without its
+        // passphrase; its header was checked by add_file.
+        let sealed = !store.sealed.is_empty();
+        if n == 0 && !sealed {
             anyhow::bail!(
-                "--keys {}: no BitLocker key in it (a CSV export, the .TXT Windows saves, or a .BEK)",
+                "--keys {}: no BitLocker key in it (a CSV export, the .TXT Windows saves, a .BEK, or a file sealed by `defib keys seal`)",
                 p.display()
             );
         }
@@ -418,6 +421,12 @@ pub fn key_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
             .filter(|n| !n.is_empty() && n.len() <= 200 && !n.contains(['/', '\\']))
             .with_context(|| format!("--keys {}: unusable file name", p.display()))?
             .to_string();
+        if sealed && !name.to_ascii_lowercase().ends_with(".age") {
+            anyhow::bail!(
+                "--keys {}: a sealed key file must be named *.age for the rescue to look at it (e.g. {name}.age)",
+                p.display()
+            );
+        }
         if out.iter().any(|(o, _)| o.eq_ignore_ascii_case(&name)) {
             anyhow::bail!("--keys: two files named {name}");
         }

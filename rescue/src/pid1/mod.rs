@@ -444,6 +444,11 @@ fn decide(run: &mut Run) -> Result<()> {
     } else {
         run.args.consoles.clone()
     };
+    let mut passphrase = keyprompt::Prompt::new(consoles.clone(), run.args.keywait);
+    run.volumes.passphrase = Some(Box::new(move |dev, files, notice| {
+        passphrase.ask_passphrase(dev, files, notice)
+    }));
+    run.volumes.max_work_factor = crate::bitlocker::sealed::max_work_factor_here(&run.root);
     let mut prompt = keyprompt::Prompt::new(consoles, run.args.keywait);
     run.volumes.prompt = Some(Box::new(move |dev, meta| {
         prompt.ask(dev, meta).map(crate::volumes::Typed)
@@ -476,6 +481,10 @@ fn decide(run: &mut Run) -> Result<()> {
             &run.report.run_id,
             None,
         );
+        for n in std::mem::take(&mut run.volumes.notes) {
+            run.say(&n);
+            run.report.messages.push(n);
+        }
         if reports.is_empty() {
             run.say(&format!(
                 "/dev/{dev}: no Windows installation (data volume)"
@@ -507,9 +516,17 @@ fn load_keys(run: &mut Run) {
         return;
     }
     match run.volumes.keys.add_dir(&dir) {
-        Ok(n) => run.say(&format!(
-            "keys: {n} BitLocker key(s) from the stick's keys folder"
-        )),
+        Ok(n) => {
+            run.say(&format!(
+                "keys: {n} BitLocker key(s) from the stick's keys folder"
+            ));
+            let sealed = run.volumes.keys.sealed.len();
+            if sealed > 0 {
+                run.say(&format!(
+                    "keys: {sealed} sealed key file(s), opened only if a locked volume needs them"
+                ));
+            }
+        }
         Err(e) => run.note(format!("keys folder unreadable: {e:#}")),
     }
     for r in run.volumes.keys.rejected.clone() {
