@@ -213,7 +213,7 @@ mod tests {
             "{e:#}"
         );
         // Not replaced without --replace; replaced with it.
-        let e = seal_files(&[a.clone()], "pp", WF, &out, false).unwrap_err();
+        let e = seal_files(std::slice::from_ref(&a), "pp", WF, &out, false).unwrap_err();
         assert!(format!("{e:#}").contains("exists"), "{e:#}");
         assert_eq!(seal_files(&[a], "pp", WF, &out, true).unwrap().keys, 1);
     }

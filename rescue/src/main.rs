@@ -167,7 +167,7 @@ fn open_sealed(
 ) -> anyhow::Result<()> {
     use defib_rescue::bitlocker::sealed::{max_work_factor_here, SealError};
     let names: Vec<String> = keys.sealed.iter().map(|f| f.name.clone()).collect();
-    let max = max_work_factor_here(std::path::Path::new("/"));
+    let (max, _) = max_work_factor_here(std::path::Path::new("/"));
     let tries = if passphrase_file.is_some() { 1 } else { 3 };
     for attempt in 1..=tries {
         let pass = match passphrase_file {

@@ -34,9 +34,12 @@ pub struct KernelVolumes {
     pub max_work_factor: u8,
     /// The passphrase was asked for already: once per boot.
     sealed_asked: bool,
-    /// Lines for the screen and the report (sealed files opened or not),
-    /// never with a key or passphrase; the caller drains them.
+    /// Lines for the report (sealed files opened or not), never with a
+    /// key or passphrase; the caller drains them.
     pub notes: Vec<String>,
+    /// Shows a note to the person at the PC as it happens.
+    #[allow(clippy::type_complexity)]
+    pub tell: Option<Box<dyn FnMut(&str)>>,
 }
 
 /// What a person typed for a volume: a checked recovery password.
@@ -79,6 +82,7 @@ impl KernelVolumes {
             max_work_factor: crate::bitlocker::sealed::MAX_WORK_FACTOR,
             sealed_asked: false,
             notes: Vec::new(),
+            tell: None,
         }
     }
 
@@ -115,13 +119,17 @@ impl KernelVolumes {
             }
             let mut opened = false;
             for (name, r) in results {
-                self.notes.push(match r {
+                let note = match r {
                     Ok(n) => {
                         opened = true;
                         format!("sealed key file {name}: opened, {n} key(s)")
                     }
                     Err(e) => format!("sealed key file {name}: {e}"),
-                });
+                };
+                if let Some(t) = self.tell.as_mut() {
+                    t(&note);
+                }
+                self.notes.push(note);
             }
             return if opened {
                 SealedOutcome::Opened
@@ -129,7 +137,7 @@ impl KernelVolumes {
                 SealedOutcome::NotOpened
             };
         }
-        self.notes.push(format!(
+        let note = format!(
             "sealed key files ({}): {PASSPHRASE_TRIES} passphrases typed, none opened them",
             self.keys
                 .sealed
@@ -137,7 +145,11 @@ impl KernelVolumes {
                 .map(|f| f.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        );
+        if let Some(t) = self.tell.as_mut() {
+            t(&note);
+        }
+        self.notes.push(note);
         SealedOutcome::NotOpened
     }
 
@@ -404,7 +416,15 @@ mod tests {
     #[test]
     fn a_wrong_passphrase_asks_again_and_the_right_one_adds_the_keys() {
         let (mut v, log) = with_answers(vec![typed("wrong"), typed("right")]);
+        let told = Rc::new(RefCell::new(Vec::<String>::new()));
+        let t = told.clone();
+        v.tell = Some(Box::new(move |l| t.borrow_mut().push(l.to_string())));
         assert_eq!(v.open_sealed("nvme0n1p3"), SealedOutcome::Opened);
+        assert_eq!(
+            *told.borrow(),
+            v.notes,
+            "told on the console as it happened"
+        );
         let log = log.borrow();
         assert_eq!(log.len(), 2);
         assert_eq!(log[0], None);

@@ -41,12 +41,16 @@ pub fn memory_for(log_n: u8) -> u64 {
     128 * 8 * (1u64 << log_n.min(40))
 }
 
-/// The largest work factor whose scrypt fits in half of `available` bytes
-/// of memory (the rest is the rescue, the page cache and the mapping),
-/// capped at [`MAX_WORK_FACTOR`].
+/// Memory kept free beside scrypt's: the rescue itself, the mapping and
+/// the mount that follow. PID 1 cannot be OOM-killed; the kernel would
+/// panic instead, so the bound errs on the safe side.
+pub const RESERVE: u64 = 32 << 20;
+
+/// The largest work factor whose scrypt fits in `available` bytes of
+/// memory with [`RESERVE`] left over, capped at [`MAX_WORK_FACTOR`].
 pub fn max_work_factor_for(available: u64) -> u8 {
     let mut n = MAX_WORK_FACTOR;
-    while n > 1 && memory_for(n) > available / 2 {
+    while n > 1 && memory_for(n).saturating_add(RESERVE) > available {
         n -= 1;
     }
     n
@@ -59,13 +63,14 @@ pub fn mem_available(meminfo: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// The work-factor bound for this machine: from `/proc/meminfo` under
-/// `root`, or [`MAX_WORK_FACTOR`] when it cannot be read.
-pub fn max_work_factor_here(root: &std::path::Path) -> u8 {
-    std::fs::read_to_string(root.join("proc/meminfo"))
+/// The work-factor bound for this machine and the memory available it
+/// comes from: `/proc/meminfo` under `root`, or [`MAX_WORK_FACTOR`] (and
+/// `None`) when it cannot be read.
+pub fn max_work_factor_here(root: &std::path::Path) -> (u8, Option<u64>) {
+    let avail = std::fs::read_to_string(root.join("proc/meminfo"))
         .ok()
-        .and_then(|t| mem_available(&t))
-        .map_or(MAX_WORK_FACTOR, max_work_factor_for)
+        .and_then(|t| mem_available(&t));
+    (avail.map_or(MAX_WORK_FACTOR, max_work_factor_for), avail)
 }
 
 /// Why a sealed file did not open. None of these carry key material.
@@ -326,8 +331,10 @@ mod tests {
     fn memory_bound_follows_the_machine() {
         assert_eq!(memory_for(16), 64 << 20);
         assert_eq!(max_work_factor_for(16 << 30), MAX_WORK_FACTOR);
-        // A 256 MiB PC with ~200 MiB free: 2^16 (64 MiB) fits, 2^17 does not.
-        assert_eq!(max_work_factor_for(200 << 20), 16);
+        // 64 MiB + the reserve fit in 100 MiB free; 128 MiB + 32 do not.
+        assert_eq!(max_work_factor_for(100 << 20), 16);
+        assert_eq!(max_work_factor_for(96 << 20), 16);
+        assert_eq!(max_work_factor_for(95 << 20), 15);
         assert_eq!(max_work_factor_for(0), 1);
         let meminfo = "MemTotal:         243560 kB\nMemFree:          190000 kB\nMemAvailable:     201234 kB\n";
         assert_eq!(mem_available(meminfo), Some(201234 * 1024));

@@ -448,7 +448,16 @@ fn decide(run: &mut Run) -> Result<()> {
     run.volumes.passphrase = Some(Box::new(move |dev, files, notice| {
         passphrase.ask_passphrase(dev, files, notice)
     }));
-    run.volumes.max_work_factor = crate::bitlocker::sealed::max_work_factor_here(&run.root);
+    let (max_wf, avail) = crate::bitlocker::sealed::max_work_factor_here(&run.root);
+    run.volumes.max_work_factor = max_wf;
+    if !run.volumes.keys.sealed.is_empty() {
+        run.say(&format!(
+            "keys: {} MiB of memory available: sealed files up to work factor {max_wf} can be opened",
+            avail.map_or("unknown".into(), |a| (a >> 20).to_string())
+        ));
+    }
+    let tell_consoles = consoles.clone();
+    run.volumes.tell = Some(Box::new(move |line| keyprompt::tell(&tell_consoles, line)));
     let mut prompt = keyprompt::Prompt::new(consoles, run.args.keywait);
     run.volumes.prompt = Some(Box::new(move |dev, meta| {
         prompt.ask(dev, meta).map(crate::volumes::Typed)
@@ -481,10 +490,11 @@ fn decide(run: &mut Run) -> Result<()> {
             &run.report.run_id,
             None,
         );
-        for n in std::mem::take(&mut run.volumes.notes) {
-            run.say(&n);
-            run.report.messages.push(n);
-        }
+        // Already on the consoles (told as they happened); the report
+        // gets them too.
+        run.report
+            .messages
+            .extend(std::mem::take(&mut run.volumes.notes));
         if reports.is_empty() {
             run.say(&format!(
                 "/dev/{dev}: no Windows installation (data volume)"
