@@ -914,5 +914,12 @@ fn crowdstrike_on_bitlocker_repaired_with_a_sealed_key_file() {
             b - a
         );
     }
+    for (_, l) in out
+        .lines
+        .iter()
+        .filter(|(_, l)| l.contains("MiB of memory available"))
+    {
+        eprintln!("{l}");
+    }
     check_bitlocker_crowdstrike(&v, &key, &stick, &out, "sealed-key-file");
 }
