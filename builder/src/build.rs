@@ -541,4 +541,27 @@ mod tests {
             .to_string();
         assert!(e.contains("not a 64-bit ELF"), "{e}");
     }
+
+    /// `--keys` takes a sealed file as it is (its passphrase is not known
+    /// at build time), but only named `.age`, which the rescue looks at.
+    #[test]
+    fn keys_takes_sealed_files_named_age() {
+        use defib_rescue::bitlocker::sealed::{seal, MIN_WORK_FACTOR};
+        let d = tempfile::tempdir().unwrap();
+        let bytes = seal(b"KeyID,RecoveryKey\r\n", "p", MIN_WORK_FACTOR).unwrap();
+        let good = d.path().join("keys.csv.age");
+        std::fs::write(&good, &bytes).unwrap();
+        let files = key_files(std::slice::from_ref(&good)).unwrap();
+        assert_eq!(files, [("keys.csv.age".to_string(), bytes.clone())]);
+        let misnamed = d.path().join("keys.csv");
+        std::fs::write(&misnamed, &bytes).unwrap();
+        let e = format!("{:#}", key_files(&[misnamed]).unwrap_err());
+        assert!(e.contains("must be named *.age"), "{e}");
+        let mut cut = bytes.clone();
+        cut.truncate(30);
+        let broken = d.path().join("broken.age");
+        std::fs::write(&broken, &cut).unwrap();
+        let e = format!("{:#}", key_files(&[broken]).unwrap_err());
+        assert!(e.contains("broken.age") && e.contains("damaged"), "{e}");
+    }
 }
