@@ -8,12 +8,23 @@ const RP: &str = "042647-302313-590458-071500-554323-116567-412181-516978";
 const ID: &str = "{3FD763F9-74C7-4E90-8FA2-1F6A2E2B4E0C}";
 
 fn defib(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_defib"))
-        .args(args)
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_defib"));
+    cmd.args(args)
         .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(std::process::Stdio::null());
+    // A session of its own: no controlling terminal, so a prompt on
+    // /dev/tty fails at once instead of waiting on the developer's shell.
+    // SAFETY: setsid is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
