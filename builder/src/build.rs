@@ -529,9 +529,12 @@ pub fn key_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
         let n = store
             .add_file(p)
             .with_context(|| format!("--keys {}", p.display()))?;
-        if n == 0 {
+        // A sealed file (`defib keys seal`) cannot be opened without its
+        // passphrase; its header was checked by add_file.
+        let sealed = !store.sealed.is_empty();
+        if n == 0 && !sealed {
             anyhow::bail!(
-                "--keys {}: no BitLocker key in it (a CSV export, the .TXT Windows saves, or a .BEK)",
+                "--keys {}: no BitLocker key in it (a CSV export, the .TXT Windows saves, a .BEK, or a file sealed by `defib keys seal`)",
                 p.display()
             );
         }
@@ -541,6 +544,12 @@ pub fn key_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
             .filter(|n| !n.is_empty() && n.len() <= 200 && !n.contains(['/', '\\']))
             .with_context(|| format!("--keys {}: unusable file name", p.display()))?
             .to_string();
+        if sealed && !name.to_ascii_lowercase().ends_with(".age") {
+            anyhow::bail!(
+                "--keys {}: a sealed key file must be named *.age for the rescue to look at it (e.g. {name}.age)",
+                p.display()
+            );
+        }
         if out.iter().any(|(o, _)| o.eq_ignore_ascii_case(&name)) {
             anyhow::bail!("--keys: two files named {name}");
         }
@@ -734,5 +743,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a 64-bit ELF"), "{e}");
+    }
+
+    /// `--keys` takes a sealed file as it is (its passphrase is not known
+    /// at build time), but only named `.age`, which the rescue looks at.
+    #[test]
+    fn keys_takes_sealed_files_named_age() {
+        use defib_rescue::bitlocker::sealed::{seal, MIN_WORK_FACTOR};
+        let d = tempfile::tempdir().unwrap();
+        let bytes = seal(b"KeyID,RecoveryKey\r\n", "p", MIN_WORK_FACTOR).unwrap();
+        let good = d.path().join("keys.csv.age");
+        std::fs::write(&good, &bytes).unwrap();
+        let files = key_files(std::slice::from_ref(&good)).unwrap();
+        assert_eq!(files, [("keys.csv.age".to_string(), bytes.clone())]);
+        let misnamed = d.path().join("keys.csv");
+        std::fs::write(&misnamed, &bytes).unwrap();
+        let e = format!("{:#}", key_files(&[misnamed]).unwrap_err());
+        assert!(e.contains("must be named *.age"), "{e}");
+        let mut cut = bytes.clone();
+        cut.truncate(30);
+        let broken = d.path().join("broken.age");
+        std::fs::write(&broken, &cut).unwrap();
+        let e = format!("{:#}", key_files(&[broken]).unwrap_err());
+        assert!(e.contains("broken.age") && e.contains("damaged"), "{e}");
     }
 }

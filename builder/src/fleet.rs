@@ -138,10 +138,117 @@ pub fn check_report(v: &Value) -> std::result::Result<(), String> {
     }
 }
 
+/// A BitLocker protector a run opened with a recovery password, which the
+/// organisation should now rotate (`defib reports --keys-used`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyUse {
+    pub computer_name: String,
+    pub machine_uuid: String,
+    pub machine_serial: String,
+    /// The device the rescue saw the volume as (`nvme0n1p3`).
+    pub volume: String,
+    /// NTFS volume serial, 16 hex digits, as `blkid` shows it.
+    pub ntfs_serial: String,
+    /// `{GUID}` uppercase in braces, as `manage-bde -protectors -get` shows it.
+    pub protector_id: String,
+    pub key_source: String,
+    pub run_id: String,
+    pub finished: String,
+    /// Where the report was found.
+    pub source: String,
+}
+
+/// Key sources that mean a recovery password was disclosed to someone or
+/// something outside the PC: typed, in a key file, a sealed key file, or
+/// over the network. A startup key or a clear key is not a recovery
+/// password.
+pub const ROTATE_SOURCES: &[&str] = &["typed", "key-file", "sealed-key-file", "network"];
+
+/// The recovery-password unlocks in one report.
+pub fn key_uses(source: &str, r: &Value) -> Vec<KeyUse> {
+    let wins = r["windows"].as_array().cloned().unwrap_or_default();
+    wins.iter()
+        .filter(|w| w["state"]["bitlocker"]["unlocked"] == true)
+        .filter_map(|w| {
+            let bl = &w["state"]["bitlocker"];
+            let key_source = s(bl, &["key_source"]);
+            if !ROTATE_SOURCES.contains(&key_source.as_str()) {
+                return None;
+            }
+            let protector = s(bl, &["unlocked_with"]);
+            let protector_id = defib_rescue::bitlocker::Guid::parse(&protector)
+                .map(|g| g.windows_form())
+                // Not a GUID: a hostile or damaged report; shown as it is
+                // (escaped on output) rather than dropped.
+                .unwrap_or(protector);
+            Some(KeyUse {
+                computer_name: s(w, &["identity", "computer_name"]),
+                machine_uuid: s(r, &["machine", "product_uuid"]),
+                machine_serial: s(r, &["machine", "product_serial"]),
+                volume: s(w, &["volume"]),
+                ntfs_serial: s(w, &["state", "ntfs_serial"]),
+                protector_id,
+                key_source,
+                run_id: s(r, &["run_id"]),
+                finished: s(r, &["finished"]),
+                source: source.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// One line per machine and protector (the latest run that used it),
+/// sorted by computer name.
+pub fn dedup_key_uses(uses: &[KeyUse]) -> Vec<KeyUse> {
+    let mut latest: std::collections::BTreeMap<(String, String, String), KeyUse> =
+        Default::default();
+    for u in uses {
+        let k = (
+            u.computer_name.clone(),
+            u.machine_uuid.clone(),
+            u.protector_id.clone(),
+        );
+        match latest.get(&k) {
+            Some(old) if old.finished >= u.finished => {}
+            _ => {
+                latest.insert(k, u.clone());
+            }
+        }
+    }
+    latest.into_values().collect()
+}
+
+/// `defib reports --keys-used` as CSV, every cell through [`csv_cell`].
+pub fn keys_used_csv(uses: &[KeyUse]) -> String {
+    let mut out = String::from(
+        "computer_name,machine_uuid,machine_serial,volume,ntfs_serial,protector_id,key_source,run_id,finished,source\n",
+    );
+    for u in uses {
+        let f = [
+            &u.computer_name,
+            &u.machine_uuid,
+            &u.machine_serial,
+            &u.volume,
+            &u.ntfs_serial,
+            &u.protector_id,
+            &u.key_source,
+            &u.run_id,
+            &u.finished,
+            &u.source,
+        ];
+        out.push_str(&f.iter().map(|x| csv_cell(x)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
 /// What [`gather`] found: the table, and what it passed over.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Fleet {
     pub rows: Vec<Row>,
+    /// Every recovery-password unlock in the reports, one per report and
+    /// volume (see [`dedup_key_uses`]).
+    pub key_uses: Vec<KeyUse>,
     /// Files that are not defib reports or could not be read, and media
     /// that could not be opened: `<source>: <why>`, one line each. Raw
     /// text; print it through [`term`].
@@ -159,7 +266,10 @@ impl Fleet {
 
     fn add(&mut self, source: String, r: &Value) {
         match check_report(r) {
-            Ok(()) => self.rows.push(row(source, r)),
+            Ok(()) => {
+                self.key_uses.extend(key_uses(&source, r));
+                self.rows.push(row(source, r));
+            }
             Err(why) => self.skip(&source, why),
         }
     }
@@ -707,6 +817,107 @@ mod tests {
             "{c}"
         );
         assert_eq!(csv_cell("WARD3-PC07"), "WARD3-PC07");
+    }
+
+    /// A report of one PC with BitLocker volumes opened from `sources`.
+    fn bitlocker_report(computer: &str, run: &str, finished: &str, vols: &[(&str, &str)]) -> Value {
+        let wins: Vec<Value> = vols
+            .iter()
+            .enumerate()
+            .map(|(i, (protector, source))| {
+                serde_json::json!({
+                    "volume": format!("nvme0n1p{}", i + 3),
+                    "identity": {"computer_name": computer},
+                    "state": {"ntfs_serial": "5A1E00000000C0DE", "bitlocker": {
+                        "unlocked": !source.is_empty(),
+                        "unlocked_with": protector, "key_source": source}},
+                    "verdict": "repaired", "playbooks": []
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "schema": 1, "run_id": run, "finished": finished,
+            "machine": {"product_serial": null, "product_uuid": "5eed0000-defb-4000-8000-00000000c0de"},
+            "verdict": "repaired", "windows": wins
+        })
+    }
+
+    #[test]
+    fn keys_used_lists_recovery_passwords_to_rotate() {
+        let p = |n: u8| format!("{n:08x}-74c7-4e90-8fa2-1f6a2e2b4e0c");
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "a.json",
+            &bitlocker_report(
+                "ICU-12",
+                "20261126T050215Z-00000001",
+                "2026-11-26T05:02:21Z",
+                &[
+                    (&p(1), "typed"),
+                    (&p(2), "startup-key"),
+                    (&p(3), "clear-key"),
+                    (&p(4), "sealed-key-file"),
+                    (&p(5), ""),
+                ],
+            ),
+        );
+        // The same PC again later (scan, then fix): one line per protector.
+        write(
+            d.path(),
+            "b.json",
+            &bitlocker_report(
+                "ICU-12",
+                "20261126T060000Z-00000002",
+                "2026-11-26T06:00:09Z",
+                &[(&p(1), "typed")],
+            ),
+        );
+        write(
+            d.path(),
+            "c.json",
+            &bitlocker_report(
+                "=cmd|' /C calc'!A0",
+                "20261126T070000Z-00000003",
+                "2026-11-26T07:00:00Z",
+                &[(&p(6), "key-file"), (&p(7), "network")],
+            ),
+        );
+        let fleet = gather_within(d.path(), 30);
+        assert_eq!(fleet.key_uses.len(), 5, "{:#?}", fleet.key_uses);
+        let uses = dedup_key_uses(&fleet.key_uses);
+        let c = keys_used_csv(&uses);
+        let lines: Vec<&str> = c.lines().collect();
+        assert_eq!(
+            lines[0],
+            "computer_name,machine_uuid,machine_serial,volume,ntfs_serial,protector_id,key_source,run_id,finished,source"
+        );
+        assert_eq!(lines.len(), 1 + 4, "{c}");
+        // Sorted by computer name: the escaped formula sorts first ('=').
+        assert!(lines[1].starts_with("'=cmd|' /C calc'!A0,"), "{c}");
+        assert!(
+            lines[1].contains(",{00000006-74C7-4E90-8FA2-1F6A2E2B4E0C},key-file,"),
+            "{c}"
+        );
+        assert!(lines[2].contains(",network,"), "{c}");
+        let icu: Vec<&&str> = lines.iter().filter(|l| l.starts_with("ICU-12,")).collect();
+        assert_eq!(icu.len(), 2, "{c}");
+        assert!(icu[0].contains(
+            ",nvme0n1p3,5A1E00000000C0DE,{00000001-74C7-4E90-8FA2-1F6A2E2B4E0C},typed,20261126T060000Z-00000002,"
+        ), "the latest run of the same protector: {c}");
+        assert!(
+            icu[1].contains("{00000004-74C7-4E90-8FA2-1F6A2E2B4E0C},sealed-key-file,"),
+            "{c}"
+        );
+        for never in [
+            "startup-key",
+            "clear-key",
+            "00000002-",
+            "00000003-",
+            "00000005-",
+        ] {
+            assert!(!c.contains(never), "{never} listed: {c}");
+        }
     }
 
     #[test]

@@ -96,15 +96,26 @@ pub fn store_import(data: &[u8]) -> Result<()> {
 }
 
 /// A report file as `defib reports` reads it: checked as a report, loose
-/// JSON to a row, then the CSV and the table.
+/// JSON to a row, then the CSV, the keys-used CSV and the table.
 pub fn fleet(data: &[u8]) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(data)?;
     let _ = crate::fleet::check_report(&v);
     let rows = vec![crate::fleet::row("fuzz.json".into(), &v)];
     let csv = crate::fleet::csv(&rows);
     ensure!(csv.starts_with("run_id,"), "CSV lost its header");
+    let uses = crate::fleet::dedup_key_uses(&crate::fleet::key_uses("fuzz.json", &v));
+    let keys = crate::fleet::keys_used_csv(&uses);
+    ensure!(
+        keys.starts_with("computer_name,"),
+        "keys-used CSV lost its header"
+    );
+    ensure!(
+        keys.lines().count() == uses.len() + 1,
+        "a keys-used cell broke a CSV line"
+    );
     let f = crate::fleet::Fleet {
         rows,
+        key_uses: uses,
         warnings: Vec::new(),
         skipped: 0,
     };

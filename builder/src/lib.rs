@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod image;
 pub mod inspect;
 pub mod iso;
+pub mod keys;
 pub mod kmod;
 pub mod manifest;
 pub mod progress;

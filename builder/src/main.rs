@@ -7,7 +7,7 @@ use defib_builder::build::{build, BuildConfig};
 use defib_builder::fetch::{self, Fetched};
 use defib_builder::kmod::{ModuleList, DEFAULT_LIST};
 use defib_builder::progress::Progress;
-use defib_builder::{inspect, qemu, size::parse_size, store};
+use defib_builder::{inspect, keys, qemu, size::parse_size, store};
 use defib_rescue::store::{Store, OBJECTS_DIR};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +51,47 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "out/man")]
         out: PathBuf,
     },
+    /// Seal BitLocker key files to a passphrase, or check a sealed one
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Encrypt key exports (CSV, the .TXT Windows saves) to a passphrase
+    /// as one sealed file (age format) for the stick's keys folder
+    Seal {
+        /// Plain key files; each must hold at least one recovery key
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The sealed file to write (ends in .age, e.g. keys.csv.age)
+        #[arg(long, value_name = "SEALED")]
+        out: PathBuf,
+        /// Read the passphrase from the first line of this file instead
+        /// of asking twice on the terminal
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// scrypt work factor, log2 N (memory 2^N KiB: 16 = 64 MiB); see
+        /// docs/bitlocker.md before raising it
+        #[arg(long, value_name = "N", default_value_t = defib_rescue::bitlocker::sealed::DEFAULT_WORK_FACTOR,
+              value_parser = clap::value_parser!(u8).range(
+                  defib_rescue::bitlocker::sealed::MIN_WORK_FACTOR as i64
+                  ..=defib_rescue::bitlocker::sealed::MAX_WORK_FACTOR as i64))]
+        work_factor: u8,
+        /// Overwrite --out if it exists
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Open a sealed file and list its protector IDs (never the keys)
+    Check {
+        sealed: PathBuf,
+        /// Read the passphrase from the first line of this file
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +125,11 @@ struct ReportsConfig {
     /// Print JSON
     #[arg(long)]
     json: bool,
+    /// List the BitLocker protectors opened with a recovery password
+    /// (typed, key file, sealed key file, network), one per machine and
+    /// protector, as CSV (or --json): the keys to rotate
+    #[arg(long)]
+    keys_used: bool,
 }
 
 #[derive(Args)]
@@ -241,6 +287,7 @@ fn main() {
             Ok(())
         }
         Cmd::Man { out } => cmd_man(&out),
+        Cmd::Keys(c) => cmd_keys(c),
     };
     if let Err(e) = r {
         eprintln!("defib: error: {e:#}");
@@ -610,7 +657,14 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
     for w in &f.warnings {
         eprintln!("defib: warning: {}", fleet::term(w));
     }
-    if c.json {
+    if c.keys_used {
+        let uses = fleet::dedup_key_uses(&f.key_uses);
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&uses)?);
+        } else {
+            print!("{}", fleet::keys_used_csv(&uses));
+        }
+    } else if c.json {
         println!("{}", serde_json::to_string_pretty(&f.rows)?);
     } else if c.csv {
         print!("{}", fleet::csv(&f.rows));
@@ -618,11 +672,80 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
         print!("{}", fleet::table(&f));
     }
     // The table has its own summary line; CSV and JSON say it here.
-    if (c.json || c.csv) && f.skipped > 0 {
+    if (c.json || c.csv || c.keys_used) && f.skipped > 0 {
         eprintln!(
             "defib: {} file(s) skipped; see the warnings above",
             f.skipped
         );
+    }
+    Ok(())
+}
+
+/// `defib keys seal|check`. The passphrase comes from a file or the
+/// terminal (twice when sealing); it is never echoed or printed.
+fn cmd_keys(c: KeysCmd) -> Result<()> {
+    use defib_rescue::passphrase;
+    match c {
+        KeysCmd::Seal {
+            files,
+            out,
+            passphrase_file,
+            work_factor,
+            replace,
+        } => {
+            let pass = match &passphrase_file {
+                Some(f) => passphrase::from_file(f)?,
+                None => {
+                    let a = passphrase::from_tty("Passphrase for the sealed key file: ")?;
+                    let b = passphrase::from_tty("The same passphrase again: ")?;
+                    if *a != *b {
+                        bail!("the two passphrases differ; nothing written");
+                    }
+                    a
+                }
+            };
+            let s = keys::seal_files(&files, &pass, work_factor, &out, replace)?;
+            println!(
+                "{}: {} recovery key(s) sealed ({} with a key ID), scrypt work factor {} ({} MiB to open)",
+                out.display(),
+                s.keys,
+                s.keys - s.without_id,
+                s.work_factor,
+                defib_rescue::bitlocker::sealed::memory_for(s.work_factor) >> 20
+            );
+            println!(
+                "copy it into the stick's keys folder, or: defib build --keys {}",
+                out.display()
+            );
+        }
+        KeysCmd::Check {
+            sealed,
+            passphrase_file,
+            json,
+        } => {
+            let pass = match &passphrase_file {
+                Some(f) => passphrase::from_file(f)?,
+                None => passphrase::from_tty(&format!("Passphrase for {}: ", sealed.display()))?,
+            };
+            let s = keys::check(&sealed, &pass)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "{}: {} recovery key(s), scrypt work factor {} ({} MiB to open)",
+                    sealed.display(),
+                    s.keys,
+                    s.work_factor,
+                    defib_rescue::bitlocker::sealed::memory_for(s.work_factor) >> 20
+                );
+                for id in &s.protector_ids {
+                    println!("  {id}");
+                }
+                if s.without_id > 0 {
+                    println!("  ({} key(s) without a key ID)", s.without_id);
+                }
+            }
+        }
     }
     Ok(())
 }

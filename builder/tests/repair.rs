@@ -939,3 +939,101 @@ fn several_bitlocker_disks_with_keys_for_only_some() {
         );
     }
 }
+
+/// The same PC with the company's keys sealed on the stick
+/// (`keys/BitLockerKeys.csv.age`, made by `defib keys seal`'s code): the
+/// rescue asks for the passphrase only because the volume is locked; a
+/// wrong one is refused and asked again, the right one opens the file.
+/// The PC has 256 MiB, the smallest the default work factor is chosen
+/// for. Neither passphrase nor key reaches the screen or the report.
+#[test]
+#[ignore = "boots QEMU: run through scripts/test"]
+fn crowdstrike_on_bitlocker_repaired_with_a_sealed_key_file() {
+    use defib_rescue::bitlocker::sealed::DEFAULT_WORK_FACTOR;
+    let dir = tempfile::tempdir().unwrap();
+    let (v, key) = victim::make_win10_crowdstrike_bitlocker(dir.path()).unwrap();
+    let stick = image_copy(dir.path());
+    let plain = dir.path().join("BitLockerKeys.csv");
+    std::fs::write(
+        &plain,
+        format!(
+            "KeyID,RecoveryKey\r\n{{{}}},{}\r\n",
+            key.protector.to_uppercase(),
+            key.recovery_password
+        ),
+    )
+    .unwrap();
+    let sealed = dir.path().join("BitLockerKeys.csv.age");
+    let pass = "Ward 12 night shift";
+    let wrong = "ward 12 night shift";
+    let s = defib_builder::keys::seal_files(&[plain], pass, DEFAULT_WORK_FACTOR, &sealed, false)
+        .unwrap();
+    assert_eq!(s.keys, 1);
+    defib_builder::image::add_file_to_image(
+        &stick,
+        "keys/BitLockerKeys.csv.age",
+        &std::fs::read(&sealed).unwrap(),
+    )
+    .unwrap();
+    let mut b = Boot::new(Firmware::UefiSb, dir.path());
+    b.stick = Some(stick.clone());
+    b.disks = vec![(v.disk.clone(), Bus::Nvme)];
+    b.uuid = Some(UUID.to_string());
+    b.timeout = TIMEOUT;
+    b.memory_mib = 256;
+    b.keys = vec![
+        qemu::Keys {
+            after: "Sealed key files on the stick".into(),
+            bytes: format!("{wrong}\r").into_bytes(),
+            until: "opening the sealed key files".into(),
+        },
+        qemu::Keys {
+            after: "opens none of the sealed key files".into(),
+            bytes: format!("{pass}\r").into_bytes(),
+            until: "opening the sealed key files".into(),
+        },
+    ];
+    let out = qemu::run(&b).expect("running qemu");
+    assert!(out.exited, "QEMU did not end by itself:\n{}", out.text());
+    assert!(
+        out.contains("Sealed key files on the stick: BitLockerKeys.csv.age"),
+        "no passphrase prompt:\n{}",
+        out.text()
+    );
+    assert!(
+        out.contains("That passphrase opens none of the sealed key files (try 1 of 3)"),
+        "the wrong passphrase was not refused:\n{}",
+        out.text()
+    );
+    assert!(
+        out.contains("sealed key file BitLockerKeys.csv.age: opened, 1 key(s)"),
+        "{}",
+        out.text()
+    );
+    for secret in [pass, wrong, "Ward 12", "night shift"] {
+        assert!(
+            !out.text().contains(secret),
+            "the passphrase reached the screen"
+        );
+        assert!(!single_report(&stick).to_string().contains(secret));
+    }
+    // What one scrypt try costs here (TCG, 256 MiB): from the wrong
+    // passphrase's Enter to its refusal. Printed for docs/bitlocker.md.
+    if let (Some(a), Some(b)) = (
+        out.first("opening the sealed key files"),
+        out.first("opens none of the sealed key files"),
+    ) {
+        eprintln!(
+            "one scrypt try at work factor {DEFAULT_WORK_FACTOR}: {:?}",
+            b - a
+        );
+    }
+    for (_, l) in out
+        .lines
+        .iter()
+        .filter(|(_, l)| l.contains("MiB of memory available"))
+    {
+        eprintln!("{l}");
+    }
+    check_bitlocker_crowdstrike(&v, &key, &stick, &out, "sealed-key-file");
+}

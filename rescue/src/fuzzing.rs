@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("buildinfo", buildinfo),
     ("bitlocker", bitlocker),
     ("keyfile", keyfile),
+    ("sealed", sealed),
     ("hivelog", hivelog),
     ("bcd", bcd),
     ("quarantine", quarantine),
@@ -309,6 +310,35 @@ pub fn keyfile(data: &[u8]) -> Result<()> {
     let _ = store.add_bek(data, "fuzz.bek");
     for r in &store.rejected {
         ensure!(!r.is_empty(), "an empty rejection note");
+    }
+    Ok(())
+}
+
+/// A sealed key file as the rescue meets it in `keys/`: the header
+/// reader, then age's parser and decryption with a fixed passphrase, then
+/// the key-file parser on what it holds. scrypt is capped at 2¹⁰ so one
+/// input stays cheap; a larger work factor must be refused from the
+/// header alone.
+pub fn sealed(data: &[u8]) -> Result<()> {
+    use crate::bitlocker::keyfile::{KeyStore, SealedFile};
+    use crate::bitlocker::sealed::{read_header, SealError};
+    let header = read_header(data);
+    let mut store = KeyStore::default();
+    store.sealed.push(SealedFile {
+        name: "fuzz.csv.age".into(),
+        bytes: data.to_vec(),
+    });
+    for (_, r) in store.open_sealed("fuzz", 10) {
+        if let Ok(h) = &header {
+            if h.work_factor > 10 {
+                ensure!(
+                    matches!(r, Err(SealError::TooMuchWork { .. })),
+                    "work factor {} not refused: {r:?}",
+                    h.work_factor
+                );
+            }
+        }
+        r?;
     }
     Ok(())
 }

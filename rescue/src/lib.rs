@@ -54,6 +54,7 @@ pub mod volumes;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod passphrase;
 pub mod pid1;
 
 /// The rescue's version, printed in the banner and written in reports.

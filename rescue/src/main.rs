@@ -56,9 +56,14 @@ struct RunArgs {
     #[arg(long, value_name = "DIGITS")]
     recovery_password: Option<String>,
     /// BitLocker key files for --device: CSV exports, the .TXT Windows
-    /// saves, .BEK startup keys (repeatable)
+    /// saves, .BEK startup keys, files sealed by `defib keys seal`
+    /// (repeatable)
     #[arg(long, value_name = "FILE")]
     key_file: Vec<PathBuf>,
+    /// The passphrase of sealed --key-file files, on the file's first
+    /// line [default: asked on the terminal]
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
     /// The one installation to work on when a volume holds several
     /// (its Windows folder, e.g. WINDOWS or Windows.old)
     #[arg(long, value_name = "DIR")]
@@ -137,6 +142,11 @@ fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         keys.add_file(f)
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", f.display()))?;
     }
+    if !keys.sealed.is_empty() {
+        open_sealed(&mut keys, a.passphrase_file.as_deref())?;
+    } else if a.passphrase_file.is_some() {
+        anyhow::bail!("--passphrase-file given, but no --key-file is sealed");
+    }
     if let Some(rp) = &a.recovery_password {
         if keys.add_recovery_text(&format!("Recovery Key: {rp}\n"), "typed") == 0 {
             anyhow::bail!("--recovery-password: not 8 groups of 6 digits, each divisible by 11");
@@ -156,6 +166,55 @@ fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         defib_rescue::report::Verdict::NoWindowsFound => ExitCode::from(3),
         _ => ExitCode::from(1),
     })
+}
+
+/// Opens the sealed --key-file files with the passphrase from the file,
+/// or typed on the terminal (three tries). Host mode asks up front: the
+/// admin gave the files to be used.
+fn open_sealed(
+    keys: &mut defib_rescue::bitlocker::keyfile::KeyStore,
+    passphrase_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use defib_rescue::bitlocker::sealed::{max_work_factor_here, SealError};
+    let names: Vec<String> = keys.sealed.iter().map(|f| f.name.clone()).collect();
+    let (max, _) = max_work_factor_here(std::path::Path::new("/"));
+    let tries = if passphrase_file.is_some() { 1 } else { 3 };
+    for attempt in 1..=tries {
+        let pass = match passphrase_file {
+            Some(f) => defib_rescue::passphrase::from_file(f)?,
+            None => defib_rescue::passphrase::from_tty(&format!(
+                "Passphrase for {}: ",
+                names.join(", ")
+            ))?,
+        };
+        let results = keys.open_sealed(&pass, max);
+        drop(pass);
+        if results
+            .iter()
+            .all(|(_, r)| *r == Err(SealError::WrongPassphrase))
+        {
+            if attempt < tries {
+                eprintln!("rescue: that passphrase opens none of them; try again");
+            }
+            continue;
+        }
+        let mut opened = false;
+        for (name, r) in results {
+            match r {
+                Ok(n) => {
+                    opened = true;
+                    eprintln!("rescue: {name}: {n} key(s)");
+                }
+                Err(e) => eprintln!("rescue: {name}: {e}"),
+            }
+        }
+        anyhow::ensure!(opened, "no sealed key file opened");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the passphrase opens none of the sealed key files ({})",
+        names.join(", ")
+    )
 }
 
 fn undo(u: UndoArgs) -> anyhow::Result<ExitCode> {

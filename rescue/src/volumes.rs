@@ -29,9 +29,25 @@ pub struct KernelVolumes {
     /// `defib.keys=`), adding them to the store; tried before the prompt.
     pub fetch: Option<KeyFetch>,
     /// Lines for the screen since the caller last took them (unlock
-    /// timings, key fetches); `notes` also go into the report.
+    /// timings, key fetches).
     pub lines: Vec<String>,
+
+    /// Asks a person for the passphrase of the sealed key files in `keys`
+    /// (volume, file names, a notice to show first); `None` when nobody
+    /// can be asked.
+    #[allow(clippy::type_complexity)]
+    pub passphrase: Option<Box<dyn FnMut(&str, &[String], Option<&str>) -> Passphrase>>,
+    /// The largest scrypt work factor a sealed file may ask for here
+    /// (bounded by the machine's memory).
+    pub max_work_factor: u8,
+    /// The passphrase was asked for already: once per boot.
+    sealed_asked: bool,
+    /// Lines for the report (sealed files opened or not), never with a
+    /// key or passphrase; the caller drains them.
     pub notes: Vec<String>,
+    /// Shows a note to the person at the PC as it happens.
+    #[allow(clippy::type_complexity)]
+    pub tell: Option<Box<dyn FnMut(&str)>>,
 }
 
 /// A key source asked per locked volume (see [`KernelVolumes::fetch`]).
@@ -47,6 +63,30 @@ pub struct Fetched {
 /// What a person typed for a volume: a checked recovery password.
 pub struct Typed(pub crate::bitlocker::RecoveryPassword);
 
+/// The answer to the sealed key files' passphrase prompt.
+pub enum Passphrase {
+    /// Wiped on drop.
+    Typed(zeroize::Zeroizing<String>),
+    /// Enter on an empty line.
+    Skipped,
+    /// Nobody typed within the bound (or nobody can be asked).
+    TimedOut,
+}
+
+/// How asking for the sealed files' passphrase ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SealedOutcome {
+    /// At least one sealed file opened with it.
+    Opened,
+    /// Skipped, or no passphrase opened any file within the tries.
+    NotOpened,
+    /// Nobody at the console: do not ask anything else for this volume.
+    NobodyThere,
+}
+
+/// Wrong passphrases allowed before going on without the sealed files.
+const PASSPHRASE_TRIES: u32 = 3;
+
 impl KernelVolumes {
     pub fn new(root: &Path) -> KernelVolumes {
         KernelVolumes {
@@ -59,7 +99,78 @@ impl KernelVolumes {
             fetch: None,
             lines: Vec::new(),
             notes: Vec::new(),
+            passphrase: None,
+            max_work_factor: crate::bitlocker::sealed::MAX_WORK_FACTOR,
+            sealed_asked: false,
+            tell: None,
         }
+    }
+
+    /// Asks for the sealed key files' passphrase, once per run, and opens
+    /// every sealed file with it; a passphrase that opens none is asked
+    /// again, [`PASSPHRASE_TRIES`] times in all.
+    fn open_sealed(&mut self, dev: &str) -> SealedOutcome {
+        use crate::bitlocker::sealed::SealError;
+        if self.sealed_asked || self.keys.sealed.is_empty() {
+            return SealedOutcome::NotOpened;
+        }
+        self.sealed_asked = true;
+        let Some(ask) = self.passphrase.as_mut() else {
+            return SealedOutcome::NotOpened;
+        };
+        let mut notice: Option<String> = None;
+        for attempt in 1..=PASSPHRASE_TRIES {
+            let files: Vec<String> = self.keys.sealed.iter().map(|f| f.name.clone()).collect();
+            let pass = match ask(dev, &files, notice.as_deref()) {
+                Passphrase::Typed(p) => p,
+                Passphrase::Skipped => return SealedOutcome::NotOpened,
+                Passphrase::TimedOut => return SealedOutcome::NobodyThere,
+            };
+            let results = self.keys.open_sealed(&pass, self.max_work_factor);
+            drop(pass);
+            let all_wrong = results
+                .iter()
+                .all(|(_, r)| *r == Err(SealError::WrongPassphrase));
+            if all_wrong {
+                notice = Some(format!(
+                    "That passphrase opens none of the sealed key files (try {attempt} of {PASSPHRASE_TRIES})."
+                ));
+                continue;
+            }
+            let mut opened = false;
+            for (name, r) in results {
+                let note = match r {
+                    Ok(n) => {
+                        opened = true;
+                        format!("sealed key file {name}: opened, {n} key(s)")
+                    }
+                    Err(e) => format!("sealed key file {name}: {e}"),
+                };
+                if let Some(t) = self.tell.as_mut() {
+                    t(&note);
+                }
+                self.notes.push(note);
+            }
+            return if opened {
+                SealedOutcome::Opened
+            } else {
+                SealedOutcome::NotOpened
+            };
+        }
+        let note = format!(
+            "sealed key files ({}): {PASSPHRASE_TRIES} passphrases typed, none opened them",
+            self.keys
+                .sealed
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(t) = self.tell.as_mut() {
+            t(&note);
+        }
+        self.notes.push(note);
+        SealedOutcome::NotOpened
     }
 
     fn dev(&self, dev: &str) -> PathBuf {
@@ -98,6 +209,39 @@ impl KernelVolumes {
         use std::io::Seek;
         let mut f = self.open(dev)?;
         Ok(f.seek(std::io::SeekFrom::End(0))?)
+    }
+}
+
+/// Tries only the keys added to `keys` since `before` (the older ones were
+/// refused already: each recovery password costs a full key stretch), and
+/// updates `opened`: opened, or "wrong key" rather than "no key" when the
+/// new keys were for this volume and did not open it.
+fn try_fresh(
+    meta: &crate::bitlocker::Metadata,
+    keys: &KeyStore,
+    before: usize,
+    opened: &mut std::result::Result<
+        (crate::bitlocker::Unlocked, &'static str),
+        crate::bitlocker::UnlockError,
+    >,
+) {
+    let fresh = KeyStore {
+        records: keys.records[before.min(keys.records.len())..].to_vec(),
+        ..Default::default()
+    };
+    if fresh.records.is_empty() {
+        return;
+    }
+    match try_keys(meta, &fresh) {
+        Ok(o) => *opened = Ok(o),
+        Err(e) => {
+            if matches!(
+                opened,
+                Err(crate::bitlocker::UnlockError::NoKeyForVolume { .. })
+            ) {
+                *opened = Err(e);
+            }
+        }
     }
 }
 
@@ -187,28 +331,24 @@ impl VolumeOps for KernelVolumes {
                 let f = fetch(dev, &meta, &mut self.keys);
                 waited += w.elapsed();
                 self.lines.extend(f.lines);
+                self.lines.extend(f.problems.iter().cloned());
                 self.notes.extend(f.problems.iter().cloned());
                 network = f.problems;
-                // Only the new keys: the old ones were refused already.
-                let fresh = KeyStore {
-                    records: self.keys.records[before..].to_vec(),
-                    rejected: Vec::new(),
-                };
-                if !fresh.records.is_empty() {
-                    match try_keys(&meta, &fresh) {
-                        Ok(o) => opened = Ok(o),
-                        // Say "wrong key" rather than "no key" when the
-                        // server gave one that did not open the volume.
-                        Err(e) => {
-                            if matches!(
-                                opened,
-                                Err(crate::bitlocker::UnlockError::NoKeyForVolume { .. })
-                            ) {
-                                opened = Err(e);
-                            }
-                        }
-                    }
-                }
+                try_fresh(&meta, &self.keys, before, &mut opened);
+            }
+        }
+        // Sealed key files are opened only now that a volume needs a key
+        // no plain file and no server gave (a person must type for them).
+        let mut nobody_there = false;
+        if opened.is_err() {
+            let w = std::time::Instant::now();
+            let before = self.keys.records.len();
+            let outcome = self.open_sealed(dev);
+            waited += w.elapsed();
+            match outcome {
+                SealedOutcome::Opened => try_fresh(&meta, &self.keys, before, &mut opened),
+                SealedOutcome::NobodyThere => nobody_there = true,
+                SealedOutcome::NotOpened => {}
             }
         }
         let opened = match opened {
@@ -216,7 +356,7 @@ impl VolumeOps for KernelVolumes {
             Err(first) => {
                 // Ask a person, when one can be asked; each answer is tried.
                 let mut got = None;
-                if let Some(ask) = self.prompt.as_mut() {
+                if let Some(ask) = self.prompt.as_mut().filter(|_| !nobody_there) {
                     loop {
                         let w = std::time::Instant::now();
                         let answer = ask(dev, &meta);
@@ -375,5 +515,96 @@ impl VolumeOps for KernelVolumes {
         rustix::fs::sync();
         rustix::mount::unmount(&t, rustix::mount::UnmountFlags::empty())
             .with_context(|| format!("unmounting {}", t.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitlocker::keyfile::SealedFile;
+    use crate::bitlocker::sealed::{seal, MIN_WORK_FACTOR};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    const CSV: &str = "KeyID,RecoveryKey\r\n{3FD763F9-74C7-4E90-8FA2-1F6A2E2B4E0C},042647-302313-590458-071500-554323-116567-412181-516978\r\n";
+
+    /// Volumes with one sealed file and a scripted person at the console;
+    /// the log records each notice the prompt was given.
+    fn with_answers(answers: Vec<Passphrase>) -> (KernelVolumes, Rc<RefCell<Vec<Option<String>>>>) {
+        let mut v = KernelVolumes::new(Path::new("/nonexistent"));
+        v.keys.sealed.push(SealedFile {
+            name: "keys.csv.age".into(),
+            bytes: seal(CSV.as_bytes(), "right", MIN_WORK_FACTOR).unwrap(),
+        });
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l = log.clone();
+        let mut answers = answers.into_iter();
+        v.passphrase = Some(Box::new(move |dev, files, notice| {
+            assert_eq!(dev, "nvme0n1p3");
+            assert_eq!(files, ["keys.csv.age"]);
+            l.borrow_mut().push(notice.map(str::to_string));
+            answers.next().unwrap_or(Passphrase::TimedOut)
+        }));
+        (v, log)
+    }
+
+    fn typed(s: &str) -> Passphrase {
+        Passphrase::Typed(zeroize::Zeroizing::new(s.to_string()))
+    }
+
+    #[test]
+    fn a_wrong_passphrase_asks_again_and_the_right_one_adds_the_keys() {
+        let (mut v, log) = with_answers(vec![typed("wrong"), typed("right")]);
+        let told = Rc::new(RefCell::new(Vec::<String>::new()));
+        let t = told.clone();
+        v.tell = Some(Box::new(move |l| t.borrow_mut().push(l.to_string())));
+        assert_eq!(v.open_sealed("nvme0n1p3"), SealedOutcome::Opened);
+        assert_eq!(
+            *told.borrow(),
+            v.notes,
+            "told on the console as it happened"
+        );
+        let log = log.borrow();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0], None);
+        assert!(
+            log[1]
+                .as_deref()
+                .unwrap()
+                .contains("opens none of the sealed key files (try 1 of 3)"),
+            "{log:?}"
+        );
+        assert_eq!(v.keys.records.len(), 1);
+        assert!(v.keys.records[0].source.starts_with("sealed:keys.csv.age"));
+        assert_eq!(v.notes, ["sealed key file keys.csv.age: opened, 1 key(s)"]);
+        for n in &v.notes {
+            assert!(!n.contains("right") && !n.contains("042647"), "{n}");
+        }
+    }
+
+    #[test]
+    fn the_passphrase_is_asked_once_per_run() {
+        let (mut v, log) = with_answers(vec![Passphrase::Skipped, typed("right")]);
+        assert_eq!(v.open_sealed("nvme0n1p3"), SealedOutcome::NotOpened);
+        // The next locked volume does not ask again.
+        assert_eq!(v.open_sealed("nvme0n1p3"), SealedOutcome::NotOpened);
+        assert_eq!(log.borrow().len(), 1);
+        assert!(v.keys.records.is_empty());
+    }
+
+    #[test]
+    fn three_wrong_passphrases_or_nobody_there_go_on_without() {
+        let (mut v, log) = with_answers(vec![typed("a"), typed("b"), typed("c"), typed("right")]);
+        assert_eq!(v.open_sealed("nvme0n1p3"), SealedOutcome::NotOpened);
+        assert_eq!(log.borrow().len(), 3, "bounded tries");
+        assert_eq!(v.keys.sealed.len(), 1, "still sealed");
+        assert!(
+            v.notes[0].contains("3 passphrases typed, none opened them"),
+            "{:?}",
+            v.notes
+        );
+
+        let (mut v, _) = with_answers(vec![Passphrase::TimedOut]);
+        assert_eq!(v.open_sealed("nvme0n1p3"), SealedOutcome::NobodyThere);
     }
 }

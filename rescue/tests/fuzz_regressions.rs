@@ -49,12 +49,19 @@ fn new_harnesses_survive_real_and_mutated_inputs() {
     let seeds: Vec<(&str, Vec<u8>)> = vec![
         ("hivelog", with_log),
         ("bcd", hive.clone()),
-        ("keyfile", csv),
+        ("keyfile", csv.clone()),
         ("quarantine", b"\x0b\xad\0\0garbage record".to_vec()),
         (
             "dm_table",
             b"0 16 crypt aes-xts-plain64 00 0 /dev/sda 0\n16 8 zero\n".to_vec(),
         ),
+        // A sealed key file at a work factor the harness will run.
+        ("sealed", {
+            let mut r =
+                age::scrypt::Recipient::new(age::secrecy::SecretString::from("fuzz".to_string()));
+            r.set_work_factor(10);
+            age::encrypt(&r, &csv).unwrap()
+        }),
         ("bitlocker", {
             let mut v = vec![0u8; 8192];
             v[3..11].copy_from_slice(b"-FVE-FS-");

@@ -334,3 +334,87 @@ fn esp_flag_reads_the_bcd_and_undo_of_the_store_needs_it() {
         "{out}"
     );
 }
+
+/// `--key-file SEALED.age --passphrase-file F`: the sealed file is opened
+/// before anything else, a wrong passphrase or a damaged file stops the
+/// run with an error naming the file, and the passphrase is never printed.
+#[test]
+fn a_sealed_key_file_opens_with_the_passphrase_file() {
+    use defib_rescue::bitlocker::sealed::{seal, MIN_WORK_FACTOR};
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("empty-volume");
+    std::fs::create_dir_all(&root).unwrap();
+    let csv = "KeyID,RecoveryKey\r\n{3FD763F9-74C7-4E90-8FA2-1F6A2E2B4E0C},042647-302313-590458-071500-554323-116567-412181-516978\r\n";
+    let sealed = d.path().join("keys.csv.age");
+    let bytes = seal(csv.as_bytes(), "staple battery", MIN_WORK_FACTOR).unwrap();
+    std::fs::write(&sealed, &bytes).unwrap();
+    let right = d.path().join("right");
+    std::fs::write(&right, "staple battery\n").unwrap();
+    let wrong = d.path().join("wrong");
+    std::fs::write(&wrong, "horse\n").unwrap();
+    let s = sealed.to_str().unwrap();
+
+    let (code, out) = rescue(
+        &[
+            "scan",
+            "--key-file",
+            s,
+            "--passphrase-file",
+            right.to_str().unwrap(),
+        ],
+        &root,
+    );
+    assert_eq!(code, 3, "opened, then no Windows in the folder: {out}");
+    assert!(out.contains("keys.csv.age: 1 key(s)"), "{out}");
+    let mut outputs = vec![out];
+
+    let (code, out) = rescue(
+        &[
+            "scan",
+            "--key-file",
+            s,
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+        ],
+        &root,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("the passphrase opens none of the sealed key files (keys.csv.age)"),
+        "{out}"
+    );
+    outputs.push(out);
+
+    let cut = d.path().join("cut.csv.age");
+    std::fs::write(&cut, &bytes[..bytes.len() - 3]).unwrap();
+    let (code, out) = rescue(
+        &[
+            "scan",
+            "--key-file",
+            cut.to_str().unwrap(),
+            "--passphrase-file",
+            right.to_str().unwrap(),
+        ],
+        &root,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cut.csv.age: damaged sealed key file"),
+        "{out}"
+    );
+    outputs.push(out);
+
+    let (code, out) = rescue(
+        &["scan", "--passphrase-file", right.to_str().unwrap()],
+        &root,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no --key-file is sealed"), "{out}");
+    outputs.push(out);
+    for out in outputs {
+        assert!(
+            !out.contains("staple battery") && !out.contains("horse") && !out.contains("042647"),
+            "a secret was printed: {out}"
+        );
+    }
+}

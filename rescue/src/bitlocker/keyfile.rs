@@ -125,12 +125,28 @@ impl KeyRecord {
     }
 }
 
+/// A key file sealed to a passphrase, recognised by its age header and
+/// kept encrypted until [`KeyStore::open_sealed`] is given the passphrase.
+pub struct SealedFile {
+    /// The file's name (shown to people, and `sealed:<name>` in sources).
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for SealedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedFile({}, {} bytes)", self.name, self.bytes.len())
+    }
+}
+
 /// Keys gathered from any number of files.
 #[derive(Debug, Default)]
 pub struct KeyStore {
     pub records: Vec<KeyRecord>,
     /// What was skipped and why (file:line: reason), never with key text.
     pub rejected: Vec<String>,
+    /// Sealed key files not opened yet.
+    pub sealed: Vec<SealedFile>,
 }
 
 impl KeyStore {
@@ -168,6 +184,13 @@ impl KeyStore {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A sealed file is recognised by its header whatever its name, and
+        // kept for the passphrase: never parsed as plain keys.
+        if super::sealed::is_sealed(&bytes) {
+            super::sealed::read_header(&bytes).with_context(|| format!("reading {name}"))?;
+            self.sealed.push(SealedFile { name, bytes });
+            return Ok(0);
+        }
         let lower = name.to_ascii_lowercase();
         if lower.ends_with(".bek") {
             self.add_bek(&bytes, &name)?;
@@ -180,8 +203,61 @@ impl KeyStore {
         Ok(self.add_recovery_text(&text, &name))
     }
 
-    /// Reads every `.csv`, `.txt` and `.bek` in `dir` (not recursive).
-    /// Unreadable files are listed in `rejected`, not fatal.
+    /// Opens every sealed file not opened yet with `passphrase` (scrypt
+    /// work factor at most `max_log_n`) and adds their keys with the source
+    /// `sealed:<file>:<line>`. Returns each file's outcome; the files that
+    /// opened leave [`KeyStore::sealed`]. The plaintext is wiped after it
+    /// is parsed.
+    pub fn open_sealed(
+        &mut self,
+        passphrase: &str,
+        max_log_n: u8,
+    ) -> Vec<(String, std::result::Result<usize, super::sealed::SealError>)> {
+        use super::sealed::{unseal, SealError};
+        let mut out = Vec::new();
+        for f in std::mem::take(&mut self.sealed) {
+            let result = unseal(&f.bytes, passphrase, max_log_n).and_then(|plain| {
+                self.add_unsealed(&plain, &f.name)
+                    .map_err(|e| SealError::NoKeys(format!("{e:#}")))
+            });
+            if matches!(result, Err(SealError::WrongPassphrase)) {
+                self.sealed.push(SealedFile {
+                    name: f.name.clone(),
+                    bytes: f.bytes,
+                });
+            }
+            out.push((f.name, result));
+        }
+        out
+    }
+
+    /// What a sealed file held: a `.BEK` or a Windows `.TXT` by its inner
+    /// name (the sealed name without `.age`), else a CSV export, else any
+    /// text with GUIDs and recovery passwords.
+    fn add_unsealed(&mut self, plain: &[u8], name: &str) -> Result<usize> {
+        let source = format!("sealed:{name}");
+        let lower = name.to_ascii_lowercase();
+        let inner = lower.strip_suffix(".age").unwrap_or(&lower);
+        if inner.ends_with(".bek") {
+            self.add_bek(plain, &source)?;
+            return Ok(1);
+        }
+        let text = zeroize::Zeroizing::new(decode_text(plain));
+        let n = if inner.ends_with(".txt") {
+            self.add_recovery_text(&text, &source)
+        } else {
+            match self.add_csv(&text, &source) {
+                Ok(n) => n,
+                Err(_) => self.add_recovery_text(&text, &source),
+            }
+        };
+        ensure!(n > 0, "no BitLocker recovery key in it");
+        Ok(n)
+    }
+
+    /// Reads every `.csv`, `.txt`, `.bek` and sealed `.age` file in `dir`
+    /// (not recursive). Unreadable files are listed in `rejected`, not
+    /// fatal.
     pub fn add_dir(&mut self, dir: &Path) -> Result<usize> {
         let mut added = 0;
         let entries =
@@ -193,7 +269,7 @@ impl KeyStore {
                 .extension()
                 .map(|x| x.to_string_lossy().to_ascii_lowercase())
                 .unwrap_or_default();
-            if !matches!(ext.as_str(), "csv" | "txt" | "bek") || !path.is_file() {
+            if !matches!(ext.as_str(), "csv" | "txt" | "bek" | "age") || !path.is_file() {
                 continue;
             }
             match self.add_file(&path) {

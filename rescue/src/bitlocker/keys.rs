@@ -198,6 +198,18 @@ impl RecoveryPassword {
         Ok(RecoveryPassword { key })
     }
 
+    /// The 48 digits again, dash-separated (for `defib keys seal`, which
+    /// writes them into the sealed plaintext). Secret: wiped on drop.
+    pub fn digits(&self) -> Zeroizing<String> {
+        let mut s = Zeroizing::new(String::with_capacity(55));
+        for (i, q) in self.key.chunks_exact(2).enumerate() {
+            use std::fmt::Write;
+            let group = u32::from(u16::from_le_bytes([q[0], q[1]])) * 11;
+            let _ = write!(s, "{}{group:06}", if i == 0 { "" } else { "-" });
+        }
+        s
+    }
+
     /// The 32-byte key that opens this recovery password's VMK, for the
     /// protector's salt: SHA-256 of the 16 bytes, then the stretch.
     pub fn protector_key(&self, salt: &[u8; 16]) -> ProtectorKey {

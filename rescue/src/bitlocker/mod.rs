@@ -17,6 +17,7 @@
 //! - [`keys`]: recovery passwords, the SHA-256 stretch, AES-CCM unwrapping,
 //!   `.BEK` files, the unlock flow and its typed errors.
 //! - [`keyfile`]: the key files fleets keep (CSV exports, Windows' `.TXT`).
+//! - [`sealed`]: key files encrypted to a passphrase (age v1, scrypt).
 //! - [`dm`]: the device-mapper segments and table text, as cryptsetup lays
 //!   BITLK out.
 //! - [`soft`]: a software decryptor/encryptor following that plan.
@@ -31,6 +32,7 @@ pub mod dm;
 pub mod keyfile;
 pub mod keys;
 pub mod metadata;
+pub mod sealed;
 pub mod soft;
 
 use std::fmt;

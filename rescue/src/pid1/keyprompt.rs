@@ -11,6 +11,10 @@
 //! the bound (`defib.keywait=`, 90 s by default) the prompt gives up and
 //! the verdict names the protector IDs that need a key.
 //!
+//! The same machinery asks, once per boot, for the passphrase of sealed key
+//! files ([`Prompt::ask_passphrase`]) when a locked volume needs a key no
+//! plain key file gave; characters show as `*`.
+//!
 //! Not a line editor or a terminal library: raw mode on the consoles, one
 //! byte at a time, restored afterwards.
 
@@ -142,6 +146,120 @@ impl Prompt {
                 b'\r' | b'\n' if digits.is_empty() => {
                     say(&mut ttys, "\r\nskipped\r\n");
                     return None;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Writes one line to every console now (a sealed file that did not open,
+/// before the next prompt asks for something else).
+pub fn tell(consoles: &[PathBuf], line: &str) {
+    for c in consoles {
+        if let Ok(mut f) = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(c)
+        {
+            let _ = f.write_all(format!("\r\n{line}\r\n").as_bytes());
+        }
+    }
+}
+
+/// The longest passphrase taken (bytes); more is ignored.
+const MAX_PASSPHRASE: usize = 1024;
+
+impl Prompt {
+    /// Asks once for the passphrase of the sealed key files `files`, because
+    /// `dev` needs a key no plain key file gave. `notice` is shown first
+    /// (e.g. that the last passphrase opened nothing). Every character
+    /// shows as `*`; Backspace takes one back, Ctrl-U clears the line;
+    /// Enter on an empty line skips; no keystroke within the bound gives
+    /// up. The typed text is wiped when the caller drops it.
+    pub fn ask_passphrase(
+        &mut self,
+        dev: &str,
+        files: &[String],
+        notice: Option<&str>,
+    ) -> crate::volumes::Passphrase {
+        use crate::volumes::Passphrase;
+        if self.idle.is_zero() {
+            return Passphrase::TimedOut;
+        }
+        let mut ttys: Vec<Tty> = self.consoles.iter().filter_map(Tty::open).collect();
+        if ttys.is_empty() {
+            return Passphrase::TimedOut;
+        }
+        let say = |ttys: &mut Vec<Tty>, s: &str| {
+            for t in ttys.iter_mut() {
+                let _ = t.file.write_all(s.as_bytes());
+                let _ = t.file.flush();
+            }
+        };
+        if let Some(n) = notice {
+            say(&mut ttys, &format!("\r\n{n}\r\n"));
+        }
+        say(
+            &mut ttys,
+            &format!(
+                "\r\nBitLocker: /dev/{dev} is locked and no plain key file opens it.\r\n\
+                 Sealed key files on the stick: {}\r\n\
+                 Type their passphrase (shown as *); Enter on an empty line skips them.\r\n\
+                 Waiting {} s for a keystroke.\r\npassphrase> ",
+                files.join(", "),
+                self.idle.as_secs()
+            ),
+        );
+        let mut typed = Zeroizing::new(Vec::<u8>::with_capacity(MAX_PASSPHRASE));
+        let mut last = Instant::now();
+        loop {
+            if last.elapsed() >= self.idle {
+                say(
+                    &mut ttys,
+                    "\r\nno passphrase typed; going on without the sealed key files\r\n",
+                );
+                return Passphrase::TimedOut;
+            }
+            let Some(b) = read_byte(&mut ttys, self.idle.saturating_sub(last.elapsed())) else {
+                continue;
+            };
+            last = Instant::now();
+            match b {
+                b'\r' | b'\n' if typed.is_empty() => {
+                    say(&mut ttys, "\r\nskipped\r\n");
+                    return Passphrase::Skipped;
+                }
+                b'\r' | b'\n' => {
+                    say(&mut ttys, "\r\nopening the sealed key files...\r\n");
+                    // Invalid UTF-8 (a console in another encoding) is kept
+                    // as typed, lossily: the same keys give the same text.
+                    let text = Zeroizing::new(String::from_utf8_lossy(&typed).into_owned());
+                    return Passphrase::Typed(text);
+                }
+                0x7f | 0x08 => {
+                    // One character back: its UTF-8 continuation bytes too.
+                    let mut removed = false;
+                    while let Some(c) = typed.pop() {
+                        removed = true;
+                        if c & 0xc0 != 0x80 {
+                            break;
+                        }
+                    }
+                    if removed {
+                        say(&mut ttys, "\x08 \x08");
+                    }
+                }
+                0x15 => {
+                    let shown = typed.iter().filter(|&&c| c & 0xc0 != 0x80).count();
+                    typed.clear();
+                    say(&mut ttys, &"\x08 \x08".repeat(shown));
+                }
+                b if b >= 0x20 && typed.len() < MAX_PASSPHRASE => {
+                    typed.push(b);
+                    if b & 0xc0 != 0x80 {
+                        say(&mut ttys, "*");
+                    }
                 }
                 _ => {}
             }

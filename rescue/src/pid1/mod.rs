@@ -447,10 +447,26 @@ fn decide(run: &mut Run) -> Result<()> {
     } else {
         run.args.consoles.clone()
     };
+    let (max_wf, avail) = crate::bitlocker::sealed::max_work_factor_here(&run.root);
+    run.volumes.max_work_factor = max_wf;
+    if !run.volumes.keys.sealed.is_empty() {
+        run.say(&format!(
+            "keys: {} MiB of memory available: sealed files up to work factor {max_wf} can be opened",
+            avail.map_or("unknown".into(), |a| (a >> 20).to_string())
+        ));
+    }
+    let tell_consoles = consoles.clone();
+    run.volumes.tell = Some(Box::new(move |line| keyprompt::tell(&tell_consoles, line)));
     if run.args.keywait.is_zero() {
-        // defib.keywait=0: an unattended boot, nobody is asked.
+        // defib.keywait=0: an unattended boot, nobody is asked (neither a
+        // recovery key nor a sealed file's passphrase).
         run.volumes.prompt = None;
+        run.volumes.passphrase = None;
     } else {
+        let mut passphrase = keyprompt::Prompt::new(consoles.clone(), run.args.keywait);
+        run.volumes.passphrase = Some(Box::new(move |dev, files, notice| {
+            passphrase.ask_passphrase(dev, files, notice)
+        }));
         let mut prompt = keyprompt::Prompt::new(consoles, run.args.keywait);
         run.volumes.prompt = Some(Box::new(move |dev, meta| {
             prompt.ask(dev, meta).map(crate::volumes::Typed)
@@ -491,6 +507,11 @@ fn decide(run: &mut Run) -> Result<()> {
             &run.report.run_id,
             None,
         );
+        // Already on the consoles (told as they happened); the report
+        // gets them too.
+        run.report
+            .messages
+            .extend(std::mem::take(&mut run.volumes.notes));
         if reports.is_empty() {
             run.say(&format!(
                 "/dev/{dev}: no Windows installation (data volume)"
@@ -503,9 +524,6 @@ fn decide(run: &mut Run) -> Result<()> {
         }
         for l in std::mem::take(&mut run.volumes.lines) {
             run.say(&l);
-        }
-        for n in std::mem::take(&mut run.volumes.notes) {
-            run.note(n);
         }
         run.report.windows.extend(reports);
     }
@@ -564,9 +582,17 @@ fn load_keys(run: &mut Run) {
         return;
     }
     match run.volumes.keys.add_dir(&dir) {
-        Ok(n) => run.say(&format!(
-            "keys: {n} BitLocker key(s) from the stick's keys folder"
-        )),
+        Ok(n) => {
+            run.say(&format!(
+                "keys: {n} BitLocker key(s) from the stick's keys folder"
+            ));
+            let sealed = run.volumes.keys.sealed.len();
+            if sealed > 0 {
+                run.say(&format!(
+                    "keys: {sealed} sealed key file(s), opened only if a locked volume needs them"
+                ));
+            }
+        }
         Err(e) => run.note(format!("keys folder unreadable: {e:#}")),
     }
     for r in run.volumes.keys.rejected.clone() {
