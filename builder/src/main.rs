@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages: defib(1) and one per subcommand
+    /// Write the man pages: defib(1), rescue(1) and one per subcommand
     Man {
         /// Folder to write the pages into (created if missing)
         #[arg(long, value_name = "DIR", default_value = "out/man")]
@@ -559,7 +559,7 @@ fn cmd_playbook_new(id: &str, out: Option<PathBuf>, date: Option<String>) -> Res
 
 /// `defib man`: defib(1) and a page per subcommand, named as git names
 /// its pages (`defib-store-import.1`), so `man defib-build` works once
-/// they are installed.
+/// they are installed; the same for the rescue (`rescue-fix.1`).
 fn cmd_man(out: &Path) -> Result<()> {
     fn write_pages(cmd: &clap::Command, name: &str, out: &Path, n: &mut usize) -> Result<()> {
         let page = cmd
@@ -586,6 +586,11 @@ fn cmd_man(out: &Path) -> Result<()> {
     cmd.build();
     let mut n = 0;
     write_pages(&cmd, "defib", out, &mut n)?;
+    // The rescue's host commands (rescue scan|fix|undo|probe), from its
+    // own definitions.
+    let mut rescue = <defib_rescue::cli::Cli as clap::CommandFactory>::command();
+    rescue.build();
+    write_pages(&rescue, "rescue", out, &mut n)?;
     println!("{n} man pages in {}", out.display());
     Ok(())
 }

@@ -182,6 +182,7 @@ fn deb_installs_in_a_clean_debian_and_an_ordinary_user_builds_the_same_image() {
         "usr/share/defib/payloads/playbooks/mcafee-dat-5958.toml",
         "usr/share/man/man1/defib.1.gz",
         "usr/share/man/man1/defib-build.1.gz",
+        "usr/share/man/man1/rescue-fix.1.gz",
         "usr/share/bash-completion/completions/defib",
         "usr/share/doc/defib/copyright",
     ] {

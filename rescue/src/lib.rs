@@ -29,6 +29,7 @@ pub mod bcd;
 pub mod bitlocker;
 pub mod boothealth;
 pub mod bup;
+pub mod cli;
 pub mod engine;
 pub mod hivelog;
 pub mod journal;

@@ -1,103 +1,11 @@
 //! `rescue`: PID 1 of the defib rescue image, and a host tool for a
 //! Windows volume attached to any Linux machine.
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use defib_rescue::cli::{Cli, Cmd, RunArgs, UndoArgs};
 use defib_rescue::engine::Mode;
 use defib_rescue::host::{self, Target};
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// defib's rescue. As /init in the defib image it runs unattended and takes
-/// its settings from the kernel command line (defib.mode=, defib.after=).
-/// On a Linux host it scans, repairs or undoes a repair of a Windows volume.
-#[derive(Parser)]
-#[command(name = "rescue", version, max_term_width = 80)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Report what the playbooks find; change nothing
-    Scan(RunArgs),
-    /// Repair what the playbooks find (journalled, backed up, verified)
-    Fix(FixArgs),
-    /// Put a volume back as it was before a run
-    Undo(UndoArgs),
-    /// List this host's disks and filesystems as JSON
-    Probe,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// A mounted Windows volume (or a folder shaped like one)
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "device",
-        required_unless_present = "device"
-    )]
-    root: Option<PathBuf>,
-    /// A disk or partition to detect and mount with ntfs3 (needs root);
-    /// the EFI system partition on the same disk is found and mounted too
-    #[arg(long, value_name = "DEV")]
-    device: Option<String>,
-    /// With --root: the mounted EFI system partition (or BIOS active
-    /// partition) holding the BCD store [default: none; then only
-    /// \Boot\BCD on the volume itself is looked at]
-    #[arg(long, value_name = "DIR", conflicts_with = "device")]
-    esp: Option<PathBuf>,
-    /// Playbooks and store [default: /payloads in the image, else ./payloads]
-    #[arg(long, value_name = "DIR")]
-    payloads: Option<PathBuf>,
-    /// A BitLocker recovery password for --device (48 digits; better: a
-    /// key file, which keeps it out of shell history)
-    #[arg(long, value_name = "DIGITS")]
-    recovery_password: Option<String>,
-    /// BitLocker key files for --device: CSV exports, the .TXT Windows
-    /// saves, .BEK startup keys, files sealed by `defib keys seal`
-    /// (repeatable)
-    #[arg(long, value_name = "FILE")]
-    key_file: Vec<PathBuf>,
-    /// The passphrase of sealed --key-file files, on the file's first
-    /// line [default: asked on the terminal]
-    #[arg(long, value_name = "FILE")]
-    passphrase_file: Option<PathBuf>,
-    /// The one installation to work on when a volume holds several
-    /// (its Windows folder, e.g. WINDOWS or Windows.old)
-    #[arg(long, value_name = "DIR")]
-    windows: Option<String>,
-    /// Print the report as JSON
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct FixArgs {
-    #[command(flatten)]
-    run: RunArgs,
-    /// Plan the repair and report it; change nothing
-    #[arg(long)]
-    dry_run: bool,
-}
-
-#[derive(Args)]
-struct UndoArgs {
-    /// The mounted Windows volume the run changed
-    #[arg(long, value_name = "DIR")]
-    root: PathBuf,
-    /// The mounted EFI system partition, when the run edited the BCD
-    /// store on it
-    #[arg(long, value_name = "DIR")]
-    esp: Option<PathBuf>,
-    /// Which run [default: the latest not yet undone]
-    #[arg(long, value_name = "RUN_ID")]
-    run: Option<String>,
-    /// Print the result as JSON
-    #[arg(long)]
-    json: bool,
-}
 
 fn main() -> ExitCode {
     defib_rescue::journal::fault_from_env();
