@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod iso;
 pub mod keys;
 pub mod kmod;
+pub mod layer;
 pub mod manifest;
 pub mod progress;
 pub mod pxe;

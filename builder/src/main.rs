@@ -231,6 +231,14 @@ struct Inputs {
         hide_env_values = true
     )]
     rescue: Option<PathBuf>,
+    /// Extra playbooks layered over the payloads' own: a folder of .toml
+    /// files; a playbook with an id already there replaces it (repeatable)
+    #[arg(long, value_name = "DIR")]
+    playbooks: Vec<PathBuf>,
+    /// An extra known-good store layered over the payloads' own (made with
+    /// `defib store import`); verified first (repeatable)
+    #[arg(long, value_name = "DIR")]
+    store: Vec<PathBuf>,
     /// Kernel module list (TOML) [default: the built-in list]
     #[arg(long, value_name = "FILE")]
     modules: Option<PathBuf>,
@@ -394,7 +402,15 @@ fn source_date_epoch() -> Result<u64> {
 
 /// The build configuration from the shared inputs, fetching the boot parts
 /// first when the cache lacks them (unless `--offline`).
-fn build_config(i: Inputs, out: PathBuf, free_space: u64, p: &mut Progress) -> Result<BuildConfig> {
+/// The build's configuration, and the staged payloads folder it points at
+/// when `--playbooks`/`--store` layers were given (kept until the build
+/// is done).
+fn build_config(
+    i: Inputs,
+    out: PathBuf,
+    free_space: u64,
+    p: &mut Progress,
+) -> Result<(BuildConfig, Option<defib_builder::layer::Staged>)> {
     let debs = match &i.debs {
         Some(d) => d.clone(),
         None => {
@@ -423,16 +439,27 @@ fn build_config(i: Inputs, out: PathBuf, free_space: u64, p: &mut Progress) -> R
         ),
         None => (DEFAULT_LIST.to_string(), "built-in module list".to_string()),
     };
-    Ok(BuildConfig {
+    let base = match i.payloads {
+        Some(p) => p,
+        None => default_payloads(),
+    };
+    let staged = if i.playbooks.is_empty() && i.store.is_empty() {
+        None
+    } else {
+        Some(defib_builder::layer::stage(
+            &base,
+            &i.playbooks,
+            &i.store,
+            &mut |m| p.step(m),
+        )?)
+    };
+    let cfg = BuildConfig {
         debs,
         rescue: match i.rescue {
             Some(r) => r,
             None => default_rescue()?,
         },
-        payloads: match i.payloads {
-            Some(p) => p,
-            None => default_payloads(),
-        },
+        payloads: staged.as_ref().map_or(base, |s| s.path()),
         out,
         free_space,
         source_date_epoch: source_date_epoch()?,
@@ -440,7 +467,8 @@ fn build_config(i: Inputs, out: PathBuf, free_space: u64, p: &mut Progress) -> R
         modules_text,
         after: i.after,
         keys: i.keys,
-    })
+    };
+    Ok((cfg, staged))
 }
 
 fn cmd_build(c: BuildArgs) -> Result<()> {
@@ -451,7 +479,7 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
             Format::Iso => "out/defib.iso",
         })
     });
-    let cfg = build_config(c.inputs, out, c.free_space, &mut p)?;
+    let (cfg, _staged) = build_config(c.inputs, out, c.free_space, &mut p)?;
     if let Some(parent) = cfg.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -483,7 +511,7 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
 
 fn cmd_pxe(c: PxeConfig) -> Result<()> {
     let mut p = Progress::new(c.json);
-    let cfg = build_config(c.inputs, c.out.clone(), 0, &mut p)?;
+    let (cfg, _staged) = build_config(c.inputs, c.out.clone(), 0, &mut p)?;
     let opts = defib_builder::pxe::PxeOptions {
         http_base: c.http_base,
         append: defib_builder::pxe::append_keys_url(c.append, c.keys_url.as_deref())?,
