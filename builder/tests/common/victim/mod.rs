@@ -41,6 +41,7 @@ mod disk;
 mod hives;
 mod makers;
 mod pe;
+mod states;
 mod tree;
 
 pub use check::*;
@@ -49,6 +50,7 @@ pub use hives::*;
 pub use makers::*;
 #[allow(unused_imports)]
 pub use pe::*;
+pub use states::*;
 pub use tree::*;
 
 use anyhow::{anyhow, bail, Context, Result};
