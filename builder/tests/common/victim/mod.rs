@@ -50,6 +50,7 @@ pub use hives::*;
 pub use makers::*;
 #[allow(unused_imports)]
 pub use pe::*;
+#[allow(unused_imports)]
 pub use states::*;
 pub use tree::*;
 
