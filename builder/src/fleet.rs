@@ -533,52 +533,39 @@ mod tests {
         );
     }
 
-    /// A FIFO swapped in for a report between the listing and the open
-    /// (a hostile stick or share can do that at will) must not hang the
-    /// run: every read gets the report or a clear refusal.
+    /// A FIFO can be swapped in for a report between any check of its name
+    /// and the open (a hostile stick or share can do that at will), so no
+    /// check of the name can protect the open: the open itself must not
+    /// wait for a writer, and the type must come from the open handle.
     #[cfg(unix)]
     #[test]
-    fn fifo_swapped_in_after_the_listing_does_not_hang() {
+    fn opening_a_fifo_does_not_wait_and_is_refused_on_its_handle() {
         let d = tempfile::tempdir().unwrap();
-        let target = d.path().join("x.json");
-        let file = d.path().join("file.tmp");
-        let fifo = d.path().join("fifo.tmp");
-        let good = serde_json::to_vec(&report("PC1", "r")).unwrap();
+        let fifo = d.path().join("x.json");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let (tx, rx) = mpsc::channel();
-        let (t, f, q, g) = (target.clone(), file.clone(), fifo.clone(), good.clone());
+        let p = fifo.clone();
         std::thread::spawn(move || {
-            let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-            let mut outcomes = (0, 0);
-            for _ in 0..3000 {
-                std::fs::write(&f, &g).unwrap();
-                std::fs::rename(&f, &t).unwrap();
-                match read_report_file(&t) {
-                    Ok(d) if d == g => outcomes.0 += 1,
-                    other => panic!("a regular report read as {other:?}"),
-                }
-                // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
-                assert_eq!(unsafe { libc::mkfifo(c(&q).as_ptr(), 0o600) }, 0);
-                // Swap the FIFO in where the file was: an open that still
-                // trusts an earlier check of the name meets the FIFO.
-                let t2 = t.clone();
-                let reader = std::thread::spawn(move || read_report_file(&t2));
-                std::fs::rename(&q, &t).unwrap();
-                match reader.join().unwrap() {
-                    Ok(d) if d == g => outcomes.0 += 1,
-                    Err(e) if e.contains("not a regular file") => outcomes.1 += 1,
-                    other => panic!("a swapped FIFO read as {other:?}"),
-                }
-                std::fs::remove_file(&t).unwrap();
-            }
-            let _ = tx.send(outcomes);
+            let opened = open_no_wait(&p).map(|f| f.metadata().unwrap().file_type());
+            let read = read_report_file(&p);
+            let _ = tx.send((opened, read));
         });
-        let (reports, refused) = rx
+        let (opened, read) = rx
             .recv_timeout(Duration::from_secs(60))
-            .expect("reading a report that became a FIFO hung");
-        assert!(reports >= 3000 && refused + reports == 6000);
-        assert!(read_report_file(&d.path().join("gone.json"))
+            .expect("opening a FIFO named like a report waited for a writer");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(opened.unwrap().is_fifo());
+        assert!(read.unwrap_err().contains("not a regular file"));
+        // A regular report still reads, a link is refused at the open.
+        let good = serde_json::to_vec(&report("PC1", "r")).unwrap();
+        std::fs::write(d.path().join("a.json"), &good).unwrap();
+        assert_eq!(read_report_file(&d.path().join("a.json")).unwrap(), good);
+        std::os::unix::fs::symlink(d.path().join("a.json"), d.path().join("l.json")).unwrap();
+        assert!(read_report_file(&d.path().join("l.json"))
             .unwrap_err()
-            .contains("cannot open it"));
+            .contains("symbolic link"));
     }
 
     #[cfg(unix)]
