@@ -231,7 +231,7 @@ fn main() -> Result<()> {
 fn lowest_ram(a: &Args) -> Result<()> {
     let mut lowest = None;
     let mut failed = None;
-    for mib in [256u32, 192, 160, 128, 112, 96, 80, 64] {
+    for mib in [256u32, 224, 192, 160, 128, 112, 96, 80, 64] {
         let stick = a.work.join("ram-stick.img");
         std::fs::copy(&a.image, &stick)?;
         let vdir = a.work.join(format!("ram{mib}"));
