@@ -248,15 +248,30 @@ fn lowest_ram(a: &Args) -> Result<()> {
         if out.contains("defib: verdict repaired") {
             lowest = Some(mib);
         } else {
-            let tail: Vec<String> = out
+            // The first line that says what went wrong (at 192 MiB the
+            // kernel's EFI stub: "Failed to decompress kernel"), else the
+            // last lines.
+            let why = out
                 .lines
                 .iter()
-                .rev()
-                .take(3)
-                .rev()
+                .find(|(_, l)| {
+                    ["ERROR", "error:", "Kernel panic", "Out of memory"]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
                 .map(|(_, l)| l.clone())
-                .collect();
-            failed = Some((mib, tail.join(" | ")));
+                .unwrap_or_else(|| {
+                    let tail: Vec<String> = out
+                        .lines
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .rev()
+                        .map(|(_, l)| l.clone())
+                        .collect();
+                    tail.join(" | ")
+                });
+            failed = Some((mib, why));
             break;
         }
     }
