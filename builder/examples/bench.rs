@@ -44,6 +44,9 @@ struct Args {
     /// Store sizes in MiB to build with (and boot the largest in 256 MiB)
     #[arg(long, value_delimiter = ',', default_value = "0,100,400")]
     store_mib: Vec<usize>,
+    /// Only the lowest-RAM probe
+    #[arg(long)]
+    ram_only: bool,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -70,6 +73,9 @@ fn timed_boot(b: &Boot, markers: &[&str]) -> Result<Vec<Duration>> {
 fn main() -> Result<()> {
     let a = Args::parse();
     std::fs::create_dir_all(&a.work)?;
+    if a.ram_only {
+        return lowest_ram(&a);
+    }
     let img = UsbImage::open(&a.image)?;
     let manifest = defib_builder::inspect::inspect(&a.image)?.manifest;
     let size = |p: &str| {
@@ -233,7 +239,8 @@ fn general(a: &Args, img: &UsbImage) -> Result<()> {
         "    to REPAIRED                {:>8}",
         secs(median(sb_verdict))
     );
-    store_figures(a)
+    store_figures(a)?;
+    lowest_ram(a)
 }
 
 /// Build time and image size against the store's size, and what the
@@ -532,5 +539,67 @@ fn bitlocker(a: &Args, img: &UsbImage) -> Result<()> {
         "    BitLocker XTS-AES-128      {l:>6.2} s  (of which unlock {u:.2} s; repair {:.2} s)",
         l - u
     );
+    Ok(())
+}
+
+/// The lowest RAM that still repairs, on the real path (OVMF Secure Boot,
+/// GRUB loading both initramfs segments, the McAfee victim): downwards
+/// until a boot does not reach REPAIRED. One boot per size.
+fn lowest_ram(a: &Args) -> Result<()> {
+    let mut lowest = None;
+    let mut failed = None;
+    for mib in [256u32, 224, 192, 160, 128, 112, 96, 80, 64] {
+        let stick = a.work.join("ram-stick.img");
+        std::fs::copy(&a.image, &stick)?;
+        let vdir = a.work.join(format!("ram{mib}"));
+        std::fs::create_dir_all(&vdir)?;
+        let v = victim::make_xp_mcafee(&vdir, victim::McafeeSvchost::InDllcache)?;
+        let mut b = Boot::new(Firmware::UefiSb, &a.work);
+        b.stick = Some(stick);
+        b.disks = vec![(v.disk.clone(), Bus::Ahci)];
+        b.memory_mib = mib;
+        b.stop_on = Some("defib: verdict".into());
+        b.timeout = Duration::from_secs(300);
+        let out = qemu::run(&b)?;
+        std::fs::remove_dir_all(&vdir).ok();
+        if out.contains("defib: verdict repaired") {
+            lowest = Some(mib);
+        } else {
+            // The first line that says what went wrong (at 192 MiB the
+            // kernel's EFI stub: "Failed to decompress kernel"), else the
+            // last lines.
+            let why = out
+                .lines
+                .iter()
+                .find(|(_, l)| {
+                    ["ERROR", "error:", "Kernel panic", "Out of memory"]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
+                .map(|(_, l)| l.clone())
+                .unwrap_or_else(|| {
+                    let tail: Vec<String> = out
+                        .lines
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .rev()
+                        .map(|(_, l)| l.clone())
+                        .collect();
+                    tail.join(" | ")
+                });
+            failed = Some((mib, why));
+            break;
+        }
+    }
+    match lowest {
+        Some(m) => {
+            println!("  lowest RAM that repairs    {m:>6} MiB  (OVMF Secure Boot, USB stick)")
+        }
+        None => println!("  lowest RAM that repairs    none of 256 MiB and below"),
+    }
+    if let Some((m, why)) = failed {
+        println!("    {m} MiB did not: {why}");
+    }
     Ok(())
 }

@@ -357,31 +357,25 @@ fn gather_folder(dir: &Path, fleet: &mut Fleet) {
 }
 
 /// The bytes of one report file in a folder, if it is a regular file of
-/// at most [`MAX_REPORT`] bytes. The type is checked without following
-/// links before opening (opening a FIFO blocks until a writer comes), and
-/// again on the open handle, which must be the very file checked.
+/// at most [`MAX_REPORT`] bytes. The file is opened first, without
+/// following a link (`O_NOFOLLOW`) and without waiting for a writer
+/// (`O_NONBLOCK`, so a FIFO named `*.json`, even one swapped in after the
+/// folder was listed, cannot hang the run), and its type and size are
+/// taken from the open handle: what is checked is what is read.
 fn read_report_file(p: &Path) -> std::result::Result<Vec<u8>, String> {
-    let before = std::fs::symlink_metadata(p).map_err(|e| format!("cannot read it ({e})"))?;
-    let ft = before.file_type();
-    if ft.is_symlink() {
-        return Err("a symbolic link; only regular files are read".into());
+    let f = open_no_wait(p)?;
+    let meta = f.metadata().map_err(|e| format!("cannot read it ({e})"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, device or folder); not read".into());
     }
-    if !ft.is_file() {
-        return Err("not a regular file (a FIFO, device or folder); not opened".into());
-    }
-    if before.len() > MAX_REPORT {
+    if meta.len() > MAX_REPORT {
         return Err(format!(
             "{} bytes, over the {MAX_REPORT}-byte limit for a report",
-            before.len()
+            meta.len()
         ));
     }
-    let f = std::fs::File::open(p).map_err(|e| format!("cannot open it ({e})"))?;
-    let after = f.metadata().map_err(|e| format!("cannot read it ({e})"))?;
-    if !same_file(&before, &after) || !after.is_file() {
-        return Err("it changed while being read; run again".into());
-    }
     let mut data = Vec::new();
-    // Read at most one byte past the cap, in case it grew since the check.
+    // Read at most one byte past the cap, in case it grows while read.
     f.take(MAX_REPORT + 1)
         .read_to_end(&mut data)
         .map_err(|e| format!("cannot read it ({e})"))?;
@@ -392,14 +386,21 @@ fn read_report_file(p: &Path) -> std::result::Result<Vec<u8>, String> {
 }
 
 #[cfg(unix)]
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino()
+fn open_no_wait(p: &Path) -> std::result::Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(p)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "a symbolic link; only regular files are read".to_string(),
+            _ => format!("cannot open it ({e})"),
+        })
 }
 
 #[cfg(not(unix))]
-fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
-    true
+fn open_no_wait(p: &Path) -> std::result::Result<std::fs::File, String> {
+    std::fs::File::open(p).map_err(|e| format!("cannot open it ({e})"))
 }
 
 fn gather_medium(src: &Path, fleet: &mut Fleet) {
@@ -642,6 +643,41 @@ mod tests {
         );
     }
 
+    /// A FIFO can be swapped in for a report between any check of its name
+    /// and the open (a hostile stick or share can do that at will), so no
+    /// check of the name can protect the open: the open itself must not
+    /// wait for a writer, and the type must come from the open handle.
+    #[cfg(unix)]
+    #[test]
+    fn opening_a_fifo_does_not_wait_and_is_refused_on_its_handle() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("x.json");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || {
+            let opened = open_no_wait(&p).map(|f| f.metadata().unwrap().file_type());
+            let read = read_report_file(&p);
+            let _ = tx.send((opened, read));
+        });
+        let (opened, read) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("opening a FIFO named like a report waited for a writer");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(opened.unwrap().is_fifo());
+        assert!(read.unwrap_err().contains("not a regular file"));
+        // A regular report still reads, a link is refused at the open.
+        let good = serde_json::to_vec(&report("PC1", "r")).unwrap();
+        std::fs::write(d.path().join("a.json"), &good).unwrap();
+        assert_eq!(read_report_file(&d.path().join("a.json")).unwrap(), good);
+        std::os::unix::fs::symlink(d.path().join("a.json"), d.path().join("l.json")).unwrap();
+        assert!(read_report_file(&d.path().join("l.json"))
+            .unwrap_err()
+            .contains("symbolic link"));
+    }
+
     #[cfg(unix)]
     #[test]
     fn symlinked_report_is_not_followed() {
@@ -774,7 +810,9 @@ mod tests {
         // Point its first cluster's successor far past the volume (a read
         // error), or mark it free (fatfs quietly ends the file there), in
         // every FAT copy.
-        for next in [0x0FFF_FFEFu32, 0] {
+        // Or point it back at itself: a loop, which fatfs would follow for
+        // as many bytes as the entry claims.
+        for next in [0x0FFF_FFEFu32, 0, cluster as u32] {
             bytes.copy_from_slice(&clean);
             for n in 0..nfats {
                 let e = esp + (reserved + n * fatsz) * bps + cluster * 4;

@@ -40,6 +40,52 @@ pub enum Bus {
     Virtio,
 }
 
+/// An I/O error a disk returns to the guest, injected by QEMU's `blkdebug`
+/// driver between the virtual disk and its image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoError {
+    pub on: IoEvent,
+    /// Only requests that touch this 512-byte sector of the disk; `None`:
+    /// every request.
+    pub sector: Option<u64>,
+    /// The errno the request fails with (5 = EIO).
+    pub errno: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEvent {
+    Read,
+    Write,
+}
+
+impl IoEvent {
+    /// blkdebug's event name.
+    fn blkdebug(self) -> &'static str {
+        match self {
+            IoEvent::Read => "read_aio",
+            IoEvent::Write => "write_aio",
+        }
+    }
+}
+
+/// blkdebug's configuration for `errors`: one `[inject-error]` rule each,
+/// failing every time (not once).
+pub fn blkdebug_config(errors: &[IoError]) -> String {
+    let mut s = String::new();
+    for e in errors {
+        s.push_str(&format!(
+            "[inject-error]\nevent = \"{}\"\nerrno = \"{}\"\nonce = \"off\"\n",
+            e.on.blkdebug(),
+            e.errno
+        ));
+        if let Some(n) = e.sector {
+            s.push_str(&format!("sector = \"{n}\"\n"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// One boot.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -50,6 +96,9 @@ pub struct Boot {
     pub cdrom: Option<PathBuf>,
     /// Disks attached as internal drives.
     pub disks: Vec<(PathBuf, Bus)>,
+    /// I/O errors the disk at an index of `disks` returns (through
+    /// blkdebug); disks without an entry are attached directly.
+    pub io_errors: Vec<(usize, IoError)>,
     /// Direct kernel boot instead of firmware boot: kernel, initrds, cmdline.
     pub kernel: Option<(PathBuf, Vec<PathBuf>, String)>,
     /// SMBIOS system UUID (`-uuid`).
@@ -92,6 +141,7 @@ impl Boot {
             stick: None,
             cdrom: None,
             disks: Vec::new(),
+            io_errors: Vec::new(),
             kernel: None,
             uuid: None,
             stop_on: None,
@@ -254,10 +304,42 @@ pub fn command(b: &Boot) -> Result<Command> {
     }
     for (i, (disk, bus)) in b.disks.iter().enumerate() {
         let id = format!("victim{i}");
-        c.arg("-drive").arg(format!(
-            "if=none,id={id},format=raw,file={}",
-            disk.display()
-        ));
+        let errors: Vec<IoError> = b
+            .io_errors
+            .iter()
+            .filter(|(d, _)| *d == i)
+            .map(|(_, e)| e.clone())
+            .collect();
+        if errors.is_empty() {
+            c.arg("-drive").arg(format!(
+                "if=none,id={id},format=raw,file={}",
+                disk.display()
+            ));
+        } else {
+            // raw over blkdebug over the file: sectors in the rules are the
+            // disk's own. The guest sees the errors (rerror/werror=report),
+            // the VM does not pause on them.
+            std::fs::create_dir_all(&b.scratch)
+                .with_context(|| format!("creating {}", b.scratch.display()))?;
+            let conf = b
+                .scratch
+                .join(format!("blkdebug-{}-{i}.conf", std::process::id()));
+            std::fs::write(&conf, blkdebug_config(&errors))
+                .with_context(|| format!("writing {}", conf.display()))?;
+            for p in [&conf, disk] {
+                if p.to_string_lossy().contains(',') {
+                    bail!(
+                        "{}: a comma in the path cannot be passed to QEMU's -drive",
+                        p.display()
+                    );
+                }
+            }
+            c.arg("-drive").arg(format!(
+                "if=none,id={id},driver=raw,rerror=report,werror=report,file.driver=blkdebug,file.config={},file.image.driver=file,file.image.filename={}",
+                conf.display(),
+                disk.display()
+            ));
+        }
         match bus {
             Bus::Ahci => {
                 c.args([
@@ -465,6 +547,55 @@ mod tests {
         let a = args(&b);
         assert!(a.contains("-device virtio-net-pci,netdev=n0,bootindex=0,romfile= "));
         assert!(!a.contains("-boot n"));
+    }
+
+    #[test]
+    fn io_errors_go_through_blkdebug_on_their_disk_only() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Boot::new(Firmware::UefiSb, d.path());
+        b.disks = vec![
+            (PathBuf::from("/v/a.img"), Bus::Virtio),
+            (PathBuf::from("/v/b.img"), Bus::Ahci),
+        ];
+        b.io_errors = vec![
+            (
+                1,
+                IoError {
+                    on: IoEvent::Read,
+                    sector: Some(4096),
+                    errno: 5,
+                },
+            ),
+            (
+                1,
+                IoError {
+                    on: IoEvent::Write,
+                    sector: None,
+                    errno: 28,
+                },
+            ),
+        ];
+        let args: Vec<String> = command(&b)
+            .unwrap()
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        assert!(args.contains(&"if=none,id=victim0,format=raw,file=/v/a.img".to_string()));
+        let drive = args
+            .iter()
+            .find(|a| a.starts_with("if=none,id=victim1,"))
+            .unwrap();
+        assert!(drive.contains(",driver=raw,rerror=report,werror=report,file.driver=blkdebug,"));
+        assert!(drive.ends_with(",file.image.driver=file,file.image.filename=/v/b.img"));
+        let conf = drive
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("file.config="))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(conf).unwrap(),
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nonce = \"off\"\nsector = \"4096\"\n\n\
+             [inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\nonce = \"off\"\n\n"
+        );
     }
 
     #[test]

@@ -405,7 +405,24 @@ pub fn check_volume(
     };
     // A run cut off by a crash or power cut must be rolled back before the
     // playbooks can be trusted: its half-done actions may hide the damage.
-    let interrupted = engine::interrupted(&root).unwrap_or_default();
+    // A journal that cannot be read is not "no interrupted run": the
+    // volume would look clean with a repair half done on it.
+    let interrupted = match engine::interrupted(&root) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ops.umount(dev);
+            let mut v = set_state(scan, false);
+            for r in &mut v {
+                r.verdict = Verdict::NeedsAttention;
+                r.reason = format!(
+                    "the journal of an earlier defib run on this volume cannot be read ({e:#}); nothing was changed"
+                );
+                r.next_step = "run chkdsk /f from Windows RE, then boot defib again; or look at \\defib on the volume from the rescue shell".into();
+                r.mount = None;
+            }
+            return v;
+        }
+    };
     let needs_fix = !interrupted.is_empty()
         || scan
             .iter()
@@ -435,12 +452,21 @@ pub fn check_volume(
         .iter()
         .filter(|p| p.status == Status::Found)
         .collect();
-    let dirty_allowed = found.iter().all(|p| {
-        payloads
-            .playbooks
-            .iter()
-            .any(|pb| pb.id == p.id && pb.allow_dirty)
-    });
+    // ntfs3 marks a volume dirty while it is mounted read-write, so a run
+    // of ours cut off by a power cut leaves it dirty: with that run's
+    // journal on the volume, the flag is our own, and rolling the run back
+    // is what makes the volume whole again (every step boundary was synced,
+    // `journal::sync_volume`). Otherwise a dirty volume is written only
+    // when every playbook that would write allows it (and not on the
+    // strength of an empty list).
+    let dirty_allowed = !interrupted.is_empty()
+        || (!found.is_empty()
+            && found.iter().all(|p| {
+                payloads
+                    .playbooks
+                    .iter()
+                    .any(|pb| pb.id == p.id && pb.allow_dirty)
+            }));
     let blocked = may_write(&hib, hib_blocks, dirty, dirty_allowed);
     if let Some((reason, next)) = blocked {
         let _ = ops.umount(dev);
@@ -684,6 +710,47 @@ mod tests {
             [(false, false), (true, true)],
             "read-write with ntfs3 force"
         );
+    }
+
+    /// A power cut in the middle of our own run leaves the volume dirty
+    /// (ntfs3 marks it while mounted read-write). Cut before the first DAT
+    /// moved (the playbook still finds its damage) and cut after all moved
+    /// (it finds nothing): either way the next boot rolls the run back and
+    /// repairs, rather than asking for chkdsk forever or calling it clean.
+    #[test]
+    fn a_dirty_volume_with_our_interrupted_run_is_rolled_back_and_repaired() {
+        for point in [3, 14] {
+            let (_d, mut ops, payloads) = setup();
+            crate::journal::set_fault(point, crate::journal::FaultMode::Panic);
+            let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1", None)
+            }));
+            crate::journal::set_fault(0, crate::journal::FaultMode::Panic);
+            assert!(cut.is_err(), "point {point} was not reached");
+            assert!(!engine::interrupted(&ops.dir).unwrap().is_empty());
+            ops.dirty = true;
+            ops.mounts.clear();
+            let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2", None);
+            assert_eq!(r[0].verdict, Verdict::Repaired, "point {point}: {r:#?}");
+            assert_eq!(r[0].state.recovered.len(), 1, "point {point}: {r:#?}");
+            assert_eq!(ops.mounts, [(false, false), (true, true)]);
+            assert!(engine::interrupted(&ops.dir).unwrap().is_empty());
+        }
+    }
+
+    /// An unreadable journal is not a clean volume.
+    #[test]
+    fn an_unreadable_journal_is_needs_attention_not_clean() {
+        let (_d, mut ops, payloads) = setup();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run1", None);
+        assert_eq!(r[0].verdict, Verdict::Repaired, "{r:#?}");
+        // Garbage in the middle of the run's journal.
+        let j = ops.dir.join("defib/run1/journal.jsonl");
+        let text = std::fs::read_to_string(&j).unwrap();
+        std::fs::write(&j, format!("garbage\n{text}")).unwrap();
+        let r = check_volume(&mut ops, "sda1", false, &payloads, Mode::Fix, "run2", None);
+        assert_eq!(r[0].verdict, Verdict::NeedsAttention, "{r:#?}");
+        assert!(r[0].reason.contains("cannot be read"), "{r:#?}");
     }
 
     #[test]

@@ -454,3 +454,51 @@ fn files_from_disk_give_the_same_bytes_as_in_memory() {
     }
     assert!(img.free_bytes().unwrap() >= streamed.free_space);
 }
+
+/// A file's FAT chain damaged on a used stick: cut short (its cluster
+/// marked free) or looping back to its own first cluster. Either way the
+/// read is an error naming the file, never bytes that are not the file's;
+/// the other files still read.
+#[test]
+fn broken_cluster_chains_are_errors_naming_the_file() {
+    let mut s = spec();
+    let victim = noise(40_000, 9);
+    s.files
+        .insert("reports/pc.json".to_string(), victim.clone());
+    let (_d, out, _) = build(&s);
+    let clean = std::fs::read(&out).unwrap();
+    let esp = UsbImage::open(&out).unwrap().esp_offset() as usize;
+    let b = &clean[esp..];
+    let le16 = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let le32 = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+    let (bps, spc, reserved, nfats, fatsz) =
+        (le16(11), b[13] as usize, le16(14), b[16] as usize, le32(36));
+    let data = (reserved + nfats * fatsz) * bps;
+    let at = (data..b.len() - 64)
+        .step_by(bps)
+        .find(|&i| b[i..i + 64] == victim[..64])
+        .expect("the file's first cluster");
+    let cluster = (at - data) / (bps * spc) + 2;
+    for (next, want) in [(0u32, "ends after"), (cluster as u32, "loops")] {
+        let mut bytes = clean.clone();
+        for n in 0..nfats {
+            let e = esp + (reserved + n * fatsz) * bps + cluster * 4;
+            bytes[e..e + 4].copy_from_slice(&next.to_le_bytes());
+        }
+        std::fs::write(&out, &bytes).unwrap();
+        let img = UsbImage::open(&out).unwrap();
+        let err = format!("{:#}", img.read_file("reports/pc.json").unwrap_err());
+        assert!(
+            err.contains("reports/pc.json") && err.contains(want) && err.contains("damaged"),
+            "{next:#x}: {err}"
+        );
+        assert_eq!(
+            img.read_file("EFI/debian/grub.cfg").unwrap(),
+            b"set timeout=3\n"
+        );
+    }
+    std::fs::write(&out, &clean).unwrap();
+    let img = UsbImage::open(&out).unwrap();
+    assert_eq!(img.read_file("reports/pc.json").unwrap(), victim);
+    assert_eq!(img.read_file("REPORTS/PC.JSON").unwrap(), victim);
+}

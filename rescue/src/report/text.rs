@@ -146,6 +146,11 @@ pub fn screen_lines(dev: &str, r: &WindowsReport) -> Vec<String> {
         }
     }
     out.push(format!("  => {}: {}", r.verdict.as_str(), r.reason));
+    if let Some(e) = io_error(r) {
+        out.push(format!(
+            "/dev/{dev}: THE DISK RETURNED I/O ERRORS ({e}); it may be failing: copy the data off and check it (SMART, cabling) before another repair"
+        ));
+    }
     out
 }
 
@@ -203,6 +208,40 @@ fn boot_health_text(h: &crate::boothealth::BootHealth) -> String {
     s
 }
 
+/// The first error text in a volume's results that is the kernel's
+/// `EIO` as Rust spells it ("Input/output error (os error 5)"): the
+/// medium failed, which no playbook can fix and the technician must hear
+/// about apart from the playbook's reason.
+pub fn io_error(r: &WindowsReport) -> Option<String> {
+    const EIO: &str = "Input/output error";
+    let texts = std::iter::once(r.reason.as_str()).chain(r.playbooks.iter().flat_map(|p| {
+        std::iter::once(p.reason.as_str())
+            .chain(p.actions.iter().map(|a| a.detail.as_str()))
+            .chain(p.conditions.iter().map(|c| c.detail.as_str()))
+    }));
+    for t in texts {
+        if let Some(at) = t.find(EIO) {
+            // The clause that names what failed: from the separator before
+            // the error to the error's end, parentheses closed.
+            let start = ["; ", ", ", "tried: ", "failed: "]
+                .iter()
+                .filter_map(|sep| t[..at].rfind(sep).map(|i| i + sep.len()))
+                .max()
+                .unwrap_or(0);
+            let mut end = at + EIO.len();
+            if t[end..].starts_with(" (os error 5)") {
+                end += " (os error 5)".len();
+            }
+            let mut clause = t[start..end].trim().to_string();
+            let open = clause.matches('(').count();
+            let close = clause.matches(')').count();
+            clause.push_str(&")".repeat(open.saturating_sub(close)));
+            return Some(clause);
+        }
+    }
+    None
+}
+
 /// One line per volume for the screen.
 pub fn volume_lines(p: &Probe) -> Vec<String> {
     if p.volumes.is_empty() {
@@ -243,6 +282,31 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_gets_its_own_screen_line_naming_the_device() {
+        let mut r = WindowsReport {
+            volume: "vda1".into(),
+            identity: None,
+            state: Default::default(),
+            playbooks: Vec::new(),
+            run_dir: None,
+            verdict: crate::report::Verdict::NeedsAttention,
+            reason: "mcafee-dat-5958: no good copy of svchost.exe (tried: WINDOWS\\system32\\dllcache\\svchost.exe: unreadable (Input/output error (os error 5)), store: absent)".into(),
+            next_step: String::new(),
+            mount: None,
+            boot_health: None,
+        };
+        let lines = screen_lines("vda1", &r);
+        assert_eq!(
+            lines.last().unwrap(),
+            "/dev/vda1: THE DISK RETURNED I/O ERRORS (WINDOWS\\system32\\dllcache\\svchost.exe: unreadable (Input/output error (os error 5))); it may be failing: copy the data off and check it (SMART, cabling) before another repair"
+        );
+        r.reason = "mcafee-dat-5958: no good copy of svchost.exe".into();
+        assert!(!screen_lines("vda1", &r)
+            .iter()
+            .any(|l| l.contains("I/O ERRORS")));
+    }
 
     #[test]
     fn sizes_read_well() {

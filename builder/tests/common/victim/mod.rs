@@ -42,6 +42,7 @@ mod esp;
 mod hives;
 mod makers;
 mod pe;
+mod states;
 mod tree;
 
 pub use check::*;
@@ -52,6 +53,8 @@ pub use hives::*;
 pub use makers::*;
 #[allow(unused_imports)]
 pub use pe::*;
+#[allow(unused_imports)]
+pub use states::*;
 pub use tree::*;
 
 use anyhow::{anyhow, bail, Context, Result};
