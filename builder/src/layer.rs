@@ -234,7 +234,7 @@ mod tests {
         let st = t.path().join("st");
         let sha2 = store_with(&st, r"WINDOWS\system32\two.dll", b"two");
         let mut lines = Vec::new();
-        let s = stage(&base, &[extra.clone()], &[st], &mut |l| {
+        let s = stage(&base, std::slice::from_ref(&extra), &[st], &mut |l| {
             lines.push(l.to_string())
         })
         .unwrap();
@@ -278,7 +278,7 @@ mod tests {
         store_with(&base.join("store"), r"WINDOWS\system32\one.dll", b"one");
         let other = t.path().join("other");
         store_with(&other, r"WINDOWS\system32\ONE.DLL", b"not one");
-        let err = stage(&base, &[], &[other.clone()], &mut |_| {})
+        let err = stage(&base, &[], std::slice::from_ref(&other), &mut |_| {})
             .err()
             .unwrap();
         let msg = format!("{err:#}");
