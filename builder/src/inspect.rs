@@ -1,6 +1,7 @@
 //! `defib inspect`: what is on a defib image or a used stick — the
 //! manifest it was built with and the reports the rescue left under
-//! `\reports\`.
+//! `\reports\` — or on a defib ISO (the manifest and its store; a CD has
+//! no reports).
 //!
 //! Read-only: the image or device is opened for reading only. A used
 //! stick is input from the field: one unreadable or oversized report is
@@ -35,8 +36,94 @@ pub struct Inspection {
     pub reports: Vec<ReportFile>,
 }
 
-/// Reads the manifest and every `reports/*.json` off an image or device.
+/// Whether `path` holds an ISO 9660 image: the primary volume
+/// descriptor's standard identifier `CD001` at byte 1 of sector 16
+/// (2048-byte sectors), ECMA-119 § 8.1.
+pub fn is_iso(path: &Path) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut id = [0u8; 6];
+    if f.seek(SeekFrom::Start(16 * 2048)).is_err() || f.read_exact(&mut id).is_err() {
+        return Ok(false);
+    }
+    Ok(&id[1..] == b"CD001")
+}
+
+/// The largest file read out of an ISO: far above any manifest, index or
+/// system file in the store.
+const MAX_ISO_FILE: u64 = 512 << 20;
+
+/// A defib ISO, read through xorriso (the tool that wrote it, and one the
+/// package depends on): files are extracted one at a time into a scratch
+/// folder, size-capped.
+pub struct IsoImage {
+    path: std::path::PathBuf,
+}
+
+impl IsoImage {
+    pub fn open(path: &Path) -> Result<IsoImage> {
+        if !is_iso(path)? {
+            anyhow::bail!("{}: not an ISO 9660 image", path.display());
+        }
+        Ok(IsoImage {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The bytes of `inner` (a path in the ISO tree, `/` separated); an
+    /// error when it is not there.
+    pub fn read_file(&self, inner: &str) -> Result<Vec<u8>> {
+        let tmp = tempfile::tempdir().context("creating a scratch folder")?;
+        let out = tmp.path().join("f");
+        let inner = format!("/{}", inner.trim_start_matches('/'));
+        let o = std::process::Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(&self.path)
+            .args(["-extract", &inner])
+            .arg(&out)
+            .output()
+            .context("running xorriso (install the xorriso package)")?;
+        if !o.status.success() || !out.is_file() {
+            anyhow::bail!("{}: no {inner} in the ISO", self.path.display());
+        }
+        let meta = std::fs::metadata(&out)?;
+        if meta.len() > MAX_ISO_FILE {
+            anyhow::bail!(
+                "{}: {inner} is {} bytes; not read",
+                self.path.display(),
+                meta.len()
+            );
+        }
+        std::fs::read(&out).with_context(|| format!("reading {inner} from {}", self.path.display()))
+    }
+}
+
+/// The manifest of a defib ISO (no reports: a CD is read-only).
+pub fn inspect_iso(iso: &IsoImage) -> Result<Inspection> {
+    let raw = iso.read_file(layout::MANIFEST).with_context(|| {
+        format!(
+            "{}: no /defib/manifest.json — is this a defib ISO?",
+            iso.path.display()
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&raw).with_context(|| {
+        format!(
+            "{}: /defib/manifest.json is not a defib manifest",
+            iso.path.display()
+        )
+    })?;
+    Ok(Inspection {
+        manifest,
+        reports: Vec::new(),
+    })
+}
+
+/// Reads the manifest and every `reports/*.json` off an image or device
+/// (or the manifest of an ISO).
 pub fn inspect(path: &Path) -> Result<Inspection> {
+    if is_iso(path)? {
+        return inspect_iso(&IsoImage::open(path)?);
+    }
     let img = UsbImage::open(path)?;
     let raw = img.read_file(layout::MANIFEST).with_context(|| {
         format!(

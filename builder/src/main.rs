@@ -28,7 +28,8 @@ enum Cmd {
     Build(BuildArgs),
     /// Write a PXE/HTTP network boot tree (folder or .zip) of the same build
     Pxe(PxeConfig),
-    /// Show an image's manifest and the reports left on a used stick
+    /// Show an image's (or ISO's) manifest and store, and the reports left
+    /// on a used stick
     Inspect(InspectConfig),
     /// Boot an image in QEMU (software emulation) and show its console
     Try(TryConfig),
@@ -267,7 +268,7 @@ enum Format {
 
 #[derive(Args)]
 struct InspectConfig {
-    /// A defib image file or the block device of a used stick
+    /// A defib image file, the block device of a used stick, or a defib ISO
     image: PathBuf,
     /// Read every store object on the medium and check its SHA-256
     #[arg(long)]
@@ -535,8 +536,13 @@ fn cmd_pxe(c: PxeConfig) -> Result<()> {
 
 fn cmd_inspect(c: InspectConfig) -> Result<()> {
     let i = inspect::inspect(&c.image)?;
-    let img = defib_builder::image::UsbImage::open(&c.image)?;
-    let st = defib_builder::storesync::medium_store(&img, c.verify_store);
+    let st = if inspect::is_iso(&c.image)? {
+        let iso = inspect::IsoImage::open(&c.image)?;
+        defib_builder::storesync::medium_store_with(&|p: &str| iso.read_file(p), c.verify_store)
+    } else {
+        let img = defib_builder::image::UsbImage::open(&c.image)?;
+        defib_builder::storesync::medium_store(&img, c.verify_store)
+    };
     if c.json {
         let mut v = serde_json::to_value(&i)?;
         v["store"] = serde_json::to_value(&st)?;

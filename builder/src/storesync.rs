@@ -275,8 +275,14 @@ pub struct MediumStore {
 /// Reads the store of an image or device: the index, and with `verify`
 /// every object it names.
 pub fn medium_store(img: &UsbImage, verify: bool) -> MediumStore {
+    medium_store_with(&|p: &str| img.read_file(p), verify)
+}
+
+/// [`medium_store`] for any medium that can read a file by its path
+/// (`defib/store/index.json`): the USB image's FAT, or an ISO's tree.
+pub fn medium_store_with(read: &dyn Fn(&str) -> Result<Vec<u8>>, verify: bool) -> MediumStore {
     let mut r = MediumStore::default();
-    let raw = match img.read_file(&index_path()) {
+    let raw = match read(&index_path()) {
         Ok(b) => b,
         Err(_) => {
             r.absent = true;
@@ -307,7 +313,7 @@ pub fn medium_store(img: &UsbImage, verify: bool) -> MediumStore {
     if verify {
         let mut ok = 0;
         for (sha, size) in &shas {
-            match img.read_file(&object_path(sha)) {
+            match read(&object_path(sha)) {
                 Ok(d) if d.len() as u64 == *size && sha256_hex(&d) == *sha => ok += 1,
                 Ok(d) => r.problems.push(format!(
                     "{} is corrupt ({} bytes, the index says {size}); run `defib store sync`",

@@ -237,3 +237,50 @@ fn two_iso_builds_from_the_same_inputs_are_byte_identical() {
     assert_eq!(&x[32768 + 40..32768 + 45], b"DEFIB");
     assert_eq!(&x[510..512], &[0x55, 0xAA]);
 }
+
+/// `defib inspect` on the ISO: the manifest of the same build as the USB
+/// image (same parts, same kernel), its files hashed as on the CD, no
+/// reports (a CD is read-only), and the store section read from the ISO's
+/// tree.
+#[test]
+#[ignore = "needs the ISO scripts/build wrote: run through scripts/test"]
+fn inspect_reads_the_iso() {
+    let iso = common::iso();
+    let o = Command::new(env_file("DEFIB_DEFIB"))
+        .args(["inspect", "--json", "--verify-store"])
+        .arg(&iso)
+        .output()
+        .expect("running defib inspect");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let usb = defib_builder::inspect::inspect(&common::image()).unwrap();
+    assert_eq!(
+        v["manifest"]["kernel_release"],
+        usb.manifest.kernel_release.as_str()
+    );
+    assert_eq!(
+        v["manifest"]["parts"][0]["deb_sha256"],
+        usb.manifest.parts[0].deb_sha256.as_str()
+    );
+    assert_eq!(v["reports"].as_array().unwrap().len(), 0);
+    assert!(v["store"].is_object(), "{v:#}");
+    // A file the manifest lists, read back out of the ISO, has its hash.
+    let files = v["manifest"]["files"].as_array().unwrap();
+    let f = files
+        .iter()
+        .find(|f| f["path"] == "defib/payloads.img")
+        .expect("the payload segment is listed");
+    let iso_img = defib_builder::inspect::IsoImage::open(&iso).unwrap();
+    let bytes = iso_img.read_file("defib/payloads.img").unwrap();
+    assert_eq!(
+        defib_builder::sha256_hex(&bytes),
+        f["sha256"].as_str().unwrap()
+    );
+    // Something that is not an ISO is not taken for one.
+    assert!(!defib_builder::inspect::is_iso(&common::image()).unwrap());
+}

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod bigstore;
+pub mod debian_root;
 pub mod victim;
 
 use defib_builder::image::UsbImage;
