@@ -137,6 +137,9 @@ enum Compression {
 
 /// Finds the ar member whose name starts with `prefix` (`control.tar`,
 /// `data.tar`) and returns its compression and raw bytes.
+/// The most a boot part's data may unpack to.
+const MAX_UNPACKED: u64 = 1 << 30;
+
 fn ar_member(bytes: &[u8], prefix: &str) -> Result<(Compression, Vec<u8>)> {
     let mut ar = ar::Archive::new(bytes);
     while let Some(entry) = ar.next_entry() {
@@ -152,7 +155,9 @@ fn ar_member(bytes: &[u8], prefix: &str) -> Result<(Compression, Vec<u8>)> {
             ".gz" => Compression::Gzip,
             other => bail!("member {name}: unsupported compression {other:?}"),
         };
-        let mut raw = Vec::with_capacity(entry.header().size() as usize);
+        // The header's size is the archive's word, not a fact: the member
+        // cannot be longer than the archive holding it.
+        let mut raw = Vec::with_capacity((entry.header().size() as usize).min(bytes.len()));
         entry
             .read_to_end(&mut raw)
             .with_context(|| format!("reading ar member {name}"))?;
@@ -176,6 +181,7 @@ fn for_each_tar_entry(
     };
     let mut tar = tar::Archive::new(BufReader::with_capacity(1 << 20, reader));
     let mut seen: BTreeMap<String, Member> = BTreeMap::new();
+    let mut unpacked = 0u64;
     for entry in tar.entries().context("reading tar entries")? {
         let mut entry = entry.context("reading a tar entry")?;
         let raw_name = entry.path_bytes().into_owned();
@@ -192,7 +198,17 @@ fn for_each_tar_entry(
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let etype = header.entry_type();
         let member = if etype.is_file() {
-            let mut data = Vec::with_capacity(entry.size() as usize);
+            // A tar header's size is a claim: what is reserved is capped,
+            // and what the package may unpack to in all is bounded (the
+            // kernel package, the largest boot part, unpacks to ~100 MiB).
+            unpacked = unpacked.saturating_add(entry.size());
+            if unpacked > MAX_UNPACKED {
+                bail!(
+                    "{name}: the package unpacks to more than {} MiB; not a Debian boot part",
+                    MAX_UNPACKED >> 20
+                );
+            }
+            let mut data = Vec::with_capacity((entry.size() as usize).min(64 << 20));
             entry
                 .read_to_end(&mut data)
                 .with_context(|| format!("reading {name}"))?;
@@ -414,5 +430,23 @@ pub(crate) mod tests {
         }
         let err = scan_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("two versions of a"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod size_claims {
+    /// An ar member header that claims 4 GB (a fuzzer's find: the claim
+    /// was reserved up front and the process ran out of memory) is read
+    /// as what the archive holds, and refused as a package.
+    #[test]
+    fn a_member_claiming_gigabytes_reserves_only_what_is_there() {
+        let input = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/regressions/deb/oom-69e0079109edd5344fdbb96223ccc33eaf8a96a4"),
+        )
+        .unwrap();
+        let (_, raw) = super::ar_member(&input, "control.tar").unwrap();
+        assert!(raw.capacity() <= input.len(), "{}", raw.capacity());
+        assert!(crate::fuzzing::deb(&input).is_err());
     }
 }
