@@ -547,6 +547,36 @@ pub fn tmp_path(path: &Path) -> Option<PathBuf> {
 pub fn create_verified(path: &Path, data: &[u8]) -> Result<String> {
     let dir = path.parent().context("path has no parent")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = write_temp(path, data)?;
+    fault_point("rename into place");
+    if let Err(e) = rename_noreplace(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fsync_dir(dir)?;
+    read_back(path, data)
+}
+
+/// Replaces the file at `path` with `data`: temp name in the same folder,
+/// fsync, rename over the old file (atomic: a crash leaves the old or the
+/// new whole), fsync the folder, then read back from the disk and compare
+/// the SHA-256. The caller has the old content in the vault already.
+pub fn replace_verified(path: &Path, data: &[u8]) -> Result<String> {
+    let dir = path.parent().context("path has no parent")?;
+    let tmp = write_temp(path, data)?;
+    fault_point("rename over");
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("renaming to {}", path.display()));
+    }
+    fsync_dir(dir)?;
+    read_back(path, data)
+}
+
+/// `data` written to `path`'s temporary name, fsynced, and the whole
+/// volume synced (ntfs3 keeps no journal: see [`sync_volume`]); the temp
+/// file is removed again when any of it fails.
+fn write_temp(path: &Path, data: &[u8]) -> Result<PathBuf> {
     let tmp = tmp_path(path).context("path has no file name")?;
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
@@ -565,52 +595,12 @@ pub fn create_verified(path: &Path, data: &[u8]) -> Result<String> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fault_point("rename into place");
-    if let Err(e) = rename_noreplace(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fsync_dir(dir)?;
-    let want = sha256_bytes(data);
-    let got = sha256_from_disk(path)?;
-    if got != want {
-        bail!(
-            "{} reads back as {got}, expected {want}: the disk may be failing",
-            path.display()
-        );
-    }
-    Ok(got)
+    Ok(tmp)
 }
 
-/// Replaces the file at `path` with `data`: temp name in the same folder,
-/// fsync, rename over the old file (atomic: a crash leaves the old or the
-/// new whole), fsync the folder, then read back from the disk and compare
-/// the SHA-256. The caller has the old content in the vault already.
-pub fn replace_verified(path: &Path, data: &[u8]) -> Result<String> {
-    let dir = path.parent().context("path has no parent")?;
-    let tmp = tmp_path(path).context("path has no file name")?;
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    fault_point("write");
-    let r = f
-        .write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()));
-    drop(f);
-    if let Err(e) = r {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fault_point("rename over");
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("renaming to {}", path.display()));
-    }
-    fsync_dir(dir)?;
+/// The SHA-256 of `path` read back from the disk (cached pages dropped),
+/// which must be that of `data`.
+fn read_back(path: &Path, data: &[u8]) -> Result<String> {
     let want = sha256_bytes(data);
     let got = sha256_from_disk(path)?;
     if got != want {
