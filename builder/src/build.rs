@@ -316,6 +316,10 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
     let mut ar = Archive::new();
     ar.add_file("init", 0o755, rescue.clone())?;
     ar.add_file("bin/busybox", 0o755, busybox)?;
+    // The technician's shell runs the host-mode CLI as `rescue` (scan,
+    // fix, undo), as docs/technician.md tells them to: the same binary,
+    // which acts as PID 1 only when it is PID 1.
+    ar.add_symlink("bin/rescue", "/init")?;
     for dir in ["dev", "proc", "sys", "run", "tmp", "mnt", "etc/defib"] {
         ar.add_dir(dir, 0o755)?;
     }

@@ -218,6 +218,146 @@ pub fn dedup_key_uses(uses: &[KeyUse]) -> Vec<KeyUse> {
     latest.into_values().collect()
 }
 
+/// One machine's Secure Boot inventory (`defib reports --firmware`): is
+/// it ready for the 2026 certificate rotation?
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FirmwareRow {
+    pub computer_name: String,
+    pub machine_uuid: String,
+    pub machine_serial: String,
+    /// `on`, `off`, `setup-mode`, or empty when the report has none.
+    pub secure_boot: String,
+    /// `ready`, `needs-update`, `unknown`.
+    pub ca_2023_ready: String,
+    pub why: String,
+    /// Subject CNs, `; ` between them.
+    pub kek: String,
+    pub db: String,
+    pub dbx_entries: String,
+    /// The first line of shim's SBAT level (`sbat,1,<date>`).
+    pub sbat_level: String,
+    pub finished: String,
+    pub source: String,
+}
+
+/// The firmware row of a report from a UEFI boot; `None` for BIOS boots,
+/// host runs and older reports (no inventory).
+pub fn firmware_row(source: &str, r: &Value) -> Option<FirmwareRow> {
+    let sb = &r["firmware"]["secure_boot"];
+    if !sb.is_object() {
+        return None;
+    }
+    let list = |k: &str| {
+        sb[k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    };
+    let secure_boot = if sb["setup_mode"] == true {
+        "setup-mode"
+    } else if sb["enabled"] == true {
+        "on"
+    } else if sb["enabled"] == false {
+        "off"
+    } else {
+        ""
+    };
+    let computer_name = r["windows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| s(w, &["identity", "computer_name"]))
+        .find(|x| !x.is_empty())
+        .unwrap_or_default();
+    Some(FirmwareRow {
+        computer_name,
+        machine_uuid: s(r, &["machine", "product_uuid"]),
+        machine_serial: s(r, &["machine", "product_serial"]),
+        secure_boot: secure_boot.into(),
+        ca_2023_ready: s(sb, &["ca_2023_ready", "verdict"]),
+        why: s(sb, &["ca_2023_ready", "why"]),
+        kek: list("kek"),
+        db: list("db"),
+        dbx_entries: s(sb, &["dbx_entries"]),
+        sbat_level: s(sb, &["sbat_level"])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        finished: s(r, &["finished"]),
+        source: source.to_string(),
+    })
+}
+
+/// `defib reports --firmware` as CSV: one line per machine (its latest
+/// report), the machines that need the certificate update first.
+pub fn firmware_csv(rows: &[FirmwareRow]) -> String {
+    let mut out = String::from(
+        "computer_name,machine_uuid,machine_serial,secure_boot,ca_2023_ready,why,kek,db,dbx_entries,sbat_level,finished,source\n",
+    );
+    for r in rows {
+        let f = [
+            &r.computer_name,
+            &r.machine_uuid,
+            &r.machine_serial,
+            &r.secure_boot,
+            &r.ca_2023_ready,
+            &r.why,
+            &r.kek,
+            &r.db,
+            &r.dbx_entries,
+            &r.sbat_level,
+            &r.finished,
+            &r.source,
+        ];
+        out.push_str(&f.iter().map(|x| csv_cell(x)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The latest row per machine (UUID, else serial, else computer name),
+/// `needs-update` first, then `unknown`, then `ready`.
+pub fn dedup_firmware(rows: &[FirmwareRow]) -> Vec<FirmwareRow> {
+    let mut latest: std::collections::BTreeMap<String, FirmwareRow> = Default::default();
+    for r in rows {
+        let k = [
+            &r.machine_uuid,
+            &r.machine_serial,
+            &r.computer_name,
+            &r.source,
+        ]
+        .into_iter()
+        .find(|x| !x.is_empty())
+        .cloned()
+        .unwrap_or_default();
+        match latest.get(&k) {
+            Some(old) if old.finished >= r.finished => {}
+            _ => {
+                latest.insert(k, r.clone());
+            }
+        }
+    }
+    let rank = |v: &str| match v {
+        "needs-update" => 0,
+        "unknown" => 1,
+        "ready" => 3,
+        _ => 2,
+    };
+    let mut out: Vec<FirmwareRow> = latest.into_values().collect();
+    out.sort_by(|a, b| {
+        rank(&a.ca_2023_ready)
+            .cmp(&rank(&b.ca_2023_ready))
+            .then_with(|| a.computer_name.cmp(&b.computer_name))
+    });
+    out
+}
+
 /// `defib reports --keys-used` as CSV, every cell through [`csv_cell`].
 pub fn keys_used_csv(uses: &[KeyUse]) -> String {
     let mut out = String::from(
@@ -249,6 +389,8 @@ pub struct Fleet {
     /// Every recovery-password unlock in the reports, one per report and
     /// volume (see [`dedup_key_uses`]).
     pub key_uses: Vec<KeyUse>,
+    /// The Secure Boot inventory of each report that has one.
+    pub firmware: Vec<FirmwareRow>,
     /// Files that are not defib reports or could not be read, and media
     /// that could not be opened: `<source>: <why>`, one line each. Raw
     /// text; print it through [`term`].
@@ -268,6 +410,7 @@ impl Fleet {
         match check_report(r) {
             Ok(()) => {
                 self.key_uses.extend(key_uses(&source, r));
+                self.firmware.extend(firmware_row(&source, r));
                 self.rows.push(row(source, r));
             }
             Err(why) => self.skip(&source, why),
@@ -984,5 +1127,60 @@ mod tests {
         assert!(t.contains("PC\\x1b]0;owned\\x07"), "{t}");
         assert!(c.contains("\\x1b[2J\\x1b[1;1Hall clean\\u{202e}"), "{c}");
         assert_eq!(term("a\u{9b}b\u{7f}"), "a\\u{9b}b\\x7f");
+    }
+
+    fn firmware_report(uuid: &str, finished: &str, kek: &[&str], verdict: &str) -> Value {
+        serde_json::json!({
+            "finished": finished,
+            "machine": {"product_uuid": uuid, "product_serial": "SN"},
+            "windows": [{"identity": {"computer_name": format!("PC-{uuid}")}}],
+            "firmware": {"secure_boot": {
+                "enabled": true, "setup_mode": false,
+                "pk": ["OEM PK"], "kek": kek,
+                "db": ["Windows UEFI CA 2023", "Microsoft Corporation UEFI CA 2011"],
+                "dbx_entries": 371,
+                "sbat_level": "sbat,1,2025051000\nshim,4\ngrub,5",
+                "ca_2023_ready": {"verdict": verdict, "why": "w\n=cmd"}
+            }}
+        })
+    }
+
+    #[test]
+    fn firmware_view_keeps_each_machines_latest_and_puts_updates_first() {
+        let old = firmware_report(
+            "b",
+            "2026-11-01T00:00:00Z",
+            &["Microsoft Corporation KEK CA 2011"],
+            "needs-update",
+        );
+        let new = firmware_report(
+            "b",
+            "2026-11-02T00:00:00Z",
+            &["Microsoft Corporation KEK 2K CA 2023"],
+            "ready",
+        );
+        let other = firmware_report(
+            "a",
+            "2026-11-01T00:00:00Z",
+            &["Microsoft Corporation KEK CA 2011"],
+            "needs-update",
+        );
+        let bios = serde_json::json!({"finished": "x", "boot": {"firmware": "bios"}});
+        let rows: Vec<FirmwareRow> = [("1", &new), ("2", &old), ("3", &other), ("4", &bios)]
+            .iter()
+            .filter_map(|(src, r)| firmware_row(src, r))
+            .collect();
+        assert_eq!(rows.len(), 3, "a BIOS report has no firmware row");
+        let d = dedup_firmware(&rows);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].computer_name, "PC-a");
+        assert_eq!(d[0].ca_2023_ready, "needs-update");
+        assert_eq!(d[1].ca_2023_ready, "ready", "the latest report wins");
+        assert_eq!(d[1].kek, "Microsoft Corporation KEK 2K CA 2023");
+        assert_eq!(d[1].sbat_level, "sbat,1,2025051000");
+        assert_eq!(d[1].secure_boot, "on");
+        let csv = firmware_csv(&d);
+        assert_eq!(csv.lines().count(), 3, "{csv}");
+        assert!(!csv.contains(",=cmd"), "a formula reached the CSV: {csv}");
     }
 }

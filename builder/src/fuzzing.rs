@@ -21,7 +21,24 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("store_manifest", store_manifest),
     ("store_import", store_import),
     ("fleet", fleet),
+    ("sbat", sbat),
 ];
+
+/// SBAT text and PE images as `defib inspect` reads a stick's loaders: a
+/// `.sbat` section's CSV, a level, and shim's `.sbatlevel`; whatever a
+/// level revokes really is below it.
+pub fn sbat(data: &[u8]) -> Result<()> {
+    let text = String::from_utf8_lossy(data);
+    let entries = crate::sbat::parse_entries(&text);
+    if let Ok(level) = crate::sbat::parse_level(&text) {
+        for r in crate::sbat::revoked("fuzz", &entries, &level) {
+            ensure!(r.has < r.needs, "revoked at or above the level: {r}");
+        }
+    }
+    let _ = crate::sbat::entries(data);
+    let _ = crate::sbat::shim_latest(data);
+    Ok(())
+}
 
 /// A newc archive as `defib inspect` reads an initramfs: read it; whatever
 /// it held, written again by our writer, must read back the same.
@@ -96,7 +113,8 @@ pub fn store_import(data: &[u8]) -> Result<()> {
 }
 
 /// A report file as `defib reports` reads it: checked as a report, loose
-/// JSON to a row, then the CSV, the keys-used CSV and the table.
+/// JSON to a row, then the CSV, the keys-used and firmware CSVs and the
+/// table.
 pub fn fleet(data: &[u8]) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(data)?;
     let _ = crate::fleet::check_report(&v);
@@ -113,9 +131,20 @@ pub fn fleet(data: &[u8]) -> Result<()> {
         keys.lines().count() == uses.len() + 1,
         "a keys-used cell broke a CSV line"
     );
+    let fw = crate::fleet::dedup_firmware(
+        &crate::fleet::firmware_row("fuzz.json", &v)
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
+    let fw_csv = crate::fleet::firmware_csv(&fw);
+    ensure!(
+        fw_csv.lines().count() == fw.len() + 1,
+        "a firmware cell broke a CSV line"
+    );
     let f = crate::fleet::Fleet {
         rows,
         key_uses: uses,
+        firmware: fw,
         warnings: Vec::new(),
         skipped: 0,
     };
@@ -196,6 +225,27 @@ pub fn seeds() -> Result<Vec<(&'static str, String, Vec<u8>)>> {
     let json = r.to_json()?;
     out.push(("report", "report.json".into(), json.clone()));
     out.push(("fleet", "report.json".into(), json));
+
+    out.push((
+        "sbat",
+        "level.txt".into(),
+        b"sbat,1,2025051000\nshim,4\ngrub,5\ngrub.proxmox,2\n".to_vec(),
+    ));
+    out.push((
+        "sbat",
+        "grub.sbat.csv".into(),
+        b"sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\ngrub,5,Free Software Foundation,grub,2.12,https://www.gnu.org/software/grub/\n".to_vec(),
+    ));
+    // A signature list of two SHA-256 entries, as a dbx holds them.
+    let mut esl = vec![
+        0x26, 0x16, 0xc4, 0xc1, 0x4c, 0x50, 0x92, 0x40, 0xac, 0xa9, 0x41, 0xf9, 0x36, 0x93, 0x43,
+        0x28,
+    ];
+    esl.extend(((28 + 2 * 48) as u32).to_le_bytes());
+    esl.extend(0u32.to_le_bytes());
+    esl.extend(48u32.to_le_bytes());
+    esl.extend([0x11; 96]);
+    out.push(("secureboot", "dbx.esl".into(), esl));
     Ok(out)
 }
 

@@ -118,6 +118,32 @@ pub fn inspect_iso(iso: &IsoImage) -> Result<Inspection> {
     })
 }
 
+/// The stick's shim and GRUB (`EFI/BOOT/BOOTX64.EFI`, `grubx64.efi`):
+/// from the ESP of an image or device, or from the El Torito ESP image
+/// (`/boot/efi.img`) inside an ISO.
+pub fn loaders(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    const SHIM: &str = "EFI/BOOT/BOOTX64.EFI";
+    const GRUB: &str = "EFI/BOOT/grubx64.efi";
+    if is_iso(path)? {
+        let esp = IsoImage::open(path)?.read_file("boot/efi.img")?;
+        let fs = fatfs::FileSystem::new(std::io::Cursor::new(esp), fatfs::FsOptions::new())
+            .with_context(|| format!("{}: /boot/efi.img is not FAT", path.display()))?;
+        let read = |inner: &str| -> Result<Vec<u8>> {
+            use std::io::Read;
+            let mut f = fs
+                .root_dir()
+                .open_file(inner)
+                .with_context(|| format!("{}: no {inner} in /boot/efi.img", path.display()))?;
+            let mut out = Vec::new();
+            f.read_to_end(&mut out)?;
+            Ok(out)
+        };
+        return Ok((read(SHIM)?, read(GRUB)?));
+    }
+    let img = UsbImage::open(path)?;
+    Ok((img.read_file(SHIM)?, img.read_file(GRUB)?))
+}
+
 /// Reads the manifest and every `reports/*.json` off an image or device
 /// (or the manifest of an ISO).
 pub fn inspect(path: &Path) -> Result<Inspection> {

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod progress;
 pub mod pxe;
 pub mod qemu;
+pub mod sbat;
 pub mod size;
 pub mod store;
 pub mod storesync;

@@ -131,6 +131,12 @@ struct ReportsConfig {
     /// protector, as CSV (or --json): the keys to rotate
     #[arg(long)]
     keys_used: bool,
+    /// The Secure Boot inventory per machine (latest report), as CSV (or
+    /// --json): Secure Boot state, readiness for the 2023 certificates
+    /// (machines that need the update first), KEK and db, dbx size, SBAT
+    /// level
+    #[arg(long, conflicts_with = "keys_used")]
+    firmware: bool,
 }
 
 #[derive(Args)]
@@ -273,6 +279,12 @@ struct InspectConfig {
     /// Read every store object on the medium and check its SHA-256
     #[arg(long)]
     verify_store: bool,
+    /// Check the stick's shim and GRUB against this SBAT level (a file
+    /// holding `sbat,1,<date>` and `component,generation` lines, e.g. a
+    /// report's `firmware.secure_boot.sbat_level`) [default: the newest
+    /// level the stick's own shim knows]
+    #[arg(long, value_name = "FILE")]
+    sbat_level: Option<PathBuf>,
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
@@ -502,12 +514,27 @@ fn cmd_build(c: BuildArgs) -> Result<()> {
             s.modules,
             s.initramfs_size / 1024
         );
+        // Will PCs whose SBAT level is the newest this shim knows still
+        // boot it? (A warning: the packages are what Debian ships.)
+        match sbat_of(&s.image) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("defib: warning: SBAT not checked: {e:#}"),
+        }
         println!(
             "write it to a stick with: sudo dd if={} of=/dev/sdX bs=4M conv=fsync",
             s.image.display()
         );
     }
     Ok(())
+}
+
+/// The SBAT line of a written image: its loaders against the newest
+/// level its shim knows.
+fn sbat_of(image: &std::path::Path) -> Result<String> {
+    let (shim, grub) = inspect::loaders(image)?;
+    let level =
+        defib_builder::sbat::shim_latest(&shim)?.context("the shim carries no SBAT level")?;
+    Ok(defib_builder::sbat::check(&shim, &grub, &level)?.0)
 }
 
 fn cmd_pxe(c: PxeConfig) -> Result<()> {
@@ -536,6 +563,19 @@ fn cmd_pxe(c: PxeConfig) -> Result<()> {
 
 fn cmd_inspect(c: InspectConfig) -> Result<()> {
     let i = inspect::inspect(&c.image)?;
+    let (shim, grub) = inspect::loaders(&c.image)?;
+    let level = match &c.sbat_level {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the SBAT level {}", f.display()))?;
+            defib_builder::sbat::parse_level(&text)
+                .with_context(|| format!("SBAT level {}", f.display()))?
+        }
+        None => defib_builder::sbat::shim_latest(&shim)
+            .context("the stick's shim")?
+            .context("the stick's shim carries no SBAT level: give --sbat-level FILE")?,
+    };
+    let (sbat_line, revoked) = defib_builder::sbat::check(&shim, &grub, &level)?;
     let st = if inspect::is_iso(&c.image)? {
         let iso = inspect::IsoImage::open(&c.image)?;
         defib_builder::storesync::medium_store_with(&|p: &str| iso.read_file(p), c.verify_store)
@@ -546,10 +586,24 @@ fn cmd_inspect(c: InspectConfig) -> Result<()> {
     if c.json {
         let mut v = serde_json::to_value(&i)?;
         v["store"] = serde_json::to_value(&st)?;
+        v["sbat"] = serde_json::json!({
+            "level": level.date,
+            "revoked": revoked.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            "line": sbat_line,
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", inspect::render(&c.image, &i));
         print!("{}", render_medium_store(&st));
+        println!("  {sbat_line}");
+    }
+    if !revoked.is_empty() {
+        bail!(
+            "{}: a PC at SBAT level {} refuses this stick ({}); rebuild it with current packages (scripts/build)",
+            c.image.display(),
+            level.date,
+            revoked.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
+        );
     }
     if !st.problems.is_empty() {
         bail!(
@@ -696,7 +750,14 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
     for w in &f.warnings {
         eprintln!("defib: warning: {}", fleet::term(w));
     }
-    if c.keys_used {
+    if c.firmware {
+        let rows = fleet::dedup_firmware(&f.firmware);
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", fleet::firmware_csv(&rows));
+        }
+    } else if c.keys_used {
         let uses = fleet::dedup_key_uses(&f.key_uses);
         if c.json {
             println!("{}", serde_json::to_string_pretty(&uses)?);
@@ -711,7 +772,7 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
         print!("{}", fleet::table(&f));
     }
     // The table has its own summary line; CSV and JSON say it here.
-    if (c.json || c.csv || c.keys_used) && f.skipped > 0 {
+    if (c.json || c.csv || c.keys_used || c.firmware) && f.skipped > 0 {
         eprintln!(
             "defib: {} file(s) skipped; see the warnings above",
             f.skipped

@@ -115,6 +115,9 @@ pub struct Boot {
     /// A NIC on QEMU's user-mode network (its TFTP server serves a folder);
     /// without one the machine has no network (`-nic none`).
     pub net: Option<Net>,
+    /// With `UefiSb`: this UEFI variable store template (its PK, KEK, db
+    /// and dbx) instead of OVMF's Microsoft one; copied, never written.
+    pub vars: Option<PathBuf>,
 }
 
 /// A NIC on QEMU's user-mode network: the guest sees a DHCP server, the
@@ -151,6 +154,7 @@ impl Boot {
             memory_mib: 1024,
             extra: Vec::new(),
             net: None,
+            vars: None,
         }
     }
 }
@@ -256,18 +260,19 @@ pub fn command(b: &Boot) -> Result<Command> {
             c.args(["-machine", "pc"]);
         }
         Firmware::Uefi | Firmware::UefiSb => {
-            let (code, vars) = match b.firmware {
-                Firmware::UefiSb => (OVMF_CODE_MS, OVMF_VARS_MS),
-                _ => (OVMF_CODE, OVMF_VARS),
+            let (code, vars) = match (b.firmware, &b.vars) {
+                (Firmware::UefiSb, Some(v)) => (OVMF_CODE_MS, v.to_string_lossy().into_owned()),
+                (Firmware::UefiSb, None) => (OVMF_CODE_MS, OVMF_VARS_MS.to_string()),
+                _ => (OVMF_CODE, OVMF_VARS.to_string()),
             };
             require(code, "ovmf")?;
-            require(vars, "ovmf")?;
+            require(&vars, "ovmf")?;
             std::fs::create_dir_all(&b.scratch)
                 .with_context(|| format!("creating {}", b.scratch.display()))?;
             let vars_copy = b
                 .scratch
                 .join(format!("ovmf-vars-{}.fd", std::process::id()));
-            std::fs::copy(vars, &vars_copy).with_context(|| format!("copying {vars}"))?;
+            std::fs::copy(&vars, &vars_copy).with_context(|| format!("copying {vars}"))?;
             c.args(["-machine", "q35,smm=on"]);
             c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
             c.arg("-drive").arg(format!(

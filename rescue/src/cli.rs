@@ -58,6 +58,14 @@ pub struct RunArgs {
     /// (repeatable)
     #[arg(long, value_name = "FILE")]
     pub key_file: Vec<PathBuf>,
+    /// BitLocker startup keys for --device: the .BEK files Windows writes
+    /// to a USB stick (repeatable; --key-file takes them too)
+    #[arg(long, value_name = "FILE.BEK")]
+    pub startup_key: Vec<PathBuf>,
+    /// The password of a BitLocker data or To Go volume for --device, on
+    /// the file's first line
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// The passphrase of sealed --key-file files, on the file's first
     /// line [default: asked on the terminal]
     #[arg(long, value_name = "FILE")]

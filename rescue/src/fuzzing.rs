@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("bcd", bcd),
     ("quarantine", quarantine),
     ("dm_table", dm_table),
+    ("secureboot", secureboot),
 ];
 
 /// Playbook TOML: strict parse, then validation.
@@ -150,6 +151,27 @@ pub fn bup(data: &[u8]) -> Result<()> {
 
 /// A volume's first bytes: classification, BitLocker FVE metadata, NTFS
 /// boot sector and `$Volume`, and the hibernation header, each on its own.
+/// An EFI signature database (PK, KEK, db, dbx as efivarfs gives them,
+/// without the attribute bytes): bounded, and every subject printable.
+pub fn secureboot(data: &[u8]) -> Result<()> {
+    let db = crate::secureboot::parse_database(data);
+    // Each signature takes at least a 16-byte owner GUID.
+    ensure!(
+        db.signatures.len() <= data.len() / 16 + 1,
+        "more signatures than the bytes allow"
+    );
+    for s in db.subjects() {
+        ensure!(
+            !s.chars().any(char::is_control),
+            "a control character in a certificate subject"
+        );
+    }
+    match db.problem {
+        Some(p) => anyhow::bail!(p),
+        None => Ok(()),
+    }
+}
+
 pub fn volstate(data: &[u8]) -> Result<()> {
     use crate::volstate as v;
     let _ = v::hibernation_from_header(&data[..data.len().min(8)]);

@@ -47,6 +47,7 @@ pub mod winreg;
 pub mod devmapper;
 pub mod firmware;
 pub mod probe;
+pub mod secureboot;
 pub mod syspart;
 pub mod verdict;
 pub mod volumes;

@@ -55,6 +55,21 @@ fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     } else if a.passphrase_file.is_some() {
         anyhow::bail!("--passphrase-file given, but no --key-file is sealed");
     }
+    for f in &a.startup_key {
+        let bytes = read_small(f, 64 << 10)?;
+        keys.add_bek(&bytes, &f.display().to_string())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--startup-key {}: {e:#}; give the .BEK file Windows saved",
+                    f.display()
+                )
+            })?;
+    }
+    if let Some(f) = &a.password_file {
+        let pw = defib_rescue::passphrase::from_file(f)
+            .map_err(|e| anyhow::anyhow!("--password-file: {e:#}"))?;
+        keys.add_password(&pw, "password-file");
+    }
     if let Some(rp) = &a.recovery_password {
         if keys.add_recovery_text(&format!("Recovery Key: {rp}\n"), "typed") == 0 {
             anyhow::bail!("--recovery-password: not 8 groups of 6 digits, each divisible by 11");
@@ -74,6 +89,22 @@ fn run(a: RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         defib_rescue::report::Verdict::NoWindowsFound => ExitCode::from(3),
         _ => ExitCode::from(1),
     })
+}
+
+/// A small file whole, refusing one larger than `max` bytes.
+fn read_small(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= max,
+        "{}: larger than {max} bytes, not a key file",
+        path.display()
+    );
+    Ok(bytes)
 }
 
 /// Opens the sealed --key-file files with the passphrase from the file,

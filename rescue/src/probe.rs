@@ -19,6 +19,8 @@ pub enum FsKind {
     /// A BitLocker-encrypted volume (Vista and later format).
     Bitlocker,
     Fat,
+    /// exFAT (its own OEM id; large USB sticks and SD cards).
+    Exfat,
     Unknown,
 }
 
@@ -53,6 +55,7 @@ impl FsKind {
             FsKind::Ntfs => "ntfs",
             FsKind::Bitlocker => "bitlocker",
             FsKind::Fat => "fat",
+            FsKind::Exfat => "exfat",
             FsKind::Unknown => "unknown",
         }
     }
@@ -125,15 +128,40 @@ pub fn classify(first_sector: &[u8]) -> FsKind {
     match &s[OEM_ID] {
         b"NTFS    " => return FsKind::Ntfs,
         b"-FVE-FS-" => return FsKind::Bitlocker,
+        b"EXFAT   " => return FsKind::Exfat,
         _ => {}
+    }
+    // BitLocker To Go keeps a FAT boot sector (`MSWIN4.1`) for old
+    // readers; its BitLocker identifier says what it really is.
+    if crate::volstate::is_bitlocker_to_go(s) {
+        return FsKind::Bitlocker;
     }
     if fat_signature(s)
         && (&s[FAT32_TYPE] == b"FAT32   "
-            || matches!(&s[FAT16_TYPE], b"FAT12   " | b"FAT16   " | b"FAT     "))
+            || matches!(&s[FAT16_TYPE], b"FAT12   " | b"FAT16   " | b"FAT     ")
+            || fat_bpb(s))
     {
         return FsKind::Fat;
     }
     FsKind::Unknown
+}
+
+/// A FAT BIOS parameter block whose BS_FilSysType was left blank (it is
+/// informational; some formatters write nothing there): a jump at 0, bytes
+/// per sector a power of two from 512 to 4096, sectors per cluster a power
+/// of two, reserved sectors, one or two FATs, and a media byte (fatgen103).
+fn fat_bpb(s: &[u8]) -> bool {
+    let jump = s[0] == 0xEB && s[2] == 0x90 || s[0] == 0xE9;
+    let bps = u16::from_le_bytes([s[11], s[12]]);
+    let spc = s[13];
+    let reserved = u16::from_le_bytes([s[14], s[15]]);
+    let fats = s[16];
+    let media = s[21];
+    jump && matches!(bps, 512 | 1024 | 2048 | 4096)
+        && spc.is_power_of_two()
+        && reserved > 0
+        && matches!(fats, 1 | 2)
+        && (media == 0xF0 || media >= 0xF8)
 }
 
 /// The FAT volume label from a boot sector, trimmed; `None` if this is not
@@ -352,6 +380,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fat_without_a_type_string_and_bitlocker_to_go() {
+        // mkfs.fat's FAT16 BPB with BS_FilSysType blanked.
+        let mut s = sector_with(3, b"mkfs.fat", true);
+        s[0..3].copy_from_slice(&[0xEB, 0x3C, 0x90]);
+        s[11..13].copy_from_slice(&512u16.to_le_bytes());
+        s[13] = 4;
+        s[14..16].copy_from_slice(&4u16.to_le_bytes());
+        s[16] = 2;
+        s[21] = 0xF8;
+        assert_eq!(classify(&s), FsKind::Fat);
+        s[16] = 7;
+        assert_eq!(classify(&s), FsKind::Unknown, "seven FATs is not FAT");
+        // To Go: a FAT boot sector whose identifier says BitLocker.
+        let mut t = sector_with(0x52, b"FAT32   ", true);
+        t[3..11].copy_from_slice(b"MSWIN4.1");
+        assert_eq!(classify(&t), FsKind::Fat, "MSWIN4.1 alone is plain FAT");
+        crate::volstate::mark_to_go_for_tests(&mut t);
+        assert_eq!(classify(&t), FsKind::Bitlocker);
+    }
+
+    #[test]
     fn unknown_for_short_blank_and_mbr() {
         assert_eq!(classify(&[]), FsKind::Unknown);
         assert_eq!(classify(&[0u8; 100]), FsKind::Unknown);
@@ -361,11 +410,8 @@ pub(crate) mod tests {
             classify(&sector_with(0x1BE, &[0, 0, 2, 0, 0xEE], true)),
             FsKind::Unknown
         );
-        // exFAT has its own OEM id; we don't call it FAT.
-        assert_eq!(
-            classify(&sector_with(3, b"EXFAT   ", true)),
-            FsKind::Unknown
-        );
+        // exFAT has its own OEM id and its own name.
+        assert_eq!(classify(&sector_with(3, b"EXFAT   ", true)), FsKind::Exfat);
     }
 
     #[test]

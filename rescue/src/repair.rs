@@ -57,10 +57,16 @@ fn check_bitlocker(
     let (mapped, state) = match ops.unlock(dev) {
         Ok(u) => u,
         Err(e) => {
+            let next = if e.downcast_ref::<crate::bitlocker::Refusal>().is_some() {
+                // No key helps: the volume's state, not a key, is missing.
+                "no key opens this volume here: repair it from Windows' own recovery environment (WinRE), or let Windows finish the BitLocker conversion first"
+            } else {
+                "bring the recovery key: type it at the prompt, or put the fleet's key file (BitLockerKeys.csv, the .TXT Windows saved, a .BEK) in the stick's keys folder, and boot defib again"
+            };
             let mut r = attention(
                 dev,
                 format!("BitLocker-locked: {e:#}; nothing was changed"),
-                "bring the recovery key: type it at the prompt, or put the fleet's key file (BitLockerKeys.csv, the .TXT Windows saved, a .BEK) in the stick's keys folder, and boot defib again",
+                next,
             );
             match ops.bitlocker(dev) {
                 Ok(mut b) => {
@@ -836,6 +842,7 @@ mod tests {
             verdict: Verdict::Repaired,
             network: None,
             store: None,
+            firmware: None,
         };
         let t = crate::report::render_text(&rep);
         assert!(t.contains("VERDICT: REPAIRED"), "{t}");

@@ -135,6 +135,18 @@ fn read_at(dev: &mut (impl Read + Seek), at: u64, len: usize) -> Result<Vec<u8>>
     Ok(buf)
 }
 
+/// A BitLocker To Go volume: a FAT boot sector (`MSWIN4.1`) carrying the
+/// BitLocker identifier.
+pub fn is_bitlocker_to_go(boot: &[u8]) -> bool {
+    boot.get(3..11) == Some(TOGO_SIGNATURE) && bitlocker_guid_at(boot).is_some()
+}
+
+/// Writes the To Go identifier into a test boot sector.
+#[cfg(test)]
+pub fn mark_to_go_for_tests(boot: &mut [u8]) {
+    boot[GUID_AT_TOGO..GUID_AT_TOGO + 16].copy_from_slice(&BITLOCKER_GUID);
+}
+
 /// Where the BitLocker identifier is in this boot sector, if anywhere.
 fn bitlocker_guid_at(boot: &[u8]) -> Option<usize> {
     let oem = boot.get(3..11)?;
@@ -145,7 +157,10 @@ fn bitlocker_guid_at(boot: &[u8]) -> Option<usize> {
     } else {
         return None;
     };
-    (boot.get(at..at + 16)? == BITLOCKER_GUID).then_some(at)
+    // The encrypt-on-write identifier marks a BitLocker volume too (one
+    // the rescue refuses to map, but whose protectors it reports).
+    let id = boot.get(at..at + 16)?;
+    (id == BITLOCKER_GUID || id == crate::bitlocker::metadata::IDENTIFIER_EOW).then_some(at)
 }
 
 /// Classifies the volume at `offset` by its boot sector's OEM ID.

@@ -60,8 +60,24 @@ pub struct Fetched {
     pub problems: Vec<String>,
 }
 
-/// What a person typed for a volume: a checked recovery password.
-pub struct Typed(pub crate::bitlocker::RecoveryPassword);
+/// What a person typed for a volume.
+pub enum Typed {
+    /// 48 digits whose groups all passed the check.
+    RecoveryPassword(crate::bitlocker::RecoveryPassword),
+    /// Anything else, on a volume with a password protector; wiped on drop.
+    Password(zeroize::Zeroizing<String>),
+}
+
+impl Typed {
+    /// What to try, and the report's `key_source` when it opens the volume.
+    fn credential(self) -> (crate::bitlocker::Credential, &'static str) {
+        use crate::bitlocker::{Credential, PasswordKey};
+        match self {
+            Typed::RecoveryPassword(rp) => (Credential::RecoveryPassword(rp), "typed"),
+            Typed::Password(p) => (Credential::Password(PasswordKey::new(&p)), "password"),
+        }
+    }
+}
 
 /// The answer to the sealed key files' passphrase prompt.
 pub enum Passphrase {
@@ -267,10 +283,11 @@ fn try_keys(
     // Keys given without an ID (typed on the command line, a bare list)
     // are tried too: each costs one key stretch per protector.
     candidates.extend(store.without_id());
-    candidates.sort_by_key(|r| matches!(r.material, KeyMaterial::RecoveryPassword(_)));
+    candidates.sort_by_key(|r| r.cost());
     for r in candidates {
         let source = match r.material {
             KeyMaterial::StartupKey(_) => "startup-key",
+            KeyMaterial::Password(_) => "password",
             KeyMaterial::RecoveryPassword(_) if r.source.starts_with("sealed:") => {
                 "sealed-key-file"
             }
@@ -316,6 +333,8 @@ impl VolumeOps for KernelVolumes {
         let mut state = self.bitlocker(dev).unwrap_or_default();
         match assess(&meta, len) {
             Readiness::Ready { .. } => {}
+            // Typed, so the report can say no key will help.
+            Readiness::Refused(r) => return Err(anyhow::Error::new(r)),
             other => anyhow::bail!("{other}"),
         }
         // Time spent deriving keys and mapping, not waiting for a person
@@ -361,10 +380,10 @@ impl VolumeOps for KernelVolumes {
                         let w = std::time::Instant::now();
                         let answer = ask(dev, &meta);
                         waited += w.elapsed();
-                        let Some(Typed(rp)) = answer else { break };
-                        let c = crate::bitlocker::Credential::RecoveryPassword(rp);
+                        let Some(typed) = answer else { break };
+                        let (c, source) = typed.credential();
                         if let Ok(u) = crate::bitlocker::unlock(&meta, &c) {
-                            got = Some((u, "typed"));
+                            got = Some((u, source));
                             break;
                         }
                     }

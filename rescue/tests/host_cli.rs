@@ -418,3 +418,51 @@ fn a_sealed_key_file_opens_with_the_passphrase_file() {
         );
     }
 }
+
+/// `--startup-key` takes only a real .BEK and names the file when it is
+/// not one; `--password-file` wants the password on its first line; the
+/// password never reaches the output.
+#[test]
+fn startup_key_and_password_file_flags_check_their_files() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("empty-volume");
+    std::fs::create_dir_all(&root).unwrap();
+    let not_bek = d.path().join("notes.BEK");
+    std::fs::write(&not_bek, b"this is not a startup key").unwrap();
+    let (code, out) = rescue(&["scan", "--startup-key", not_bek.to_str().unwrap()], &root);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--startup-key") && out.contains("notes.BEK"),
+        "{out}"
+    );
+
+    let empty = d.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let (code, out) = rescue(&["scan", "--password-file", empty.to_str().unwrap()], &root);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--password-file") && out.contains("empty"),
+        "{out}"
+    );
+
+    let pw = d.path().join("pw");
+    std::fs::write(&pw, "anaconda\n").unwrap();
+    let (code, out) = rescue(&["scan", "--password-file", pw.to_str().unwrap()], &root);
+    assert_eq!(code, 3, "read, then no Windows in the folder: {out}");
+    assert!(!out.contains("anaconda"), "the password was printed: {out}");
+
+    // The corpus' real startup key is taken.
+    let tarball = corpus("bitlocker/bitlk-images.tar.xz");
+    let st = std::process::Command::new("tar")
+        .arg("xJf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(d.path())
+        .arg("4381F759-C4F8-4DE0-BB61-FC33A831BDA5.BEK")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bek = d.path().join("4381F759-C4F8-4DE0-BB61-FC33A831BDA5.BEK");
+    let (code, out) = rescue(&["scan", "--startup-key", bek.to_str().unwrap()], &root);
+    assert_eq!(code, 3, "{out}");
+}

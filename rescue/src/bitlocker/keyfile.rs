@@ -42,7 +42,7 @@
 //! Not here: unlocking ([`super::keys::unlock`] does), or any logging of
 //! keys: errors and reports name files, lines and protector IDs only.
 
-use super::keys::{unlock, RecoveryPassword, StartupKey, UnlockError, Unlocked};
+use super::keys::{unlock, PasswordKey, RecoveryPassword, StartupKey, UnlockError, Unlocked};
 use super::metadata::Metadata;
 use super::{Credential, Guid};
 use anyhow::{ensure, Context, Result};
@@ -92,6 +92,8 @@ impl fmt::Display for KeyId {
 pub enum KeyMaterial {
     RecoveryPassword(RecoveryPassword),
     StartupKey(StartupKey),
+    /// A volume's password (data and To Go volumes), kept hashed only.
+    Password(PasswordKey),
 }
 
 impl fmt::Debug for KeyMaterial {
@@ -99,6 +101,7 @@ impl fmt::Debug for KeyMaterial {
         match self {
             KeyMaterial::RecoveryPassword(_) => f.write_str("RecoveryPassword(<redacted>)"),
             KeyMaterial::StartupKey(k) => write!(f, "StartupKey({})", k.key_id),
+            KeyMaterial::Password(_) => f.write_str("Password(<redacted>)"),
         }
     }
 }
@@ -121,6 +124,17 @@ impl KeyRecord {
         match &self.material {
             KeyMaterial::RecoveryPassword(rp) => Credential::RecoveryPassword(rp.clone()),
             KeyMaterial::StartupKey(k) => Credential::StartupKey(k.clone()),
+            KeyMaterial::Password(p) => Credential::Password(p.clone()),
+        }
+    }
+
+    /// The rank in which records are tried: a startup key costs nothing,
+    /// a password and a recovery password a key stretch each.
+    pub fn cost(&self) -> u8 {
+        match self.material {
+            KeyMaterial::StartupKey(_) => 0,
+            KeyMaterial::Password(_) => 1,
+            KeyMaterial::RecoveryPassword(_) => 2,
         }
     }
 }
@@ -166,6 +180,17 @@ impl KeyStore {
     /// Keys that came without any protector ID.
     pub fn without_id(&self) -> Vec<&KeyRecord> {
         self.records.iter().filter(|r| r.id.is_none()).collect()
+    }
+
+    /// Adds a volume's password (host mode's `--password-file`); it has no
+    /// protector ID and is tried on every password protector.
+    pub fn add_password(&mut self, password: &str, source: &str) {
+        self.records.push(KeyRecord {
+            id: None,
+            device: None,
+            material: KeyMaterial::Password(PasswordKey::new(password)),
+            source: source.to_string(),
+        });
     }
 
     /// Reads one file, choosing the format by content and name. Returns how
@@ -428,10 +453,7 @@ pub fn unlock_from_store(meta: &Metadata, store: &KeyStore) -> Result<Unlocked, 
             protectors: meta.vmks().map(|v| (v.guid, v.kind)).collect(),
         });
     }
-    candidates.sort_by_key(|r| match r.material {
-        KeyMaterial::StartupKey(_) => 0,
-        KeyMaterial::RecoveryPassword(_) => 1,
-    });
+    candidates.sort_by_key(|r| r.cost());
     let mut tried = Vec::new();
     let mut last = None;
     for record in candidates {

@@ -55,7 +55,7 @@ const IDENTIFIER_NORMAL: [u8; 16] = [
 /// Identifier of an encrypt-on-write volume {92a84d3b-dd80-4d0e-9e4e-b1e3284eaed8}
 /// (bitlk.c `BITLK_GUID_EOW`): which sectors are encrypted is tracked in a
 /// bitmap, so no linear mapping shows the plain volume.
-const IDENTIFIER_EOW: [u8; 16] = [
+pub(crate) const IDENTIFIER_EOW: [u8; 16] = [
     0x3b, 0x4d, 0xa8, 0x92, 0x80, 0xdd, 0x0e, 0x4d, 0x9e, 0x4e, 0xb1, 0xe3, 0x28, 0x4e, 0xae, 0xd8,
 ];
 /// FVE block header states (offsets 12 and 14): 4 = fully encrypted and

@@ -347,6 +347,14 @@ fn mount_late(run: &mut Run) -> Result<()> {
     if let Some(n) = sb.note {
         run.note(n);
     }
+    // The firmware's certificates, for the fleet's 2026 CA rotation.
+    if let Some(inv) = crate::secureboot::read(&run.root) {
+        run.say(&crate::secureboot::summary(&inv));
+        for n in &inv.notes {
+            run.note(format!("firmware: {n}"));
+        }
+        run.report.firmware = Some(crate::report::FirmwareFacts { secure_boot: inv });
+    }
     Ok(())
 }
 
@@ -468,9 +476,7 @@ fn decide(run: &mut Run) -> Result<()> {
             passphrase.ask_passphrase(dev, files, notice)
         }));
         let mut prompt = keyprompt::Prompt::new(consoles, run.args.keywait);
-        run.volumes.prompt = Some(Box::new(move |dev, meta| {
-            prompt.ask(dev, meta).map(crate::volumes::Typed)
-        }));
+        run.volumes.prompt = Some(Box::new(move |dev, meta| prompt.ask(dev, meta)));
     }
     if let Some(url) = run.args.keys_url.clone() {
         run.say(&format!(

@@ -67,6 +67,16 @@ pub struct Report {
     /// in host runs and in reports from before the store left the RAM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreUsed>,
+    /// The firmware's Secure Boot databases (UEFI boots of the image);
+    /// absent on BIOS, in host runs and in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareFacts>,
+}
+
+/// `firmware` in the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareFacts {
+    pub secure_boot: crate::secureboot::Inventory,
 }
 
 /// The store a run used (docs/store-format.md).
@@ -240,6 +250,7 @@ impl Report {
             verdict: Verdict::Failed,
             network: None,
             store: None,
+            firmware: None,
         }
     }
 
@@ -436,6 +447,7 @@ mod tests {
             verdict: Verdict::NeedsAttention,
             network: None,
             store: None,
+            firmware: None,
         }
     }
 
@@ -510,5 +522,27 @@ mod tests {
         assert!(r.file_name().starts_with("4c4c4544-"));
         r.machine.product_uuid = None;
         assert!(r.file_name().starts_with("unknown-"));
+        // No DMI serial, but the victim's registry named the PC.
+        r.windows.push(WindowsReport {
+            volume: "sda2".into(),
+            identity: Some(Identity {
+                computer_name: Some("ICU/STATION 12".into()),
+                ..Default::default()
+            }),
+            state: Default::default(),
+            playbooks: Vec::new(),
+            run_dir: None,
+            verdict: Verdict::Clean,
+            reason: String::new(),
+            next_step: String::new(),
+            boot_health: None,
+            mount: None,
+        });
+        r.machine.product_uuid = Some("4c4c4544-0000".into());
+        assert!(
+            r.file_name().starts_with("ICU_STATION_12-"),
+            "{}",
+            r.file_name()
+        );
     }
 }

@@ -29,13 +29,20 @@ pub fn sanitize_name(raw: &str) -> String {
 }
 
 impl Report {
-    /// The name a report takes under `reports/`: serial, else UUID, else
-    /// `unknown`, then the run id.
+    /// The name a report takes under `reports/`: the DMI serial, else the
+    /// Windows computer name the victim's registry gave, else the UUID,
+    /// else `unknown`; then the run id.
     pub fn file_name(&self) -> String {
+        let computer = self
+            .windows
+            .iter()
+            .filter_map(|w| w.identity.as_ref()?.computer_name.as_deref())
+            .find(|n| !n.trim().is_empty());
         let who = self
             .machine
             .product_serial
             .as_deref()
+            .or(computer)
             .or(self.machine.product_uuid.as_deref())
             .unwrap_or("unknown");
         format!("{}-{}.json", sanitize_name(who), self.run_id)
