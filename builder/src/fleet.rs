@@ -297,24 +297,34 @@ pub fn firmware_row(source: &str, r: &Value) -> Option<FirmwareRow> {
 /// `defib reports --firmware` as CSV: one line per machine (its latest
 /// report), the machines that need the certificate update first.
 pub fn firmware_csv(rows: &[FirmwareRow]) -> String {
-    let mut out = String::from(
-        "computer_name,machine_uuid,machine_serial,secure_boot,ca_2023_ready,why,kek,db,dbx_entries,sbat_level,finished,source\n",
-    );
-    for r in rows {
-        let f = [
-            &r.computer_name,
-            &r.machine_uuid,
-            &r.machine_serial,
-            &r.secure_boot,
-            &r.ca_2023_ready,
-            &r.why,
-            &r.kek,
-            &r.db,
-            &r.dbx_entries,
-            &r.sbat_level,
-            &r.finished,
-            &r.source,
-        ];
+    csv_lines(
+        "computer_name,machine_uuid,machine_serial,secure_boot,ca_2023_ready,why,kek,db,dbx_entries,sbat_level,finished,source",
+        rows.iter().map(|r| {
+            [
+                &r.computer_name,
+                &r.machine_uuid,
+                &r.machine_serial,
+                &r.secure_boot,
+                &r.ca_2023_ready,
+                &r.why,
+                &r.kek,
+                &r.db,
+                &r.dbx_entries,
+                &r.sbat_level,
+                &r.finished,
+                &r.source,
+            ]
+        }),
+    )
+}
+
+/// A header line, then one line per row, every cell through [`csv_cell`].
+fn csv_lines<'a, const N: usize>(
+    header: &str,
+    rows: impl Iterator<Item = [&'a String; N]>,
+) -> String {
+    let mut out = format!("{header}\n");
+    for f in rows {
         out.push_str(&f.iter().map(|x| csv_cell(x)).collect::<Vec<_>>().join(","));
         out.push('\n');
     }
@@ -360,26 +370,23 @@ pub fn dedup_firmware(rows: &[FirmwareRow]) -> Vec<FirmwareRow> {
 
 /// `defib reports --keys-used` as CSV, every cell through [`csv_cell`].
 pub fn keys_used_csv(uses: &[KeyUse]) -> String {
-    let mut out = String::from(
-        "computer_name,machine_uuid,machine_serial,volume,ntfs_serial,protector_id,key_source,run_id,finished,source\n",
-    );
-    for u in uses {
-        let f = [
-            &u.computer_name,
-            &u.machine_uuid,
-            &u.machine_serial,
-            &u.volume,
-            &u.ntfs_serial,
-            &u.protector_id,
-            &u.key_source,
-            &u.run_id,
-            &u.finished,
-            &u.source,
-        ];
-        out.push_str(&f.iter().map(|x| csv_cell(x)).collect::<Vec<_>>().join(","));
-        out.push('\n');
-    }
-    out
+    csv_lines(
+        "computer_name,machine_uuid,machine_serial,volume,ntfs_serial,protector_id,key_source,run_id,finished,source",
+        uses.iter().map(|u| {
+            [
+                &u.computer_name,
+                &u.machine_uuid,
+                &u.machine_serial,
+                &u.volume,
+                &u.ntfs_serial,
+                &u.protector_id,
+                &u.key_source,
+                &u.run_id,
+                &u.finished,
+                &u.source,
+            ]
+        }),
+    )
 }
 
 /// What [`gather`] found: the table, and what it passed over.
