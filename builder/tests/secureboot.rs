@@ -68,6 +68,18 @@ fn boot(dir: &Path, vars: &Path, stop_on: Option<&str>) -> (qemu::Outcome, PathB
     (qemu::run(&b).expect("running qemu"), stick)
 }
 
+/// SHA-256 of a PEM certificate's DER, through openssl (independent of
+/// the rescue's parser).
+fn der_sha256(pem: &str) -> String {
+    let o = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(certs().join(pem))
+        .output()
+        .expect("openssl is needed (scripts/setup --test installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    defib_builder::sha256_hex(&o.stdout)
+}
+
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v}"))
@@ -76,8 +88,9 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Boots `vars`, and checks the report's inventory against the store.
-fn check(name: &str, vars: &Path, kek: &[&str], db: &[&str], ready: &str) {
+/// Boots `vars`, and checks the report's inventory against the store:
+/// the subjects and, for db, the certificates' own SHA-256 (`db_pems`).
+fn check(name: &str, vars: &Path, kek: &[&str], db: &[&str], db_pems: &[&str], ready: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (out, stick) = boot(dir.path(), vars, None);
     assert!(
@@ -94,6 +107,8 @@ fn check(name: &str, vars: &Path, kek: &[&str], db: &[&str], ready: &str) {
     want_kek.extend(kek);
     assert_eq!(strings(&sb["kek"]), want_kek, "{name}: {sb:#}");
     assert_eq!(strings(&sb["db"]), db, "{name}: {sb:#}");
+    let want: Vec<String> = db_pems.iter().map(|p| der_sha256(p)).collect();
+    assert_eq!(strings(&sb["db_sha256"]), want, "{name}: {sb:#}");
     assert_eq!(sb["ca_2023_ready"]["verdict"], ready, "{name}: {sb:#}");
     // virt-firmware adds one placeholder hash to an empty dbx.
     assert_eq!(sb["dbx_entries"], 1, "{name}: {sb:#}");
@@ -111,12 +126,8 @@ fn check(name: &str, vars: &Path, kek: &[&str], db: &[&str], ready: &str) {
 #[ignore = "boots QEMU: run through scripts/test"]
 fn microsoft_2011_set_is_listed_and_needs_the_2023_update() {
     let dir = tempfile::tempdir().unwrap();
-    let vars = store(
-        dir.path(),
-        "ms2011",
-        "2011",
-        &["windows-2011.pem", "ms-uefi-2011.pem"],
-    );
+    let pems = ["windows-2011.pem", "ms-uefi-2011.pem"];
+    let vars = store(dir.path(), "ms2011", "2011", &pems);
     check(
         "2011",
         &vars,
@@ -125,6 +136,7 @@ fn microsoft_2011_set_is_listed_and_needs_the_2023_update() {
             "Microsoft Windows Production PCA 2011",
             "Microsoft Corporation UEFI CA 2011",
         ],
+        &pems,
         "needs-update",
     );
 }
@@ -133,17 +145,14 @@ fn microsoft_2011_set_is_listed_and_needs_the_2023_update() {
 #[ignore = "boots QEMU: run through scripts/test"]
 fn a_2023_only_set_boots_the_dual_signed_shim_and_is_ready() {
     let dir = tempfile::tempdir().unwrap();
-    let vars = store(
-        dir.path(),
-        "ms2023",
-        "2023",
-        &["windows-2023.pem", "ms-uefi-2023.pem"],
-    );
+    let pems = ["windows-2023.pem", "ms-uefi-2023.pem"];
+    let vars = store(dir.path(), "ms2023", "2023", &pems);
     check(
         "2023",
         &vars,
         &["Microsoft Corporation KEK 2K CA 2023"],
         &["Windows UEFI CA 2023", "Microsoft UEFI CA 2023"],
+        &pems,
         "ready",
     );
 }

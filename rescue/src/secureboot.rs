@@ -69,6 +69,17 @@ pub struct Database {
 }
 
 impl Database {
+    /// SHA-256 of each certificate, in order.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.signatures
+            .iter()
+            .filter_map(|s| match s {
+                Signature::X509 { sha256, .. } => Some(sha256.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Subject CNs of the certificates, in order.
     pub fn subjects(&self) -> Vec<String> {
         self.signatures
@@ -209,7 +220,9 @@ pub struct Inventory {
     pub pk: Vec<String>,
     pub kek: Vec<String>,
     pub db: Vec<String>,
-    /// SHA-256 of each `db` certificate, in the order of `db`.
+    /// SHA-256 of each certificate's DER, in the order of its list.
+    pub pk_sha256: Vec<String>,
+    pub kek_sha256: Vec<String>,
     pub db_sha256: Vec<String>,
     /// Image hashes allowed by `db`.
     pub db_hashes: usize,
@@ -339,14 +352,9 @@ pub fn read(root: &Path) -> Option<Inventory> {
     inv.pk = pk.subjects();
     inv.kek = kek.subjects();
     inv.db = db.subjects();
-    inv.db_sha256 = db
-        .signatures
-        .iter()
-        .filter_map(|s| match s {
-            Signature::X509 { sha256, .. } => Some(sha256.clone()),
-            _ => None,
-        })
-        .collect();
+    inv.pk_sha256 = pk.fingerprints();
+    inv.kek_sha256 = kek.fingerprints();
+    inv.db_sha256 = db.fingerprints();
     inv.db_hashes = db
         .signatures
         .iter()

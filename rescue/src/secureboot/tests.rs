@@ -187,6 +187,9 @@ fn inventory_from_a_fake_efivarfs_and_the_2023_judgement() {
     assert_eq!(inv.pk, vec!["ACME PK"]);
     assert_eq!(inv.db, vec![WINDOWS_CA_2023, UEFI_CA_2011]);
     assert_eq!(inv.db_sha256.len(), 2);
+    assert_eq!(inv.pk_sha256.len(), 1);
+    assert_eq!(inv.kek_sha256.len(), 1);
+    assert_ne!(inv.db_sha256[0], inv.db_sha256[1]);
     assert_eq!(inv.dbx_entries, 2);
     assert_eq!(
         inv.sbat_level.as_deref(),
