@@ -22,8 +22,7 @@ use crate::bitlocker::keyfile::{decode_text, KeyStore};
 use crate::bitlocker::{Metadata, ProtectorKind};
 use crate::bootargs::KeysUrl;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -72,14 +71,6 @@ impl std::fmt::Display for GetError {
 /// One `GET <path><name>`.
 pub fn get(url: &KeysUrl, name: &str, lim: &Limits) -> Result<Got, GetError> {
     let addr = SocketAddr::V4(url.addr);
-    let unreachable =
-        |what: &str, e: std::io::Error| GetError::Unreachable(format!("{what} {addr}: {e}"));
-    let mut s = TcpStream::connect_timeout(&addr, lim.connect)
-        .map_err(|e| unreachable("connecting to", e))?;
-    let io = Some(lim.io.max(Duration::from_millis(1)));
-    s.set_read_timeout(io)
-        .and_then(|_| s.set_write_timeout(io))
-        .map_err(|e| unreachable("setting timeouts on", e))?;
     let req = format!(
         "GET {}{} HTTP/1.0\r\nHost: {}\r\nUser-Agent: defib-rescue/{}\r\nConnection: close\r\n\r\n",
         url.path,
@@ -87,33 +78,30 @@ pub fn get(url: &KeysUrl, name: &str, lim: &Limits) -> Result<Got, GetError> {
         url.host,
         crate::VERSION
     );
-    s.write_all(req.as_bytes())
-        .and_then(|_| s.flush())
-        .map_err(|e| unreachable("sending to", e))?;
     // Headers are small; the body is capped. Everything read may hold a
-    // key, so it lives in a wiped buffer.
-    let cap = lim.max_body + 16 * 1024;
-    let mut data = Zeroizing::new(Vec::new());
-    let mut buf = Zeroizing::new([0u8; 8192]);
-    loop {
-        match s.read(&mut buf[..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                data.extend_from_slice(&buf[..n]);
-                if data.len() > cap {
-                    return Err(GetError::Answer(format!(
-                        "the answer is larger than {} KiB: not a key file",
-                        lim.max_body / 1024
-                    )));
-                }
-            }
-            Err(e) => {
-                return Err(GetError::Answer(format!(
-                    "reading the answer from {addr}: {e}"
-                )))
-            }
-        }
+    // key: the client keeps it in a wiped buffer.
+    let bounds = crate::pid1::net::client::Bounds {
+        connect: lim.connect,
+        io: lim.io,
+        cap: lim.max_body + 16 * 1024,
+    };
+    let answer = crate::pid1::net::client::exchange(
+        addr,
+        req.as_bytes(),
+        &bounds,
+        &crate::pid1::net::client::whole_answer_in,
+    )
+    .map_err(|e| match e {
+        crate::pid1::net::client::ExchangeError::Unreachable(m) => GetError::Unreachable(m),
+        crate::pid1::net::client::ExchangeError::Reading(m) => GetError::Answer(m),
+    })?;
+    if answer.capped {
+        return Err(GetError::Answer(format!(
+            "the answer is larger than {} KiB: not a key file",
+            lim.max_body / 1024
+        )));
     }
+    let data = answer.data;
     parse_answer(&data, lim)
 }
 

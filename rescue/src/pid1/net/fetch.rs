@@ -1,12 +1,11 @@
 //! One HTTP GET with a cap on the body: how a network-booted rescue takes a
 //! store object from the server it booted from (`defib.store=`). The caller
 //! checks what it gets (the store compares size and SHA-256 with its index).
-//! Not an HTTP library: HTTP/1.1 with `Connection: close`, no redirects, no
-//! chunked bodies, no TLS, IP literals only.
+//! The exchange itself is [`super::client`]'s, shared with the report's
+//! PUT and the key fetches; this reads the answer: no redirects, no
+//! chunked bodies.
 
-use super::{status_code, NetError, ReportUrl};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use super::{client, status_code, NetError, ReportUrl};
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,11 +24,6 @@ pub fn get(url: &str, max_len: u64) -> Result<Option<Vec<u8>>, NetError> {
         .filter(|(_, n)| !n.is_empty())
         .ok_or_else(|| NetError::BadArg(format!("{url}: no file name at the end")))?;
     let base = ReportUrl::parse(&format!("{folder}/"))?;
-    let mut s = TcpStream::connect_timeout(&base.addr, CONNECT_TIMEOUT)
-        .map_err(|e| NetError::Io(format!("connecting to {}: {e}", base.addr)))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|_| s.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| NetError::Io(e.to_string()))?;
     let req = format!(
         "GET {}{name} HTTP/1.1\r\nHost: {}\r\nUser-Agent: defib-rescue/{}\r\n\
          Connection: close\r\n\r\n",
@@ -37,30 +31,20 @@ pub fn get(url: &str, max_len: u64) -> Result<Option<Vec<u8>>, NetError> {
         base.host,
         crate::VERSION
     );
-    s.write_all(req.as_bytes())
-        .and_then(|_| s.flush())
-        .map_err(|e| NetError::Io(format!("sending to {}: {e}", base.addr)))?;
-    let io = |e: std::io::Error| NetError::Io(format!("reading {url}: {e}"));
-
-    // The head, up to the blank line; what came after it starts the body.
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(NetError::Io(format!(
-                "{url}: response head over {MAX_HEAD} bytes"
-            )));
-        }
-        let n = s.read(&mut chunk).map_err(io)?;
-        if n == 0 {
-            return Err(NetError::Io(format!(
-                "{url}: connection closed before the answer"
-            )));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let bounds = client::Bounds {
+        connect: CONNECT_TIMEOUT,
+        io: IO_TIMEOUT,
+        cap: MAX_HEAD.saturating_add(usize::try_from(max_len).unwrap_or(usize::MAX)),
+    };
+    let answer = client::exchange(base.addr, req.as_bytes(), &bounds, &client::whole_answer_in)
+        .map_err(|e| NetError::Io(format!("{url}: {e}")))?;
+    let buf = &answer.data[..];
+    let Some(head_end) = client::head_end(buf) else {
+        return Err(NetError::Io(if buf.len() > MAX_HEAD {
+            format!("{url}: response head over {MAX_HEAD} bytes")
+        } else {
+            format!("{url}: connection closed before the answer")
+        }));
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let code = status_code(head.as_bytes())
@@ -75,14 +59,7 @@ pub fn get(url: &str, max_len: u64) -> Result<Option<Vec<u8>>, NetError> {
             line: head.lines().next().unwrap_or("").chars().take(80).collect(),
         });
     }
-    let header = |name: &str| {
-        head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    };
+    let header = |name: &str| client::header(&head, name);
     if header("transfer-encoding").is_some_and(|v| !v.eq_ignore_ascii_case("identity")) {
         return Err(NetError::Io(format!(
             "{url}: chunked answers are not supported; serve the store as plain files"
@@ -97,9 +74,7 @@ pub fn get(url: &str, max_len: u64) -> Result<Option<Vec<u8>>, NetError> {
     };
     let want = declared.map_or(max_len, |d| d.min(max_len));
     let mut body = buf[head_end..].to_vec();
-    body.truncate(want as usize);
-    let mut rest = (&mut s).take(want - body.len() as u64);
-    rest.read_to_end(&mut body).map_err(io)?;
+    body.truncate(usize::try_from(want).unwrap_or(usize::MAX));
     if declared.is_some_and(|d| (body.len() as u64) < d.min(max_len)) {
         return Err(NetError::Io(format!(
             "{url}: connection closed after {} of {} bytes",
@@ -113,6 +88,7 @@ pub fn get(url: &str, max_len: u64) -> Result<Option<Vec<u8>>, NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     /// Serves one connection with `answer` and returns the request line.

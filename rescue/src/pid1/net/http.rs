@@ -1,9 +1,7 @@
-//! One HTTP PUT with bounded retries: the report's way to the server.
-//! Not an HTTP library: no redirects, no chunked answers, no TLS.
+//! One HTTP PUT with bounded retries: the report's way to the server,
+//! sent through [`super::client`] (shared with every other request).
 
 use super::{NetError, ReportUrl};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// The bytes of one `PUT` request.
@@ -71,33 +69,21 @@ pub fn put_once(
     connect_timeout: Duration,
     io_timeout: Duration,
 ) -> Result<u16, NetError> {
-    let mut s = TcpStream::connect_timeout(&url.addr, connect_timeout)
-        .map_err(|e| NetError::Io(format!("connecting to {}: {e}", url.addr)))?;
-    let io = Some(io_timeout.max(Duration::from_millis(1)));
-    s.set_read_timeout(io)
-        .map_err(|e| NetError::Io(e.to_string()))?;
-    s.set_write_timeout(io)
-        .map_err(|e| NetError::Io(e.to_string()))?;
-    s.write_all(&put_request(url, name, body))
-        .and_then(|_| s.flush())
-        .map_err(|e| NetError::Io(format!("sending to {}: {e}", url.addr)))?;
-    // Read up to the end of the status line (the server closes after the
-    // answer; we need no more than its first line).
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.contains(&b'\n') && head.len() < 8192 {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) => {
-                return Err(NetError::Io(format!(
-                    "reading the answer from {}: {e}",
-                    url.addr
-                )))
-            }
-        }
-    }
-    match status_code(&head) {
+    // The status line is all we need; the server closes after it anyway.
+    let bounds = super::client::Bounds {
+        connect: connect_timeout,
+        io: io_timeout,
+        cap: 8192,
+    };
+    let answer = super::client::exchange(
+        url.addr,
+        &put_request(url, name, body),
+        &bounds,
+        &super::client::status_line_in,
+    )
+    .map_err(|e| NetError::Io(e.to_string()))?;
+    let head = &answer.data[..];
+    match status_code(head) {
         Some(c) if (200..300).contains(&c) => Ok(c),
         Some(code) => {
             let line = head.split(|b| *b == b'\n').next().unwrap_or(&[]);

@@ -12,6 +12,7 @@
 //! no TLS, no name resolution (a static glibc binary cannot resolve names).
 
 mod args;
+pub mod client;
 mod fetch;
 mod http;
 mod link;

@@ -2,6 +2,7 @@ use super::*;
 use crate::bitlocker::keyfile::unlock_from_store;
 use crate::bitlocker::{read_metadata, Guid};
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
