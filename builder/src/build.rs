@@ -332,6 +332,11 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
         0o644,
         kmod::load_file(&closure, &release, cfg.modules.version).into_bytes(),
     )?;
+    ar.add_file(
+        &format!("{modroot}/{}", layout::MODULE_ALIASES),
+        0o644,
+        kmod::alias_file(&closure, &release, cfg.modules.version).into_bytes(),
+    )?;
     let build_json = serde_json::json!({
         "build_id": build_id,
         "defib_version": env!("CARGO_PKG_VERSION"),
