@@ -310,8 +310,9 @@ impl Sched {
         None
     }
 
-    /// Records how loading `path` went.
-    pub fn done(&mut self, path: &str, res: std::io::Result<()>) {
+    /// Records how loading `path` went and how long it took.
+    pub fn done(&mut self, path: &str, res: std::io::Result<()>, took: Duration) {
+        self.summary.took.push((path.to_string(), took));
         let s = match res {
             Ok(()) => State::Loaded,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => State::Loaded,
@@ -354,6 +355,9 @@ pub struct LoadSummary {
     pub not_applicable: Vec<String>,
     /// How many modules the image carries.
     pub carried: usize,
+    /// Each module tried, with how long `finit_module` took (its init,
+    /// including the probes the kernel waits for).
+    pub took: Vec<(String, Duration)>,
     pub elapsed: Duration,
 }
 
@@ -368,6 +372,21 @@ impl LoadSummary {
             self.failed.len(),
             self.elapsed.as_secs_f64()
         )
+    }
+
+    /// The `n` slowest loads, for the console: `ahci 0.41 s, …`.
+    pub fn slowest(&self, n: usize) -> String {
+        let mut v = self.took.clone();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.iter()
+            .take(n)
+            .map(|(p, t)| {
+                let name = p.rsplit('/').next().unwrap_or(p);
+                let name = name.split(".ko").next().unwrap_or(name);
+                format!("{name} {:.2} s", t.as_secs_f64())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -498,9 +517,11 @@ fn worker(shared: &(Mutex<Shared>, Condvar), load: &LoadFn, dir: &Path) {
             continue;
         };
         drop(g);
+        let t = Instant::now();
         let res = load(&dir.join(&path));
+        let took = t.elapsed();
         g = m.lock().unwrap_or_else(|p| p.into_inner());
-        g.sched.done(&path, res);
+        g.sched.done(&path, res, took);
         cv.notify_all();
     }
 }
@@ -604,9 +625,10 @@ mod tests {
         assert_eq!(s.take_ready().as_deref(), Some("libata.ko.xz"));
         assert_eq!(s.take_ready(), None, "ahci waits for libata");
         assert!(!s.idle());
-        s.done("libata.ko.xz", Ok(()));
+        s.done("libata.ko.xz", Ok(()), Duration::from_millis(30));
         assert_eq!(s.take_ready().as_deref(), Some("ahci.ko.xz"));
-        s.done("ahci.ko.xz", err(libc::EEXIST));
+        s.done("ahci.ko.xz", err(libc::EEXIST), Duration::from_millis(400));
+        assert_eq!(s.summary.slowest(1), "ahci 0.40 s");
         assert!(s.idle());
         assert_eq!(s.summary.loaded, ["libata.ko.xz", "ahci.ko.xz"]);
     }
@@ -640,7 +662,7 @@ mod tests {
                 _ => Ok(()),
             };
             tried.push(p.clone());
-            s.done(&p, r);
+            s.done(&p, r, Duration::ZERO);
         }
         assert!(s.idle());
         assert_eq!(tried, ["hv_vmbus.ko.xz", "bad.ko.xz", "ok.ko.xz"]);

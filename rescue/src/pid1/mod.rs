@@ -338,15 +338,18 @@ fn load_modules(run: &mut Run) -> Result<()> {
             "no uevents ({e}); devices that appear later are found by looking again"
         )),
     }
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    // Loads wait on probes (an AHCI port's link, a USB reset) more than on
+    // the CPU: more threads than CPUs keep one probe from holding up the rest.
+    let threads = std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).clamp(4, 8));
     let loader = kmod::Loader::start(
         &dir,
         table,
         threads,
         std::sync::Arc::new(kmod::finit_module),
     );
-    loader.want_always();
+    // The devices' drivers first: their probes run while the rest loads.
     coldplug(&run.root, &loader);
+    loader.want_always();
     run.loader = Some(loader);
     let t = Instant::now();
     let mut timeout = Duration::ZERO;
@@ -359,8 +362,9 @@ fn load_modules(run: &mut Run) -> Result<()> {
     }
     modules_to_report(run);
     if let Some(l) = &run.loader {
-        let line = l.summary().line();
-        run.say(&line);
+        let sum = l.summary();
+        run.say(&sum.line());
+        run.say(&format!("modules: slowest {}", sum.slowest(5)));
     }
     Ok(())
 }
