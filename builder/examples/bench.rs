@@ -153,7 +153,17 @@ fn rescue_lines(out: &qemu::Outcome) -> (Option<String>, Vec<(String, f64)>) {
         .lines
         .iter()
         .rev()
-        .find_map(|(_, l)| l.find("modules: ").map(|i| l[i..].to_string()));
+        .filter(|(_, l)| l.contains(" loaded of "))
+        .chain(
+            out.lines
+                .iter()
+                .filter(|(_, l)| l.contains("modules: slowest")),
+        )
+        .filter_map(|(_, l)| l.find("modules: ").map(|i| l[i..].to_string()))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n    ");
+    let modules = (!modules.is_empty()).then_some(modules);
     let steps = out
         .lines
         .iter()

@@ -4,10 +4,11 @@
 //! Debian's kernel package ships no `modules.dep` (depmod runs at install
 //! time), so we compute the closure ourselves from each module's `.modinfo`
 //! ELF section (`depends=` and `softdep=pre:` keys, see modinfo(8)) and the
-//! package's `modules.builtin`. The modules stay as Debian compressed and
-//! signed them: the kernel decompresses them itself
-//! (`finit_module(..., MODULE_INIT_COMPRESSED_FILE)`, CONFIG_MODULE_DECOMPRESS)
-//! and checks the signature inside, which Secure Boot lockdown requires.
+//! package's `modules.builtin`. The initramfs stores them decompressed
+//! (`stored`): Debian signs a module before compressing it, so the `.ko`
+//! still ends in its signature, which Secure Boot lockdown requires, and
+//! the kernel no longer decompresses each one at boot (the rescue also
+//! loads `.ko.xz`, with `MODULE_INIT_COMPRESSED_FILE`).
 //!
 //! Each module's device aliases (`alias=` in `.modinfo`) go into
 //! `defib.alias` beside the load order, so the rescue loads only what the
@@ -82,11 +83,57 @@ pub fn is_device_alias(alias: &str) -> bool {
 
 /// Reads `.modinfo` out of a `.ko.xz` (xz-compressed ELF relocatable).
 pub fn modinfo(ko_xz: &[u8]) -> Result<ModInfo> {
+    modinfo_elf(&decompress(ko_xz)?)
+}
+
+/// The module inside a `.ko.xz`.
+pub fn decompress(ko_xz: &[u8]) -> Result<Vec<u8>> {
     let mut elf = Vec::with_capacity(ko_xz.len() * 4);
     liblzma::read::XzDecoder::new(ko_xz)
         .read_to_end(&mut elf)
         .context("decompressing the module")?;
-    modinfo_elf(&elf)
+    Ok(elf)
+}
+
+/// What the kernel's `sign-file` appends after the signature
+/// (include/linux/module_signature.h, MODULE_SIG_STRING).
+pub const MODULE_SIG_MARKER: &[u8] = b"~Module signature appended~\n";
+
+/// A module as the initramfs stores it: `.ko.xz` as Debian shipped it, or
+/// decompressed to `.ko` at build time. Debian signs a module before
+/// compressing it, so the decompressed file still ends in its signature
+/// and loads under Secure Boot lockdown; one without a signature is an
+/// error rather than a module the rescue could not load.
+pub fn stored(path: &str, ko_xz: &[u8], plain: bool) -> Result<(String, Vec<u8>)> {
+    if !plain {
+        return Ok((path.to_string(), ko_xz.to_vec()));
+    }
+    let elf = decompress(ko_xz).with_context(|| format!("decompressing {path}"))?;
+    if !elf.ends_with(MODULE_SIG_MARKER) {
+        bail!("{path} carries no module signature: under Secure Boot lockdown it would not load");
+    }
+    Ok((stored_path(path, plain), elf))
+}
+
+/// The path a module is stored under: `.ko.xz` loses `.xz` when plain.
+pub fn stored_path(path: &str, plain: bool) -> String {
+    match path.strip_suffix(".xz") {
+        Some(p) if plain => p.to_string(),
+        _ => path.to_string(),
+    }
+}
+
+impl Closure {
+    /// The closure with every path (and dependency path) as stored.
+    pub fn stored_paths(mut self, plain: bool) -> Closure {
+        for m in &mut self.modules {
+            m.path = stored_path(&m.path, plain);
+            for d in &mut m.deps {
+                *d = stored_path(d, plain);
+            }
+        }
+        self
+    }
 }
 
 /// Reads `.modinfo` from an uncompressed module: NUL-separated `key=value`
@@ -531,6 +578,30 @@ mod tests {
                 "alias pci:v00008086d00002922sv*sd*bc*sc*i* kernel/drivers/ata/ahci.ko.xz",
             ]
         );
+    }
+
+    #[test]
+    fn plain_modules_keep_their_signature_or_are_refused() {
+        let xz = |b: &[u8]| {
+            let mut out = Vec::new();
+            let mut enc = liblzma::write::XzEncoder::new(&mut out, 1);
+            std::io::Write::write_all(&mut enc, b).unwrap();
+            enc.finish().unwrap();
+            out
+        };
+        let signed = [b"\x7fELF...".as_slice(), b"sig", MODULE_SIG_MARKER].concat();
+        let (p, b) = stored("kernel/a.ko.xz", &xz(&signed), true).unwrap();
+        assert_eq!((p.as_str(), b), ("kernel/a.ko", signed.clone()));
+        let (p, b) = stored("kernel/a.ko.xz", &xz(&signed), false).unwrap();
+        assert_eq!((p.as_str(), b), ("kernel/a.ko.xz", xz(&signed)));
+        let e = stored("kernel/u.ko.xz", &xz(b"\x7fELF unsigned"), true).unwrap_err();
+        assert!(e.to_string().contains("no module signature"), "{e}");
+        let c = kernel()
+            .resolve(&list("version = 1\n[groups]\ndm = [\"dm-crypt\"]\n"))
+            .unwrap()
+            .stored_paths(true);
+        assert_eq!(c.modules[1].path, "kernel/drivers/md/dm-crypt.ko");
+        assert_eq!(c.modules[1].deps, ["kernel/drivers/md/dm-mod.ko"]);
     }
 
     #[test]

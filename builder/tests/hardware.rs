@@ -134,7 +134,7 @@ fn boot_and_repair(m: &Machine) -> (Vec<String>, Outcome) {
         .collect();
     assert_eq!(
         steps,
-        ["mount", "banner", "modules", "efivarfs", "devices", "medium", "probe", "evaluate"],
+        ["mount", "banner", "modules", "devices", "efivarfs", "medium", "probe", "evaluate"],
         "{r:#}"
     );
     let names: Vec<String> = r["modules"]["names"]
@@ -232,10 +232,11 @@ fn stick_on_ehci_loads_ehci_and_not_xhci() {
     );
 }
 
-/// The victim is plugged in (PCI hot-plug of a virtio disk) two seconds
-/// after the rescue finished loading the modules for the devices it found:
-/// the wait for a disk sees it arrive, loads virtio_blk for it then, and
-/// repairs it, within `defib.wait` and without running it out.
+/// The victim is plugged in (PCI hot-plug of a virtio disk) three seconds
+/// after the rescue asked for the drivers of the devices it found, while
+/// it waits for a disk: the wait sees it arrive, loads virtio_blk for it
+/// then (no virtio disk was there to ask for it before), and repairs it,
+/// within `defib.wait` and without running the bound out.
 #[test]
 #[ignore = "boots QEMU: run through scripts/test"]
 fn victim_plugged_in_late_is_found_within_the_wait() {
@@ -247,7 +248,7 @@ fn victim_plugged_in_late_is_found_within_the_wait() {
         disk: m.victim.disk.clone(),
         bus: Bus::Virtio,
         after: "-- modules done".into(),
-        delay: Duration::from_secs(2),
+        delay: Duration::from_secs(3),
     }];
     let (names, out) = boot_and_repair(&m);
     let text = out.text();

@@ -16,6 +16,7 @@
 use crate::layout::{MODULE_ALIASES, MODULE_LIST};
 use crate::report::ModuleFailure;
 use std::collections::BTreeMap;
+use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -526,9 +527,26 @@ fn worker(shared: &(Mutex<Shared>, Condvar), load: &LoadFn, dir: &Path) {
     }
 }
 
+/// Module parameters the rescue sets, by module file name stem.
+/// usb-storage waits `delay_use` (1 s) before scanning a new stick for
+/// devices that need time after a reset; the rescue's wait for the medium
+/// already bounds that (`defib.wait`), so the second is not spent up front.
+pub const PARAMS: &[(&str, &CStr)] = &[("usb-storage", c"delay_use=0")];
+
+/// The parameters for the module at `path` (empty if none).
+pub fn params_for(path: &Path) -> &'static CStr {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let stem = name.split(".ko").next().unwrap_or(name).replace('_', "-");
+    PARAMS
+        .iter()
+        .find(|(m, _)| *m == stem)
+        .map_or(c"", |(_, p)| p)
+}
+
 /// Hands one module file to the kernel with `finit_module(2)`.
 pub fn finit_module(path: &Path) -> std::io::Result<()> {
     let f = File::open(path)?;
+    let params = params_for(path);
     // Modules the builder stored uncompressed load without the flag.
     let flags = if path.extension().is_some_and(|e| e == "xz") {
         MODULE_INIT_COMPRESSED_FILE
@@ -536,8 +554,15 @@ pub fn finit_module(path: &Path) -> std::io::Result<()> {
         0
     };
     // SAFETY: the fd is open for the whole call and the parameter string is
-    // a NUL-terminated literal; finit_module reads both and keeps neither.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), flags) };
+    // a NUL-terminated static; finit_module reads both and keeps neither.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            f.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -717,6 +742,20 @@ mod tests {
         assert!(sum
             .line()
             .starts_with("modules: 5 loaded of 5 carried, 0 not for this hardware, 0 failed"));
+    }
+
+    #[test]
+    fn usb_storage_scans_at_once() {
+        let p = |s: &str| params_for(Path::new(s)).to_str().unwrap();
+        assert_eq!(
+            p("/lib/modules/k/kernel/drivers/usb/storage/usb-storage.ko.xz"),
+            "delay_use=0"
+        );
+        assert_eq!(
+            p("kernel/drivers/usb/storage/usb-storage.ko"),
+            "delay_use=0"
+        );
+        assert_eq!(p("kernel/drivers/usb/storage/uas.ko.xz"), "");
     }
 
     #[test]
