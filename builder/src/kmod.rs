@@ -4,12 +4,19 @@
 //! Debian's kernel package ships no `modules.dep` (depmod runs at install
 //! time), so we compute the closure ourselves from each module's `.modinfo`
 //! ELF section (`depends=` and `softdep=pre:` keys, see modinfo(8)) and the
-//! package's `modules.builtin`. The modules stay as Debian compressed and
-//! signed them: the kernel decompresses them itself
-//! (`finit_module(..., MODULE_INIT_COMPRESSED_FILE)`, CONFIG_MODULE_DECOMPRESS)
-//! and checks the signature inside, which Secure Boot lockdown requires.
+//! package's `modules.builtin`. The initramfs stores them decompressed
+//! (`stored`): Debian signs a module before compressing it, so the `.ko`
+//! still ends in its signature, which Secure Boot lockdown requires, and
+//! the kernel no longer decompresses each one at boot (the rescue also
+//! loads `.ko.xz`, with `MODULE_INIT_COMPRESSED_FILE`).
 //!
-//! This is not depmod: no aliases, no symbol versions, no firmware lists.
+//! Each module's device aliases (`alias=` in `.modinfo`) go into
+//! `defib.alias` beside the load order, so the rescue loads only what the
+//! machine's devices need (see docs/architecture.md, "Loading by hardware");
+//! the groups the list names in `always` are loaded on every machine.
+//!
+//! This is not depmod: no symbol versions, no firmware lists, no
+//! `modules.alias` in kmod's format (the rescue reads ours).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -30,6 +37,10 @@ pub struct ModuleList {
     /// Modules wanted if the kernel has them; absence is printed, not fatal.
     #[serde(default)]
     pub optional: Vec<String>,
+    /// Groups loaded on every machine, whatever its devices: what is needed
+    /// without a device (filesystems, device mapper, ciphers, code pages).
+    #[serde(default)]
+    pub always: Vec<String>,
 }
 
 impl ModuleList {
@@ -38,6 +49,9 @@ impl ModuleList {
             toml::from_str(text).with_context(|| format!("{origin}: invalid module list"))?;
         if list.groups.values().all(|g| g.is_empty()) {
             bail!("{origin}: the module list names no modules");
+        }
+        if let Some(g) = list.always.iter().find(|g| !list.groups.contains_key(*g)) {
+            bail!("{origin}: `always` names {g:?}, which is not a group");
         }
         Ok(list)
     }
@@ -55,15 +69,71 @@ pub struct ModInfo {
     pub depends: Vec<String>,
     pub softdep_pre: Vec<String>,
     pub vermagic: String,
+    /// `alias=` values in order: device aliases (`pci:v…`, `usb:v…`) and
+    /// others (`fs-ntfs3`, `crypto-xts`).
+    pub aliases: Vec<String>,
+}
+
+/// An alias that a device's `modalias` can match (`bus:…`), as opposed to
+/// a name modprobe resolves (`fs-ntfs3`, `char-major-10-236`) or a device
+/// node name (`devname:mapper/control`).
+pub fn is_device_alias(alias: &str) -> bool {
+    alias.contains(':') && !alias.starts_with("devname:") && !alias.contains(char::is_whitespace)
 }
 
 /// Reads `.modinfo` out of a `.ko.xz` (xz-compressed ELF relocatable).
 pub fn modinfo(ko_xz: &[u8]) -> Result<ModInfo> {
+    modinfo_elf(&decompress(ko_xz)?)
+}
+
+/// The module inside a `.ko.xz`.
+pub fn decompress(ko_xz: &[u8]) -> Result<Vec<u8>> {
     let mut elf = Vec::with_capacity(ko_xz.len() * 4);
     liblzma::read::XzDecoder::new(ko_xz)
         .read_to_end(&mut elf)
         .context("decompressing the module")?;
-    modinfo_elf(&elf)
+    Ok(elf)
+}
+
+/// What the kernel's `sign-file` appends after the signature
+/// (include/linux/module_signature.h, MODULE_SIG_STRING).
+pub const MODULE_SIG_MARKER: &[u8] = b"~Module signature appended~\n";
+
+/// A module as the initramfs stores it: `.ko.xz` as Debian shipped it, or
+/// decompressed to `.ko` at build time. Debian signs a module before
+/// compressing it, so the decompressed file still ends in its signature
+/// and loads under Secure Boot lockdown; one without a signature is an
+/// error rather than a module the rescue could not load.
+pub fn stored(path: &str, ko_xz: &[u8], plain: bool) -> Result<(String, Vec<u8>)> {
+    if !plain {
+        return Ok((path.to_string(), ko_xz.to_vec()));
+    }
+    let elf = decompress(ko_xz).with_context(|| format!("decompressing {path}"))?;
+    if !elf.ends_with(MODULE_SIG_MARKER) {
+        bail!("{path} carries no module signature: under Secure Boot lockdown it would not load");
+    }
+    Ok((stored_path(path, plain), elf))
+}
+
+/// The path a module is stored under: `.ko.xz` loses `.xz` when plain.
+pub fn stored_path(path: &str, plain: bool) -> String {
+    match path.strip_suffix(".xz") {
+        Some(p) if plain => p.to_string(),
+        _ => path.to_string(),
+    }
+}
+
+impl Closure {
+    /// The closure with every path (and dependency path) as stored.
+    pub fn stored_paths(mut self, plain: bool) -> Closure {
+        for m in &mut self.modules {
+            m.path = stored_path(&m.path, plain);
+            for d in &mut m.deps {
+                *d = stored_path(d, plain);
+            }
+        }
+        self
+    }
 }
 
 /// Reads `.modinfo` from an uncompressed module: NUL-separated `key=value`
@@ -87,6 +157,7 @@ pub fn modinfo_elf(elf: &[u8]) -> Result<ModInfo> {
             "name" => info.name = v.to_string(),
             "depends" => info.depends = split_names(v, ','),
             "vermagic" => info.vermagic = v.to_string(),
+            "alias" => info.aliases.push(v.to_string()),
             // softdep=pre: a b post: c
             "softdep" => {
                 let mut pre = false;
@@ -126,6 +197,11 @@ pub struct Chosen {
     pub path: String,
     /// Why it is there: the list group, or `dependency of X`.
     pub reason: String,
+    /// Device aliases the rescue matches against `modalias`.
+    pub aliases: Vec<String>,
+    /// Loaded on every machine: in an `always` group, or with no device
+    /// alias and needed by no other module (nothing would load it).
+    pub always: bool,
 }
 
 /// The outcome of resolving a list against one kernel.
@@ -191,6 +267,11 @@ impl KernelModules {
         };
         let mut builtin = Vec::new();
         let mut absent_optional = Vec::new();
+        let always_roots: BTreeSet<String> = roots
+            .iter()
+            .filter(|(_, g, _)| list.always.contains(g))
+            .map(|(n, _, _)| n.clone())
+            .collect();
         for (name, group, required) in roots {
             if self.files.contains_key(&name) {
                 state.visit(&name, &group)?;
@@ -211,6 +292,15 @@ impl KernelModules {
         }
         builtin.sort();
         builtin.dedup();
+        let needed: BTreeSet<String> = state
+            .out
+            .iter()
+            .flat_map(|m| m.deps.iter().cloned())
+            .collect();
+        for m in &mut state.out {
+            m.always = always_roots.contains(&m.name)
+                || (m.aliases.is_empty() && !needed.contains(&m.path));
+        }
         Ok(Closure {
             modules: state.out,
             builtin,
@@ -271,6 +361,13 @@ impl Walk<'_> {
             deps,
             path: path.clone(),
             reason: reason.to_string(),
+            aliases: info
+                .aliases
+                .iter()
+                .filter(|a| is_device_alias(a))
+                .cloned()
+                .collect(),
+            always: false,
         });
         Ok(())
     }
@@ -290,6 +387,26 @@ pub fn load_file(closure: &Closure, release: &str, list_version: u32) -> String 
             s.push_str(d);
         }
         s.push('\n');
+    }
+    s
+}
+
+/// The `defib.alias` file the rescue reads: `always <path>` for the
+/// modules every machine gets, then `alias <glob> <path>` per device
+/// alias; both in load order.
+pub fn alias_file(closure: &Closure, release: &str, list_version: u32) -> String {
+    let mut s = format!(
+        "# defib module aliases for {release}, module list v{list_version}\n\
+         # `always <path>`: loaded on every machine; `alias <glob> <path>`: loaded\n\
+         # when a device's modalias matches the glob (from the module's .modinfo)\n"
+    );
+    for m in closure.modules.iter().filter(|m| m.always) {
+        s.push_str(&format!("always {}\n", m.path));
+    }
+    for m in &closure.modules {
+        for a in &m.aliases {
+            s.push_str(&format!("alias {a} {}\n", m.path));
+        }
     }
     s
 }
@@ -324,7 +441,18 @@ mod tests {
     fn kernel() -> KernelModules {
         let mut files = BTreeMap::new();
         let mods = [
-            ("kernel/drivers/md/dm-mod.ko.xz", "name=dm_mod\ndepends=\n"),
+            (
+                "kernel/drivers/md/dm-mod.ko.xz",
+                "name=dm_mod\ndepends=\nalias=devname:mapper/control\nalias=char-major-10-236\n",
+            ),
+            (
+                "kernel/drivers/ata/libata.ko.xz",
+                "name=libata\ndepends=\n",
+            ),
+            (
+                "kernel/drivers/ata/ahci.ko.xz",
+                "name=ahci\ndepends=libata\nalias=pci:v*d*sv*sd*bc01sc06i01*\nalias=pci:v00008086d00002922sv*sd*bc*sc*i*\n",
+            ),
             (
                 "kernel/drivers/md/dm-crypt.ko.xz",
                 "name=dm_crypt\ndepends=dm-mod\nvermagic=6.12\n",
@@ -423,6 +551,68 @@ mod tests {
     fn default_list_parses() {
         let l = ModuleList::parse(DEFAULT_LIST, "builtin").unwrap();
         assert!(l.groups["filesystems"].iter().any(|m| m == "ntfs3"));
+    }
+
+    #[test]
+    fn aliases_say_what_loads_by_hardware_and_what_always() {
+        let c = kernel()
+            .resolve(&list(
+                "version = 1\nalways = [\"fs\"]\n[groups]\nfs = [\"ntfs3\"]\nstorage = [\"ahci\", \"libata\", \"dm-mod\"]\n",
+            ))
+            .unwrap();
+        let by = |n: &str| c.modules.iter().find(|m| m.name == n).unwrap();
+        assert!(by("ntfs3").always, "in an always group");
+        assert!(!by("crc32c").always, "a dependency, loaded with ntfs3");
+        assert!(!by("ahci").always, "loaded by its PCI class");
+        assert!(!by("libata").always, "ahci needs it");
+        assert!(by("dm_mod").always, "no device alias and nobody needs it");
+        assert_eq!(by("dm_mod").aliases, Vec::<String>::new());
+        let f = alias_file(&c, "6.12", 3);
+        let lines: Vec<_> = f.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "always kernel/fs/ntfs3/ntfs3.ko.xz",
+                "always kernel/drivers/md/dm-mod.ko.xz",
+                "alias pci:v*d*sv*sd*bc01sc06i01* kernel/drivers/ata/ahci.ko.xz",
+                "alias pci:v00008086d00002922sv*sd*bc*sc*i* kernel/drivers/ata/ahci.ko.xz",
+            ]
+        );
+    }
+
+    #[test]
+    fn plain_modules_keep_their_signature_or_are_refused() {
+        let xz = |b: &[u8]| {
+            let mut out = Vec::new();
+            let mut enc = liblzma::write::XzEncoder::new(&mut out, 1);
+            std::io::Write::write_all(&mut enc, b).unwrap();
+            enc.finish().unwrap();
+            out
+        };
+        let signed = [b"\x7fELF...".as_slice(), b"sig", MODULE_SIG_MARKER].concat();
+        let (p, b) = stored("kernel/a.ko.xz", &xz(&signed), true).unwrap();
+        assert_eq!((p.as_str(), b), ("kernel/a.ko", signed.clone()));
+        let (p, b) = stored("kernel/a.ko.xz", &xz(&signed), false).unwrap();
+        assert_eq!((p.as_str(), b), ("kernel/a.ko.xz", xz(&signed)));
+        let e = stored("kernel/u.ko.xz", &xz(b"\x7fELF unsigned"), true).unwrap_err();
+        assert!(e.to_string().contains("no module signature"), "{e}");
+        let c = kernel()
+            .resolve(&list("version = 1\n[groups]\ndm = [\"dm-crypt\"]\n"))
+            .unwrap()
+            .stored_paths(true);
+        assert_eq!(c.modules[1].path, "kernel/drivers/md/dm-crypt.ko");
+        assert_eq!(c.modules[1].deps, ["kernel/drivers/md/dm-mod.ko"]);
+    }
+
+    #[test]
+    fn always_must_name_groups() {
+        let e = ModuleList::parse(
+            "version = 1\nalways = [\"fs\"]\n[groups]\nx = [\"a\"]\n",
+            "m",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"fs\""), "{e}");
     }
 
     #[test]

@@ -37,7 +37,32 @@ pub enum Firmware {
 pub enum Bus {
     Ahci,
     Nvme,
+    /// virtio-blk on PCI
     Virtio,
+    /// A SCSI disk behind a virtio-scsi controller
+    VirtioScsi,
+}
+
+/// The USB host controller the stick hangs off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsbHost {
+    /// USB 3 (qemu-xhci), as on any PC since about 2012.
+    #[default]
+    Xhci,
+    /// USB 2 (usb-ehci), as on the PCs before.
+    Ehci,
+}
+
+/// A disk plugged in while the machine runs (`drive_add` + `device_add` on
+/// QEMU's monitor): `delay` after the first serial line containing `after`.
+/// On the BIOS machine (i440fx) a PCI device is hot-plugged through ACPI.
+#[derive(Debug, Clone)]
+pub struct LateDisk {
+    pub disk: PathBuf,
+    /// `Virtio` or `Nvme` (PCI devices), or `VirtioScsi`.
+    pub bus: Bus,
+    pub after: String,
+    pub delay: Duration,
 }
 
 /// An I/O error a disk returns to the guest, injected by QEMU's `blkdebug`
@@ -92,10 +117,15 @@ pub struct Boot {
     pub firmware: Firmware,
     /// Image attached as a USB stick on xHCI (boot device).
     pub stick: Option<PathBuf>,
+    /// The stick's host controller.
+    pub stick_host: UsbHost,
     /// ISO attached as an IDE/SATA CD-ROM drive (boot device).
     pub cdrom: Option<PathBuf>,
     /// Disks attached as internal drives.
     pub disks: Vec<(PathBuf, Bus)>,
+    /// Disks plugged in after the boot started (through a monitor socket
+    /// in `scratch`).
+    pub late: Vec<LateDisk>,
     /// I/O errors the disk at an index of `disks` returns (through
     /// blkdebug); disks without an entry are attached directly.
     pub io_errors: Vec<(usize, IoError)>,
@@ -142,8 +172,10 @@ impl Boot {
         Boot {
             firmware,
             stick: None,
+            stick_host: UsbHost::Xhci,
             cdrom: None,
             disks: Vec::new(),
+            late: Vec::new(),
             io_errors: Vec::new(),
             kernel: None,
             uuid: None,
@@ -292,12 +324,16 @@ pub fn command(b: &Boot) -> Result<Command> {
         ));
         // With -kernel, QEMU's own linuxboot ROM holds boot index 0; the
         // stick is then only a medium for the report.
-        let dev = if b.kernel.is_some() {
-            "usb-storage,bus=xhci.0,drive=stick"
-        } else {
-            "usb-storage,bus=xhci.0,drive=stick,bootindex=0"
+        let (host, bus) = match b.stick_host {
+            UsbHost::Xhci => ("qemu-xhci,id=xhci", "xhci.0"),
+            UsbHost::Ehci => ("usb-ehci,id=ehci", "ehci.0"),
         };
-        c.args(["-device", "qemu-xhci,id=xhci", "-device", dev]);
+        let dev = if b.kernel.is_some() {
+            format!("usb-storage,bus={bus},drive=stick")
+        } else {
+            format!("usb-storage,bus={bus},drive=stick,bootindex=0")
+        };
+        c.args(["-device", host, "-device", &dev]);
     }
     if let Some(iso) = &b.cdrom {
         // ide-cd lands on the PIIX IDE bus (pc) or the ICH9 AHCI (q35).
@@ -345,20 +381,22 @@ pub fn command(b: &Boot) -> Result<Command> {
                 disk.display()
             ));
         }
-        match bus {
-            Bus::Ahci => {
+        for d in disk_devices(&id, *bus, &format!("{i}"), None) {
+            c.args(["-device", &d]);
+        }
+    }
+    if !b.late.is_empty() {
+        let sock = monitor_socket(b);
+        c.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()));
+        if b.firmware != Firmware::Bios {
+            // q35's root complex takes no hot-plugged device: a root port
+            // per late disk does.
+            for i in 0..b.late.len() {
                 c.args([
                     "-device",
-                    &format!("ahci,id=ahci{i}"),
-                    "-device",
-                    &format!("ide-hd,drive={id},bus=ahci{i}.0"),
+                    &format!("pcie-root-port,id=hp{i},chassis={},slot={}", 10 + i, 10 + i),
                 ]);
-            }
-            Bus::Nvme => {
-                c.args(["-device", &format!("nvme,drive={id},serial=defib{i}")]);
-            }
-            Bus::Virtio => {
-                c.args(["-device", &format!("virtio-blk-pci,drive={id}")]);
             }
         }
     }
@@ -377,8 +415,85 @@ pub fn command(b: &Boot) -> Result<Command> {
     Ok(c)
 }
 
+/// The `-device` values that attach drive `id` on `bus`; `n` makes the
+/// controller's id unique, `pci_bus` places a hot-plugged PCI device.
+fn disk_devices(id: &str, bus: Bus, n: &str, pci_bus: Option<&str>) -> Vec<String> {
+    let at = pci_bus.map(|b| format!(",bus={b}")).unwrap_or_default();
+    match bus {
+        Bus::Ahci => vec![
+            format!("ahci,id=ahci{n}{at}"),
+            format!("ide-hd,drive={id},bus=ahci{n}.0"),
+        ],
+        Bus::Nvme => vec![format!("nvme,drive={id},serial=defib{n}{at}")],
+        Bus::Virtio => vec![format!("virtio-blk-pci,drive={id}{at}")],
+        Bus::VirtioScsi => vec![
+            format!("virtio-scsi-pci,id=vscsi{n}{at}"),
+            format!("scsi-hd,drive={id},bus=vscsi{n}.0"),
+        ],
+    }
+}
+
+/// The monitor socket of a boot with late disks, in its scratch folder
+/// (one boot at a time per folder; QEMU replaces a stale socket).
+fn monitor_socket(b: &Boot) -> PathBuf {
+    b.scratch.join(format!("mon-{}.sock", std::process::id()))
+}
+
+/// Sends HMP commands to the monitor at `sock` one after another and
+/// returns what it answered.
+fn monitor(sock: &Path, cmds: &[String]) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .with_context(|| format!("connecting to QEMU's monitor {}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = String::new();
+    let mut buf = [0u8; 4096];
+    let mut prompt = |s: &mut std::os::unix::net::UnixStream, out: &mut String| -> Result<()> {
+        let want = out.matches("(qemu)").count() + 1;
+        while out.matches("(qemu)").count() < want {
+            let n = s.read(&mut buf).context("reading QEMU's monitor")?;
+            if n == 0 {
+                bail!("QEMU's monitor closed: {out}");
+            }
+            out.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(())
+    };
+    prompt(&mut s, &mut out)?;
+    for c in cmds {
+        s.write_all(format!("{c}\n").as_bytes())?;
+        prompt(&mut s, &mut out)?;
+    }
+    Ok(strip_ansi(&out))
+}
+
+/// The monitor commands that plug in late disk `i`.
+fn late_commands(b: &Boot, i: usize) -> Result<Vec<String>> {
+    let l = &b.late[i];
+    if !matches!(l.bus, Bus::Virtio | Bus::Nvme | Bus::VirtioScsi) {
+        bail!(
+            "{:?} cannot be hot-plugged: use Virtio, Nvme or VirtioScsi",
+            l.bus
+        );
+    }
+    let id = format!("late{i}");
+    let pci_bus = (b.firmware != Firmware::Bios).then(|| format!("hp{i}"));
+    let mut cmds = vec![format!(
+        "drive_add 0 if=none,id={id},format=raw,file={}",
+        l.disk.display()
+    )];
+    for d in disk_devices(&id, l.bus, &format!("late{i}"), pci_bus.as_deref()) {
+        cmds.push(format!("device_add {d}"));
+    }
+    Ok(cmds)
+}
+
 /// Boots and waits for power-off, the stop line, or the timeout.
 pub fn run(b: &Boot) -> Result<Outcome> {
+    // Late disks are checked before QEMU starts, not when they are due.
+    for i in 0..b.late.len() {
+        late_commands(b, i)?;
+    }
     let mut cmd = command(b)?;
     // Piped, not null: keys are typed there, and QEMU keeps the serial
     // console's input open rather than seeing end-of-file.
@@ -423,9 +538,31 @@ pub fn run(b: &Boot) -> Result<Outcome> {
     let mut lines = Vec::new();
     let mut timed_out = false;
     let mut stopped = false;
+    // When each late disk is due, once its trigger line was seen.
+    let mut late_due: Vec<Option<Instant>> = vec![None; b.late.len()];
+    let mut late_done = vec![false; b.late.len()];
     loop {
+        for (i, due) in late_due.iter().enumerate() {
+            if late_done[i] || !due.is_some_and(|d| Instant::now() >= d) {
+                continue;
+            }
+            late_done[i] = true;
+            let said = late_commands(b, i).and_then(|c| monitor(&monitor_socket(b), &c));
+            let text = match said {
+                Ok(t) => t,
+                Err(e) => format!("{e:#}"),
+            };
+            for l in text.lines().filter(|l| !l.trim().is_empty()) {
+                lines.push((start.elapsed(), format!("[monitor] {}", l.trim_end())));
+            }
+        }
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(l) => {
+                for (i, late) in b.late.iter().enumerate() {
+                    if late_due[i].is_none() && l.1.contains(late.after.as_str()) {
+                        late_due[i] = Some(Instant::now() + late.delay);
+                    }
+                }
                 let hit = b.stop_on.as_deref().is_some_and(|s| l.1.contains(s));
                 if let Some((i, _)) = typing {
                     if l.1.contains(keys[i].until.as_str()) {

@@ -122,9 +122,44 @@ fn image_matches_its_manifest() {
     for line in &order {
         let rel = line.split_whitespace().next().unwrap();
         let p = format!("lib/modules/{}/{rel}", m.kernel_release);
+        let Some(Entry::File { data, .. }) = rd.get(&p) else {
+            panic!("{p} listed but not in the initramfs")
+        };
+        // Stored decompressed, each must still carry Debian's signature
+        // (Secure Boot lockdown refuses a module without one).
+        if rel.ends_with(".ko") {
+            assert!(
+                data.ends_with(defib_builder::kmod::MODULE_SIG_MARKER),
+                "{p} has lost its signature"
+            );
+        }
+    }
+    // The alias table names only modules the image carries, and has the
+    // drivers of the common disk controllers and the always-loaded set.
+    let alias_path = format!("lib/modules/{}/defib.alias", m.kernel_release);
+    let Entry::File { data, .. } = &rd[&alias_path] else {
+        panic!("no {alias_path}")
+    };
+    let aliases = String::from_utf8(data.clone()).unwrap();
+    let carried: Vec<&str> = order
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    for l in aliases.lines().filter(|l| !l.starts_with('#')) {
+        let path = l.rsplit(' ').next().unwrap();
+        assert!(carried.contains(&path), "{l}: not a carried module");
+    }
+    for (kind, module) in [
+        ("alias pci:v*d*sv*sd*bc01sc06i01*", "/ahci.ko"),
+        ("alias pci:v*d*sv*sd*bc01sc08i02*", "/nvme.ko"),
+        ("always ", "/ntfs3.ko"),
+        ("always ", "/dm-crypt.ko"),
+    ] {
         assert!(
-            matches!(rd.get(&p), Some(Entry::File { .. })),
-            "{p} listed but not in the initramfs"
+            aliases
+                .lines()
+                .any(|l| l.starts_with(kind) && l.ends_with(module)),
+            "no `{kind}… {module}` in defib.alias"
         );
     }
     for needed in [

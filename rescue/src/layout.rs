@@ -21,6 +21,11 @@ pub const BUILD_INFO: &str = "etc/defib/build.json";
 /// to load, one relative path a line, in load order.
 pub const MODULE_LIST: &str = "defib.load";
 
+/// `defib.alias` beside it: each module's device aliases (`alias <glob>
+/// <path>`, from its `.modinfo`) and the modules every machine gets
+/// (`always <path>`); the rescue loads by the devices it finds.
+pub const MODULE_ALIASES: &str = "defib.alias";
+
 /// `/payloads` in the initramfs (the second segment): playbooks and store.
 pub const PAYLOADS_DIR: &str = "payloads";
 

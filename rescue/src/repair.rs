@@ -834,6 +834,7 @@ mod tests {
                 medium: crate::report::MediumKind::Usb,
                 kernel: "k".into(),
                 cmdline: "c".into(),
+                timings: Vec::new(),
             },
             modules: Default::default(),
             volumes: Vec::new(),

@@ -1,16 +1,26 @@
-//! Kernel module loading from the builder's ordered list,
-//! `/lib/modules/<kver>/defib.load`.
+//! Kernel module loading by hardware: the builder's tables beside the
+//! modules, `/lib/modules/<kver>/defib.load` (every module the image carries
+//! and the modules each needs) and `defib.alias` (each module's device
+//! aliases from its `.modinfo`, and the modules loaded on every machine).
 //!
-//! This is not modprobe: there is no dependency resolution, alias matching
-//! or parameter handling here. The builder already wrote the closure in load
-//! order; we hand each `.ko.xz` to the kernel, which decompresses it itself
-//! (MODULE_INIT_COMPRESSED_FILE) and checks its signature under lockdown.
+//! This is not modprobe and not udev: no parameters, no blacklists, no
+//! install commands, no symbol versions. It matches a device's `modalias`
+//! against the aliases (shell globs, as modprobe matches them), and loads
+//! the matching modules after the modules they depend on, several at once.
+//! The scheduling ([`Sched`]) is plain data, tested without a kernel; the
+//! threads that call `finit_module` ([`Loader`]) are a thin frame around it.
+//! Modules stay as Debian compressed and signed them; the kernel
+//! decompresses them itself (MODULE_INIT_COMPRESSED_FILE) and checks the
+//! signature under lockdown.
 
-use crate::layout::MODULE_LIST;
+use crate::layout::{MODULE_ALIASES, MODULE_LIST};
 use crate::report::ModuleFailure;
+use std::collections::BTreeMap;
+use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// `finit_module` flag: the file is compressed and the kernel should
@@ -26,35 +36,329 @@ pub struct LoadEntry {
     pub deps: Vec<String>,
 }
 
+fn safe_path(p: &str) -> bool {
+    !p.starts_with('/') && !p.split('/').any(|c| c == "..")
+}
+
 /// Parses `defib.load`: per line a module path relative to the modules
 /// directory, then the paths of its direct dependencies, separated by
 /// spaces; blank lines and `#` comments are skipped. Paths that try to
 /// leave the directory are dropped (the list is input like any other).
 pub fn parse_load_list(text: &str) -> Vec<LoadEntry> {
-    let safe = |p: &&str| !p.starts_with('/') && !p.split('/').any(|c| c == "..");
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
         .filter_map(|l| {
             let mut words = l.split_whitespace();
-            let path = words.next().filter(safe)?;
+            let path = words.next().filter(|p| safe_path(p))?;
             Some(LoadEntry {
                 path: path.to_string(),
-                deps: words.filter(safe).map(str::to_string).collect(),
+                deps: words.filter(|p| safe_path(p)).map(str::to_string).collect(),
             })
         })
         .collect()
 }
 
+/// One device alias of a module (`alias=` in its `.modinfo`), a shell
+/// glob matched against a device's `modalias`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    pub pattern: String,
+    /// The pattern up to its first wildcard: a cheap first test.
+    prefix_len: usize,
+    pub path: String,
+}
+
+impl Alias {
+    pub fn new(pattern: &str, path: &str) -> Alias {
+        Alias {
+            prefix_len: pattern.find(['*', '?', '[']).unwrap_or(pattern.len()),
+            pattern: pattern.to_string(),
+            path: path.to_string(),
+        }
+    }
+
+    pub fn matches(&self, modalias: &str) -> bool {
+        modalias
+            .as_bytes()
+            .starts_with(&self.pattern.as_bytes()[..self.prefix_len])
+            && glob_match(self.pattern.as_bytes(), modalias.as_bytes())
+    }
+}
+
+/// fnmatch(3) without flags, as modprobe matches aliases: `*` any run,
+/// `?` one byte, `[...]` a set with ranges, negated by a leading `!` or
+/// `^`. An unterminated `[` matches itself.
+pub fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    // Where to resume after the last `*`: (pattern index, string index).
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        let step = match pat.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, i));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => match class(&pat[p..], s[i]) {
+                Some((true, len)) => Some(p + len),
+                Some((false, _)) => None,
+                None if s[i] == b'[' => Some(p + 1),
+                None => None,
+            },
+            Some(c) if *c == s[i] => Some(p + 1),
+            _ => None,
+        };
+        match (step, star) {
+            (Some(np), _) => {
+                p = np;
+                i += 1;
+            }
+            (None, Some((sp, si))) => {
+                p = sp;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    pat[p..].iter().all(|c| *c == b'*')
+}
+
+/// Matches `c` against the bracket expression at the start of `pat`:
+/// `Some((matched, length of the expression))`, `None` if unterminated.
+fn class(pat: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut j = 1;
+    let negate = matches!(pat.get(j), Some(b'!') | Some(b'^'));
+    if negate {
+        j += 1;
+    }
+    let mut hit = false;
+    let mut first = true;
+    loop {
+        let lo = *pat.get(j)?;
+        if lo == b']' && !first {
+            return Some((hit != negate, j + 1));
+        }
+        first = false;
+        if pat.get(j + 1) == Some(&b'-') && pat.get(j + 2).is_some_and(|h| *h != b']') {
+            let hi = pat[j + 2];
+            hit |= lo <= c && c <= hi;
+            j += 3;
+        } else {
+            hit |= lo == c;
+            j += 1;
+        }
+    }
+}
+
+/// The builder's tables: what the image carries, what each module needs,
+/// which devices each drives, and what every machine gets.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub modules: Vec<LoadEntry>,
+    pub aliases: Vec<Alias>,
+    /// Loaded whatever the hardware: filesystems, device mapper, ciphers,
+    /// code pages.
+    pub always: Vec<String>,
+}
+
+impl Table {
+    /// Parses `defib.load` and `defib.alias`. Per line of the latter:
+    /// `always <path>` or `alias <pattern> <path>`; `#` starts a comment
+    /// line. Unknown paths and lines are dropped.
+    pub fn parse(load: &str, aliases: &str) -> Table {
+        let modules = parse_load_list(load);
+        let known = |p: &str| modules.iter().any(|m| m.path == p);
+        let mut t = Table::default();
+        for l in aliases.lines() {
+            let l = l.trim();
+            if l.starts_with('#') {
+                continue;
+            }
+            if let Some(path) = l.strip_prefix("always ") {
+                let path = path.trim();
+                if known(path) {
+                    t.always.push(path.to_string());
+                }
+            } else if let Some(rest) = l.strip_prefix("alias ") {
+                if let Some((pat, path)) = rest.trim().rsplit_once(' ') {
+                    if known(path) && !pat.trim().is_empty() {
+                        t.aliases.push(Alias::new(pat.trim(), path));
+                    }
+                }
+            }
+        }
+        t.modules = modules;
+        t
+    }
+
+    /// Reads both tables from the modules directory.
+    pub fn read(dir: &Path) -> std::io::Result<Table> {
+        let load = std::fs::read_to_string(dir.join(MODULE_LIST))?;
+        let aliases = std::fs::read_to_string(dir.join(MODULE_ALIASES))?;
+        Ok(Table::parse(&load, &aliases))
+    }
+
+    /// Paths of the modules with an alias matching `modalias`, each once.
+    pub fn matching(&self, modalias: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in &self.aliases {
+            if a.matches(modalias) && !out.contains(&a.path) {
+                out.push(a.path.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Where one module stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Wanted,
+    Loading,
+    Loaded,
+    /// Its hardware is absent (ENODEV), or a module it needs is.
+    NotApplicable,
+    Failed,
+}
+
+/// Which module to load next: a module is loaded once every module it
+/// needs is, in the order modules were asked for, any number at a time.
+/// Plain data; [`Loader`] runs it on threads.
+#[derive(Debug, Default)]
+pub struct Sched {
+    deps: BTreeMap<String, Vec<String>>,
+    state: BTreeMap<String, State>,
+    order: Vec<String>,
+    pub summary: LoadSummary,
+    /// One line per failure, for the console.
+    pub log: Vec<String>,
+}
+
+impl Sched {
+    pub fn new(modules: &[LoadEntry]) -> Sched {
+        Sched {
+            deps: modules
+                .iter()
+                .map(|m| (m.path.clone(), m.deps.clone()))
+                .collect(),
+            ..Sched::default()
+        }
+    }
+
+    /// Asks for `path` and, first, everything it needs. Returns whether
+    /// anything new was asked for; a path the image does not carry is
+    /// ignored.
+    pub fn want(&mut self, path: &str) -> bool {
+        if self.state.contains_key(path) {
+            return false;
+        }
+        let Some(deps) = self.deps.get(path).cloned() else {
+            return false;
+        };
+        // Marked first, so a cycle in a hostile table ends.
+        self.state.insert(path.to_string(), State::Wanted);
+        for d in &deps {
+            self.want(d);
+        }
+        self.order.push(path.to_string());
+        true
+    }
+
+    /// The next module whose dependencies are all loaded, now marked as
+    /// loading. Modules that need one that failed or is not applicable
+    /// are settled on the way.
+    pub fn take_ready(&mut self) -> Option<String> {
+        for i in 0..self.order.len() {
+            let path = &self.order[i];
+            if self.state[path] != State::Wanted {
+                continue;
+            }
+            let deps = &self.deps[path];
+            let blocked = deps.iter().find_map(|d| match self.state.get(d) {
+                Some(State::Failed) => Some((d, State::Failed)),
+                Some(State::NotApplicable) => Some((d, State::NotApplicable)),
+                _ => None,
+            });
+            if let Some((dep, s)) = blocked {
+                let (path, dep) = (path.clone(), dep.clone());
+                if s == State::NotApplicable {
+                    self.summary.not_applicable.push(path.clone());
+                } else {
+                    // Loading it would only fail on unknown symbols.
+                    self.log.push(format!(
+                        "module {path}: skipped, it needs {dep}, which failed"
+                    ));
+                    self.summary.failed.push(ModuleFailure {
+                        module: path.clone(),
+                        error: format!("skipped: needs {dep}, which failed"),
+                    });
+                }
+                self.state.insert(path, s);
+                continue;
+            }
+            if deps
+                .iter()
+                .all(|d| self.state.get(d).is_none_or(|s| *s == State::Loaded))
+            {
+                let path = path.clone();
+                self.state.insert(path.clone(), State::Loading);
+                return Some(path);
+            }
+        }
+        None
+    }
+
+    /// Records how loading `path` went and how long it took.
+    pub fn done(&mut self, path: &str, res: std::io::Result<()>, took: Duration) {
+        self.summary.took.push((path.to_string(), took));
+        let s = match res {
+            Ok(()) => State::Loaded,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => State::Loaded,
+            // The module's init found nothing to drive: not a fault.
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => State::NotApplicable,
+            Err(e) => {
+                self.log.push(format!("module {path}: {e}"));
+                self.summary.failed.push(ModuleFailure {
+                    module: path.to_string(),
+                    error: e.to_string(),
+                });
+                State::Failed
+            }
+        };
+        match s {
+            State::Loaded => self.summary.loaded.push(path.to_string()),
+            State::NotApplicable => self.summary.not_applicable.push(path.to_string()),
+            _ => {}
+        }
+        self.state.insert(path.to_string(), s);
+    }
+
+    /// Nothing asked for is waiting or loading.
+    pub fn idle(&self) -> bool {
+        !self
+            .state
+            .values()
+            .any(|s| matches!(s, State::Wanted | State::Loading))
+    }
+}
+
 /// What loading did.
 #[derive(Debug, Clone, Default)]
 pub struct LoadSummary {
-    /// Loaded now, or already present (EEXIST).
-    pub loaded: u32,
+    /// Loaded now, or already present (EEXIST), in the order they finished.
+    pub loaded: Vec<String>,
     pub failed: Vec<ModuleFailure>,
     /// Modules whose hardware is absent (ENODEV: no AES-NI, not on
     /// Hyper-V or Xen, …) and those left out because one they need is.
     pub not_applicable: Vec<String>,
+    /// How many modules the image carries.
+    pub carried: usize,
+    /// Each module tried, with how long `finit_module` took (its init,
+    /// including the probes the kernel waits for).
+    pub took: Vec<(String, Duration)>,
     pub elapsed: Duration,
 }
 
@@ -62,12 +366,28 @@ impl LoadSummary {
     /// The one-line summary for the console.
     pub fn line(&self) -> String {
         format!(
-            "modules: {} loaded, {} not for this hardware, {} failed, {:.1} s",
-            self.loaded,
+            "modules: {} loaded of {} carried, {} not for this hardware, {} failed, {:.1} s",
+            self.loaded.len(),
+            self.carried,
             self.not_applicable.len(),
             self.failed.len(),
             self.elapsed.as_secs_f64()
         )
+    }
+
+    /// The `n` slowest loads, for the console: `ahci 0.41 s, …`.
+    pub fn slowest(&self, n: usize) -> String {
+        let mut v = self.took.clone();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.iter()
+            .take(n)
+            .map(|(p, t)| {
+                let name = p.rsplit('/').next().unwrap_or(p);
+                let name = name.split(".ko").next().unwrap_or(name);
+                format!("{name} {:.2} s", t.as_secs_f64())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -76,68 +396,171 @@ pub fn modules_dir(root: &Path, kver: &str) -> PathBuf {
     root.join("lib/modules").join(kver)
 }
 
-/// Loads every module in `defib.load` with `load`, in order. A failure is
-/// recorded and the next module tried: a missing NIC driver must not stop a
-/// disk repair. `log` receives one line per failure.
-pub fn load_all(
-    dir: &Path,
-    load: &mut dyn FnMut(&Path) -> std::io::Result<()>,
-    log: &mut dyn FnMut(&str),
-) -> std::io::Result<LoadSummary> {
-    let start = Instant::now();
-    let list = std::fs::read_to_string(dir.join(MODULE_LIST))?;
-    let mut sum = LoadSummary::default();
-    let mut unavailable = std::collections::BTreeSet::new();
-    for LoadEntry { path: rel, deps } in parse_load_list(&list) {
-        if let Some(dep) = deps.iter().find(|d| unavailable.contains(*d)) {
-            // Loading it would only fail on unknown symbols.
-            if sum.not_applicable.contains(dep) {
-                sum.not_applicable.push(rel.clone());
-            } else {
-                log(&format!(
-                    "module {rel}: skipped, it needs {dep}, which failed"
-                ));
-                sum.failed.push(ModuleFailure {
-                    module: rel.clone(),
-                    error: format!("skipped: needs {dep}, which failed"),
-                });
-            }
-            unavailable.insert(rel);
-            continue;
+/// Loads one module file (a path inside the modules directory).
+pub type LoadFn = dyn Fn(&Path) -> std::io::Result<()> + Send + Sync;
+
+struct Shared {
+    sched: Sched,
+    stop: bool,
+}
+
+/// Threads that load what [`Sched`] hands out. A failure is recorded and
+/// the next module tried: a missing NIC driver must not stop a disk repair.
+pub struct Loader {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    table: Table,
+    start: Instant,
+}
+
+impl Loader {
+    /// Starts `threads` loaders over `table`'s modules in `dir`.
+    pub fn start(dir: &Path, table: Table, threads: usize, load: Arc<LoadFn>) -> Loader {
+        let shared = Arc::new((
+            Mutex::new(Shared {
+                sched: Sched::new(&table.modules),
+                stop: false,
+            }),
+            Condvar::new(),
+        ));
+        for _ in 0..threads.max(1) {
+            let (shared, load, dir) = (shared.clone(), load.clone(), dir.to_path_buf());
+            std::thread::spawn(move || worker(&shared, &*load, &dir));
         }
-        match load(&dir.join(&rel)) {
-            Ok(()) => sum.loaded += 1,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => sum.loaded += 1,
-            // The module's init found nothing to drive: not a fault.
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-                sum.not_applicable.push(rel.clone());
-                unavailable.insert(rel);
-            }
-            Err(e) => {
-                unavailable.insert(rel.clone());
-                log(&format!("module {rel}: {e}"));
-                sum.failed.push(ModuleFailure {
-                    module: rel,
-                    error: e.to_string(),
-                });
-            }
+        Loader {
+            shared,
+            table,
+            start: Instant::now(),
         }
     }
-    sum.elapsed = start.elapsed();
-    Ok(sum)
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// Asks for the modules every machine gets.
+    pub fn want_always(&self) -> usize {
+        let paths = self.table.always.clone();
+        self.want(&paths)
+    }
+
+    /// Asks for the modules that drive a device with this `modalias`.
+    pub fn want_for(&self, modalias: &str) -> usize {
+        let paths = self.table.matching(modalias);
+        self.want(&paths)
+    }
+
+    /// Asks for `paths` (and what they need); returns how many were new.
+    pub fn want(&self, paths: &[String]) -> usize {
+        let mut g = self.lock();
+        let n = paths.iter().filter(|p| g.sched.want(p)).count();
+        drop(g);
+        self.shared.1.notify_all();
+        n
+    }
+
+    pub fn idle(&self) -> bool {
+        self.lock().sched.idle()
+    }
+
+    /// Waits until idle or `limit` passes; returns whether idle.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        let mut g = self.lock();
+        while !g.sched.idle() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .shared
+                .1
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Failure lines not yet shown.
+    pub fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().sched.log)
+    }
+
+    /// What was loaded so far, and since when.
+    pub fn summary(&self) -> LoadSummary {
+        let mut s = self.lock().sched.summary.clone();
+        s.carried = self.table.modules.len();
+        s.elapsed = self.start.elapsed();
+        s
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.lock().stop = true;
+        self.shared.1.notify_all();
+    }
+}
+
+fn worker(shared: &(Mutex<Shared>, Condvar), load: &LoadFn, dir: &Path) {
+    let (m, cv) = shared;
+    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if g.stop {
+            return;
+        }
+        let Some(path) = g.sched.take_ready() else {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            continue;
+        };
+        drop(g);
+        let t = Instant::now();
+        let res = load(&dir.join(&path));
+        let took = t.elapsed();
+        g = m.lock().unwrap_or_else(|p| p.into_inner());
+        g.sched.done(&path, res, took);
+        cv.notify_all();
+    }
+}
+
+/// Module parameters the rescue sets, by module file name stem.
+/// usb-storage waits `delay_use` (1 s) before scanning a new stick for
+/// devices that need time after a reset; the rescue's wait for the medium
+/// already bounds that (`defib.wait`), so the second is not spent up front.
+pub const PARAMS: &[(&str, &CStr)] = &[("usb-storage", c"delay_use=0")];
+
+/// The parameters for the module at `path` (empty if none).
+pub fn params_for(path: &Path) -> &'static CStr {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let stem = name.split(".ko").next().unwrap_or(name).replace('_', "-");
+    PARAMS
+        .iter()
+        .find(|(m, _)| *m == stem)
+        .map_or(c"", |(_, p)| p)
 }
 
 /// Hands one module file to the kernel with `finit_module(2)`.
 pub fn finit_module(path: &Path) -> std::io::Result<()> {
     let f = File::open(path)?;
+    let params = params_for(path);
+    // Modules the builder stored uncompressed load without the flag.
+    let flags = if path.extension().is_some_and(|e| e == "xz") {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
     // SAFETY: the fd is open for the whole call and the parameter string is
-    // a NUL-terminated literal; finit_module reads both and keeps neither.
+    // a NUL-terminated static; finit_module reads both and keeps neither.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_finit_module,
             f.as_raw_fd(),
-            c"".as_ptr(),
-            MODULE_INIT_COMPRESSED_FILE,
+            params.as_ptr(),
+            flags,
         )
     };
     if rc == 0 {
@@ -151,17 +574,17 @@ pub fn finit_module(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn err(n: i32) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(n))
+    }
+
     #[test]
     fn parses_list_with_comments_and_blanks() {
-        let text = "# storage first\nkernel/drivers/ata/libata.ko.xz\n\n  kernel/drivers/ata/ahci.ko.xz  # AHCI\n#x\n";
-        let got: Vec<_> = parse_load_list(text).into_iter().map(|e| e.path).collect();
-        assert_eq!(
-            got,
-            [
-                "kernel/drivers/ata/libata.ko.xz",
-                "kernel/drivers/ata/ahci.ko.xz"
-            ]
-        );
+        let text = "# storage first\nkernel/drivers/ata/libata.ko.xz\n\n  kernel/drivers/ata/ahci.ko.xz kernel/drivers/ata/libata.ko.xz # AHCI\n#x\n";
+        let got = parse_load_list(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].path, "kernel/drivers/ata/ahci.ko.xz");
+        assert_eq!(got[1].deps, ["kernel/drivers/ata/libata.ko.xz"]);
     }
 
     #[test]
@@ -170,60 +593,179 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_recorded_and_loading_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(MODULE_LIST), "a.ko.xz\nb.ko.xz\nc.ko.xz\n").unwrap();
-        let mut seen = Vec::new();
-        let mut load = |p: &Path| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            seen.push(name.clone());
-            match name.as_str() {
-                "a.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::EEXIST)),
-                "b.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::EKEYREJECTED)),
-                _ => Ok(()),
-            }
-        };
-        let mut logged = Vec::new();
-        let sum = load_all(dir.path(), &mut load, &mut |l| logged.push(l.to_string())).unwrap();
-        assert_eq!(seen, ["a.ko.xz", "b.ko.xz", "c.ko.xz"]);
-        assert_eq!(sum.loaded, 2);
-        assert_eq!(sum.failed.len(), 1);
-        assert_eq!(sum.failed[0].module, "b.ko.xz");
-        assert_eq!(logged.len(), 1);
-        assert!(sum
-            .line()
-            .starts_with("modules: 2 loaded, 0 not for this hardware, 1 failed, "));
+    fn globs_match_as_fnmatch_does() {
+        let m = |p: &str, s: &str| glob_match(p.as_bytes(), s.as_bytes());
+        assert!(m(
+            "pci:v*d*sv*sd*bc01sc06i01*",
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+        ));
+        assert!(!m(
+            "pci:v*d*sv*sd*bc01sc08i02*",
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+        ));
+        assert!(m("usb:v0BDAp8153d[1-2]*dc*", "usb:v0BDAp8153d2000dcFF"));
+        assert!(!m("usb:v0BDAp8153d[1-2]*dc*", "usb:v0BDAp8153d3000dcFF"));
+        assert!(m("a[!0-9]c", "abc") && !m("a[!0-9]c", "a1c"));
+        assert!(m("a[]]c", "a]c"));
+        assert!(m("x?z", "xyz") && !m("x?z", "xz"));
+        assert!(m("*", "") && m("a*", "a") && !m("a", "ab") && !m("ab", "a"));
+        assert!(m("a[b", "a[b"), "an unterminated set matches itself");
+        assert!(m("*bc*i30*", "pci:v1b36d000Dbc0Csc03i30"));
+    }
+
+    const LOAD: &str = "libata.ko.xz\nahci.ko.xz libata.ko.xz\nnvme-core.ko.xz\nnvme.ko.xz nvme-core.ko.xz\nntfs3.ko.xz\n";
+    const ALIASES: &str = "# test\nalways ntfs3.ko.xz\nalways ../evil.ko.xz\n\
+        alias pci:v*d*sv*sd*bc01sc06i01* ahci.ko.xz\n\
+        alias pci:v*d*sv*sd*bc01sc08i02* nvme.ko.xz\n\
+        alias pci:v00008086d00002922sv*sd*bc*sc*i* ahci.ko.xz\n\
+        alias pci:v* unknown.ko.xz\nnonsense\n";
+
+    #[test]
+    fn table_matches_devices_to_modules() {
+        let t = Table::parse(LOAD, ALIASES);
+        assert_eq!(t.always, ["ntfs3.ko.xz"]);
+        assert_eq!(t.aliases.len(), 3, "the unknown module's alias is dropped");
+        assert_eq!(
+            t.matching("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
+            ["ahci.ko.xz"],
+            "two aliases of one module give it once"
+        );
+        assert_eq!(
+            t.matching("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"),
+            ["nvme.ko.xz"]
+        );
+        assert!(t
+            .matching("usb:v0627p0001d0000dc00dsc00dp00ic08isc06ip50in00")
+            .is_empty());
+    }
+
+    #[test]
+    fn sched_loads_dependencies_first_and_only_what_is_asked() {
+        let t = Table::parse(LOAD, ALIASES);
+        let mut s = Sched::new(&t.modules);
+        assert!(s.idle());
+        assert!(s.want("ahci.ko.xz"));
+        assert!(!s.want("ahci.ko.xz"));
+        assert!(!s.want("nothere.ko.xz"));
+        assert_eq!(s.take_ready().as_deref(), Some("libata.ko.xz"));
+        assert_eq!(s.take_ready(), None, "ahci waits for libata");
+        assert!(!s.idle());
+        s.done("libata.ko.xz", Ok(()), Duration::from_millis(30));
+        assert_eq!(s.take_ready().as_deref(), Some("ahci.ko.xz"));
+        s.done("ahci.ko.xz", err(libc::EEXIST), Duration::from_millis(400));
+        assert_eq!(s.summary.slowest(1), "ahci 0.40 s");
+        assert!(s.idle());
+        assert_eq!(s.summary.loaded, ["libata.ko.xz", "ahci.ko.xz"]);
+    }
+
+    #[test]
+    fn independent_modules_are_handed_out_together() {
+        let t = Table::parse(LOAD, ALIASES);
+        let mut s = Sched::new(&t.modules);
+        s.want("ahci.ko.xz");
+        s.want("nvme.ko.xz");
+        s.want("ntfs3.ko.xz");
+        let mut first = vec![];
+        while let Some(p) = s.take_ready() {
+            first.push(p);
+        }
+        assert_eq!(first, ["libata.ko.xz", "nvme-core.ko.xz", "ntfs3.ko.xz"]);
     }
 
     #[test]
     fn absent_hardware_is_not_a_failure_and_dependants_follow() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(MODULE_LIST),
-            "hv_vmbus.ko.xz\nhv_storvsc.ko.xz hv_vmbus.ko.xz\nbad.ko.xz\nuser.ko.xz bad.ko.xz\nok.ko.xz\n",
-        )
-        .unwrap();
-        let mut tried = Vec::new();
-        let mut load = |p: &Path| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            tried.push(name.clone());
-            match name.as_str() {
-                "hv_vmbus.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::ENODEV)),
-                "bad.ko.xz" => Err(std::io::Error::from_raw_os_error(libc::EKEYREJECTED)),
+        let load = "hv_vmbus.ko.xz\nhv_storvsc.ko.xz hv_vmbus.ko.xz\nbad.ko.xz\nuser.ko.xz bad.ko.xz\nok.ko.xz\n";
+        let mut s = Sched::new(&parse_load_list(load));
+        for p in ["hv_storvsc.ko.xz", "user.ko.xz", "ok.ko.xz"] {
+            s.want(p);
+        }
+        let mut tried = vec![];
+        while let Some(p) = s.take_ready() {
+            let r = match p.as_str() {
+                "hv_vmbus.ko.xz" => err(libc::ENODEV),
+                "bad.ko.xz" => err(libc::EKEYREJECTED),
                 _ => Ok(()),
-            }
-        };
-        let sum = load_all(dir.path(), &mut load, &mut |_| {}).unwrap();
+            };
+            tried.push(p.clone());
+            s.done(&p, r, Duration::ZERO);
+        }
+        assert!(s.idle());
         assert_eq!(tried, ["hv_vmbus.ko.xz", "bad.ko.xz", "ok.ko.xz"]);
-        assert_eq!(sum.not_applicable, ["hv_vmbus.ko.xz", "hv_storvsc.ko.xz"]);
-        let failed: Vec<_> = sum.failed.iter().map(|f| f.module.as_str()).collect();
+        assert_eq!(
+            s.summary.not_applicable,
+            ["hv_vmbus.ko.xz", "hv_storvsc.ko.xz"]
+        );
+        let failed: Vec<_> = s.summary.failed.iter().map(|f| f.module.as_str()).collect();
         assert_eq!(failed, ["bad.ko.xz", "user.ko.xz"]);
-        assert_eq!(sum.loaded, 1);
+        assert_eq!(s.summary.loaded, ["ok.ko.xz"]);
+        assert_eq!(s.log.len(), 2);
     }
 
     #[test]
-    fn missing_list_is_an_error() {
+    fn a_cycle_in_the_table_does_not_hang() {
+        let mut s = Sched::new(&parse_load_list("a.ko.xz b.ko.xz\nb.ko.xz a.ko.xz\n"));
+        assert!(s.want("a.ko.xz"));
+        assert_eq!(s.take_ready(), None);
+    }
+
+    #[test]
+    fn loader_threads_respect_dependencies() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load_all(dir.path(), &mut |_| Ok(()), &mut |_| {}).is_err());
+        std::fs::write(dir.path().join(MODULE_LIST), LOAD).unwrap();
+        std::fs::write(dir.path().join(MODULE_ALIASES), ALIASES).unwrap();
+        let table = Table::read(dir.path()).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let rec = seen.clone();
+        let load: Arc<LoadFn> = Arc::new(move |p: &Path| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            rec.lock().unwrap().push(name);
+            Ok(())
+        });
+        let l = Loader::start(dir.path(), table, 3, load);
+        assert_eq!(l.want_always(), 1);
+        assert_eq!(
+            l.want_for("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"),
+            1
+        );
+        assert_eq!(
+            l.want_for("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
+            1
+        );
+        assert!(l.wait_idle(Duration::from_secs(60)));
+        let seen = seen.lock().unwrap().clone();
+        let pos = |n: &str| seen.iter().position(|s| s == n).unwrap();
+        assert_eq!(seen.len(), 5);
+        assert!(pos("libata.ko.xz") < pos("ahci.ko.xz"));
+        assert!(pos("nvme-core.ko.xz") < pos("nvme.ko.xz"));
+        let sum = l.summary();
+        assert_eq!((sum.loaded.len(), sum.carried), (5, 5));
+        assert!(sum
+            .line()
+            .starts_with("modules: 5 loaded of 5 carried, 0 not for this hardware, 0 failed"));
+    }
+
+    #[test]
+    fn usb_storage_scans_at_once() {
+        let p = |s: &str| params_for(Path::new(s)).to_str().unwrap();
+        assert_eq!(
+            p("/lib/modules/k/kernel/drivers/usb/storage/usb-storage.ko.xz"),
+            "delay_use=0"
+        );
+        assert_eq!(
+            p("kernel/drivers/usb/storage/usb-storage.ko"),
+            "delay_use=0"
+        );
+        assert_eq!(p("kernel/drivers/usb/storage/uas.ko.xz"), "");
+    }
+
+    #[test]
+    fn missing_tables_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Table::read(dir.path()).is_err());
+        std::fs::write(dir.path().join(MODULE_LIST), LOAD).unwrap();
+        assert!(
+            Table::read(dir.path()).is_err(),
+            "the alias table is needed too"
+        );
     }
 }

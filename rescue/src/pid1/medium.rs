@@ -3,8 +3,8 @@
 //! `reports/`; or the defib ISO (ISO 9660 volume id `DEFIB`) on a CD
 //! drive (`sr*`) or written to a stick, which is read-only.
 //!
-//! This module finds it among the block devices, waits a bounded time for
-//! slow USB enumeration, picks the right stick when several are attached,
+//! This module finds it among the block devices, decides when the wait for
+//! it and the disks is over (the uevents are `hotplug`'s), picks the right stick when several are attached,
 //! and mounts it. It does not read the image's boot files, and it is never
 //! used to find victim disks (that is `probe`).
 
@@ -166,61 +166,125 @@ pub fn select(
     }
 }
 
-/// How a wait for devices ended.
+/// What the wait for devices looks at, taken from sysfs after each batch
+/// of uevents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Present {
+    /// A medium candidate (GPT name or FAT label `DEFIB`, or the ISO).
+    pub medium: bool,
+    /// Whole disks with media that are not the medium's: the victims.
+    pub disks: Vec<String>,
+    /// NVMe controllers with no namespace yet (their scan runs after the
+    /// driver's probe returned, unlike ATA's and SCSI's).
+    pub nvme_pending: Vec<String>,
+}
+
+/// Why the wait for devices stops now, or `None` to go on waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SettleEnd {
-    /// The device set stopped changing (and the medium, if wanted, is there).
-    Settled,
-    /// The bound ran out.
+pub enum WaitEnd {
+    /// Everything expected is there.
+    Ready,
+    /// The bound ran out with something missing.
     TimedOut,
 }
 
-/// Decides when block devices have settled: the set of names unchanged for
-/// `quiet`, and the medium present if one is wanted; or `limit` reached.
-/// Time is passed in, so the logic is tested without sleeping.
-#[derive(Debug)]
-pub struct Settle {
+/// Decides the end of the wait: the loaders idle (every module for the
+/// devices seen so far has been loaded, so ATA and SCSI hosts have been
+/// scanned, as module init waits for async probes), the medium present
+/// when one is wanted, every NVMe controller with a namespace, and at least
+/// one disk besides the medium; or `limit` reached. No quiet period: a
+/// machine that has all of that goes on at once.
+pub fn wait_end(
+    now: Duration,
     limit: Duration,
-    quiet: Duration,
-    last: Option<BTreeSet<String>>,
-    since: Duration,
-}
-
-impl Settle {
-    pub fn new(limit: Duration, quiet: Duration) -> Settle {
-        Settle {
-            limit,
-            quiet,
-            last: None,
-            since: Duration::ZERO,
-        }
-    }
-
-    /// Feeds one poll taken `now` after the start. Returns `Some` when
-    /// waiting should stop.
-    pub fn observe(
-        &mut self,
-        now: Duration,
-        names: BTreeSet<String>,
-        medium_found: bool,
-        want_medium: bool,
-    ) -> Option<SettleEnd> {
-        if self.last.as_ref() != Some(&names) {
-            self.last = Some(names);
-            self.since = now;
-        }
-        let stable = now.saturating_sub(self.since) >= self.quiet;
-        if stable && (medium_found || !want_medium) {
-            Some(SettleEnd::Settled)
-        } else if now >= self.limit {
-            Some(SettleEnd::TimedOut)
-        } else {
-            None
-        }
+    p: &Present,
+    want_medium: bool,
+    loaders_idle: bool,
+) -> Option<WaitEnd> {
+    let ready = loaders_idle
+        && (p.medium || !want_medium)
+        && p.nvme_pending.is_empty()
+        && !p.disks.is_empty();
+    if ready {
+        Some(WaitEnd::Ready)
+    } else if now >= limit {
+        Some(WaitEnd::TimedOut)
+    } else {
+        None
     }
 }
 
-/// The names in `<root>/sys/class/block`, for [`Settle`].
+/// What is missing, for the line printed when the bound runs out.
+pub fn missing(p: &Present, want_medium: bool, loaders_idle: bool) -> String {
+    let mut m = Vec::new();
+    if want_medium && !p.medium {
+        m.push("the defib medium".to_string());
+    }
+    if p.disks.is_empty() {
+        m.push("a disk besides the medium".to_string());
+    }
+    for c in &p.nvme_pending {
+        m.push(format!("a namespace on {c}"));
+    }
+    if !loaders_idle {
+        m.push("module loads still running".to_string());
+    }
+    m.join(", ")
+}
+
+/// Reads [`Present`] from `<root>/sys` and `<root>/dev`.
+pub fn present_in(root: &Path) -> Present {
+    let cands = candidates(root);
+    let medium_disks: BTreeSet<String> = cands
+        .iter()
+        .map(|c| c.parent.clone().unwrap_or_else(|| c.name.clone()))
+        .collect();
+    let disks = list_block(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| {
+            !d.partition
+                && d.sectors > 0
+                && !d.name.starts_with("sr")
+                && !crate::probe::skipped(&d.name)
+                && !medium_disks.contains(&d.name)
+        })
+        .map(|d| d.name)
+        .collect();
+    Present {
+        medium: !cands.is_empty(),
+        disks,
+        nvme_pending: nvme_pending(root),
+    }
+}
+
+/// NVMe controllers in `<root>/sys/class/nvme` with no namespace device
+/// below them (`nvme0n1`, or `nvme0c0n1` with native multipath).
+pub fn nvme_pending(root: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(root.join("sys/class/nvme")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|ctrl| {
+            let has_ns = std::fs::read_dir(root.join("sys/class/nvme").join(ctrl))
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.strip_prefix(ctrl.as_str())
+                            .is_some_and(|rest| rest.starts_with('n') || rest.starts_with('c'))
+                    })
+                })
+                .unwrap_or(false);
+            !has_ns
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The names in `<root>/sys/class/block`.
 pub fn block_names(root: &Path) -> BTreeSet<String> {
     std::fs::read_dir(root.join("sys/class/block"))
         .map(|rd| {
@@ -483,52 +547,74 @@ mod tests {
         assert!(!f.matches_build);
     }
 
-    fn set(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
+    fn present(medium: bool, disks: &[&str], nvme: &[&str]) -> Present {
+        Present {
+            medium,
+            disks: disks.iter().map(|s| s.to_string()).collect(),
+            nvme_pending: nvme.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
-    fn settles_after_quiet_period_with_medium() {
-        let ms = Duration::from_millis;
-        let mut s = Settle::new(Duration::from_secs(15), ms(1500));
-        assert_eq!(s.observe(ms(0), set(&["sda"]), false, true), None);
-        assert_eq!(s.observe(ms(1000), set(&["sda", "sdb"]), true, true), None);
-        assert_eq!(s.observe(ms(2000), set(&["sda", "sdb"]), true, true), None);
+    fn ready_as_soon_as_medium_and_a_disk_are_there() {
+        let (s, limit) = (Duration::from_millis(300), Duration::from_secs(15));
+        let p = present(true, &["sda"], &[]);
+        assert_eq!(wait_end(s, limit, &p, true, true), Some(WaitEnd::Ready));
         assert_eq!(
-            s.observe(ms(2500), set(&["sda", "sdb"]), true, true),
-            Some(SettleEnd::Settled)
+            wait_end(s, limit, &p, true, false),
+            None,
+            "a load still runs"
+        );
+        let p = present(false, &["sda"], &[]);
+        assert_eq!(wait_end(s, limit, &p, true, true), None, "no medium yet");
+        assert_eq!(
+            wait_end(s, limit, &p, false, true),
+            Some(WaitEnd::Ready),
+            "PXE"
         );
     }
 
     #[test]
-    fn waits_for_medium_until_the_limit() {
-        let ms = Duration::from_millis;
-        let mut s = Settle::new(ms(3000), ms(1500));
-        assert_eq!(s.observe(ms(0), set(&["sda"]), false, true), None);
-        assert_eq!(s.observe(ms(2000), set(&["sda"]), false, true), None);
+    fn waits_for_what_is_missing_until_the_limit() {
+        let limit = Duration::from_secs(15);
+        let nvme = present(true, &["sda"], &["nvme0"]);
         assert_eq!(
-            s.observe(ms(3000), set(&["sda"]), false, true),
-            Some(SettleEnd::TimedOut)
+            wait_end(Duration::from_secs(1), limit, &nvme, true, true),
+            None
+        );
+        assert_eq!(missing(&nvme, true, true), "a namespace on nvme0");
+        let no_disk = present(true, &[], &[]);
+        assert_eq!(
+            wait_end(Duration::from_secs(14), limit, &no_disk, true, true),
+            None
+        );
+        assert_eq!(
+            wait_end(limit, limit, &no_disk, true, true),
+            Some(WaitEnd::TimedOut)
+        );
+        assert_eq!(
+            missing(&present(false, &[], &[]), true, false),
+            "the defib medium, a disk besides the medium, module loads still running"
+        );
+        assert_eq!(
+            wait_end(Duration::ZERO, Duration::ZERO, &no_disk, true, true),
+            Some(WaitEnd::TimedOut),
+            "defib.wait=0 stops at once"
         );
     }
 
     #[test]
-    fn pxe_needs_only_quiet() {
-        let ms = Duration::from_millis;
-        let mut s = Settle::new(ms(15000), ms(1500));
-        assert_eq!(s.observe(ms(0), set(&["sda"]), false, false), None);
-        assert_eq!(
-            s.observe(ms(1500), set(&["sda"]), false, false),
-            Some(SettleEnd::Settled)
-        );
-    }
-
-    #[test]
-    fn zero_wait_stops_at_once() {
-        let mut s = Settle::new(Duration::ZERO, Duration::from_millis(1500));
-        assert_eq!(
-            s.observe(Duration::ZERO, set(&[]), false, true),
-            Some(SettleEnd::TimedOut)
-        );
+    fn present_reads_disks_medium_and_nvme_from_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        tree(root);
+        let p = present_in(root);
+        assert!(p.medium);
+        assert_eq!(p.disks, ["nvme0n1"], "the sticks are not victims");
+        assert!(p.nvme_pending.is_empty());
+        let ctrl = root.join("sys/class/nvme");
+        std::fs::create_dir_all(ctrl.join("nvme0/nvme0c0n1")).unwrap();
+        std::fs::create_dir_all(ctrl.join("nvme1/power")).unwrap();
+        assert_eq!(nvme_pending(root), ["nvme1"]);
     }
 }

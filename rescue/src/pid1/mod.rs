@@ -20,10 +20,11 @@ use crate::report::{self, MediumKind, Modules, Report, Verdict};
 use crate::verdict::{self, Outcome};
 use crate::VERSION;
 use console::Console;
-use medium::{Found, KernelMounter, Mounter, Settle, SettleEnd};
+use medium::{Found, KernelMounter, Mounter, WaitEnd};
 
 pub mod console;
 pub mod dmi;
+pub mod hotplug;
 pub mod keyprompt;
 pub mod kmod;
 pub mod medium;
@@ -33,10 +34,11 @@ pub mod netkeys;
 pub mod objects;
 pub mod shell;
 
-/// How long block device names must stay unchanged to count as settled.
-const QUIET: Duration = Duration::from_millis(1500);
-/// Poll interval while waiting for devices.
-const POLL: Duration = Duration::from_millis(250);
+/// The longest wait for a uevent before looking at the devices again
+/// (a disk may appear without a module load: NVMe namespaces, USB sticks).
+const TICK: Duration = Duration::from_millis(20);
+/// How long loads may still run once the wait for devices is over.
+const MODULE_LIMIT: Duration = Duration::from_secs(60);
 /// Countdown before a reboot, so the technician can read the verdict.
 const REBOOT_COUNTDOWN: u32 = 10;
 /// How long a fatal error stays on screen before the reboot.
@@ -53,6 +55,9 @@ pub struct Run {
     medium: Option<Found>,
     mounter: KernelMounter,
     probe: Probe,
+    /// Module loading threads and the uevent socket, from `modules` on.
+    loader: Option<kmod::Loader>,
+    uevents: Option<hotplug::Socket>,
     outcome: Option<Outcome>,
     volumes: crate::volumes::KernelVolumes,
     /// Where the verdict line points: the medium's copy, else the victim's.
@@ -87,13 +92,13 @@ pub const STEPS: &[Step] = &[
         fatal: false,
     },
     Step {
-        name: "efivarfs",
-        run: mount_late,
+        name: "devices",
+        run: wait_devices,
         fatal: false,
     },
     Step {
-        name: "devices",
-        run: wait_devices,
+        name: "efivarfs",
+        run: mount_late,
         fatal: false,
     },
     Step {
@@ -146,6 +151,8 @@ impl Run {
             medium: None,
             mounter: KernelMounter::new(root),
             probe: Probe::default(),
+            loader: None,
+            uevents: None,
             outcome: None,
             volumes: crate::volumes::KernelVolumes::new(root),
             report_path: None,
@@ -191,10 +198,15 @@ pub fn main() -> ! {
             }
             run.note(format!("step {} failed: {e:#}", step.name));
         }
+        let took = t.elapsed();
+        run.report
+            .boot
+            .timings
+            .push(report::StepTime::new(step.name, took));
         run.say(&format!(
             "-- {} done in {:.2} s",
             step.name,
-            t.elapsed().as_secs_f64()
+            took.as_secs_f64()
         ));
     }
     finish(&mut run)
@@ -305,30 +317,121 @@ fn banner(run: &mut Run) -> Result<()> {
     Ok(())
 }
 
+/// Starts the loaders and asks for the modules of every device in sysfs and
+/// those every machine gets (the uevent socket is open first, so a device
+/// that appears meanwhile is not missed); `devices` waits for them.
 fn load_modules(run: &mut Run) -> Result<()> {
     let dir = kmod::modules_dir(&run.root, &run.report.boot.kernel);
-    let mut failures = Vec::new();
-    let res = kmod::load_all(&dir, &mut kmod::finit_module, &mut |l| {
-        failures.push(l.to_string())
-    });
-    for f in failures {
-        run.say(&f);
-    }
-    match res {
-        Ok(sum) => {
-            run.say(&sum.line());
-            run.report.modules = Modules {
-                loaded: sum.loaded,
-                failed: sum.failed,
-                not_applicable: sum.not_applicable,
-            };
+    let table = match kmod::Table::read(&dir) {
+        Ok(t) => t,
+        Err(e) => {
+            run.note(format!(
+                "no modules loaded: reading {}: {e}",
+                dir.join(layout::MODULE_ALIASES).display()
+            ));
+            return Ok(());
         }
+    };
+    match hotplug::Socket::open() {
+        Ok(s) => run.uevents = Some(s),
         Err(e) => run.note(format!(
-            "no modules loaded: reading {}: {e}",
-            dir.join(layout::MODULE_LIST).display()
+            "no uevents ({e}); devices that appear later are found by looking again"
         )),
     }
+    // Loads wait on probes (an AHCI port's link, a USB reset) more than on
+    // the CPU: more threads than CPUs keep one probe from holding up the rest.
+    let threads = std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).clamp(4, 8));
+    let loader = kmod::Loader::start(
+        &dir,
+        table,
+        threads,
+        std::sync::Arc::new(kmod::finit_module),
+    );
+    // The devices' drivers first: their probes run while the rest loads.
+    coldplug(&run.root, &loader);
+    loader.want_always();
+    run.loader = Some(loader);
+    // No wait here: the loads run on while `devices` waits for the
+    // medium and the disks, which needs them idle before it ends.
+    if let Some(l) = &run.loader {
+        let carried = l.summary().carried;
+        run.say(&format!(
+            "modules: loading for this machine's devices ({carried} carried)"
+        ));
+    }
     Ok(())
+}
+
+/// Asks for the modules of every device in sysfs.
+fn coldplug(root: &Path, loader: &kmod::Loader) -> usize {
+    hotplug::modaliases(root)
+        .iter()
+        .map(|m| loader.want_for(m))
+        .sum()
+}
+
+/// Waits up to `timeout` for uevents and asks for the modules of the new
+/// devices. Returns whether the loaders were idle before (so every device
+/// their loads made has been announced) and how many modules are new.
+fn pump(run: &mut Run, timeout: Duration) -> (bool, usize) {
+    let Some(loader) = &run.loader else {
+        return (true, 0);
+    };
+    let idle = loader.idle();
+    let mut new = 0;
+    match &run.uevents {
+        Some(sock) => match sock.wait(timeout) {
+            Ok(batch) => {
+                for ev in &batch.events {
+                    if let (Some(m), "add" | "bind" | "change") = (&ev.modalias, ev.action.as_str())
+                    {
+                        new += loader.want_for(m);
+                    }
+                }
+                if batch.overflowed {
+                    new += coldplug(&run.root, loader);
+                }
+            }
+            Err(_) => new += coldplug(&run.root, loader),
+        },
+        None => {
+            std::thread::sleep(timeout);
+            new += coldplug(&run.root, loader);
+        }
+    }
+    let lines = loader.take_log();
+    for l in lines {
+        run.say(&l);
+    }
+    (idle, new)
+}
+
+fn modules_to_report(run: &mut Run) {
+    if let Some(l) = &run.loader {
+        let sum = l.summary();
+        run.report.modules = Modules {
+            loaded: sum.loaded.len() as u32,
+            carried: sum.carried as u32,
+            names: module_names(&sum.loaded),
+            failed: sum.failed,
+            not_applicable: sum.not_applicable,
+        };
+    }
+}
+
+/// Module names from paths (`kernel/drivers/nvme/host/nvme.ko.xz` ->
+/// `nvme`), sorted.
+fn module_names(paths: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            let base = p.rsplit('/').next().unwrap_or(p);
+            let stem = base.split(".ko").next().unwrap_or(base);
+            stem.replace('-', "_")
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 fn mount_late(run: &mut Run) -> Result<()> {
@@ -358,27 +461,58 @@ fn mount_late(run: &mut Run) -> Result<()> {
     Ok(())
 }
 
+/// Waits for the devices the run needs, driven by uevents: modules for
+/// each new device are loaded as it appears, and the wait ends as soon as
+/// the medium (unless PXE), a disk besides it, and a namespace on every
+/// NVMe controller are there; `defib.wait` bounds it when something is
+/// missing (a slow USB stick, a disk that never comes).
 fn wait_devices(run: &mut Run) -> Result<()> {
     let want_medium = run.args.medium != Some(MediumHint::Pxe);
-    let mut settle = Settle::new(run.args.wait, QUIET);
     let t = Instant::now();
-    let end = loop {
-        let names = medium::block_names(&run.root);
-        let found = want_medium && !medium::candidates(&run.root).is_empty();
-        if let Some(end) = settle.observe(t.elapsed(), names, found, want_medium) {
-            break end;
+    let mut timeout = Duration::ZERO;
+    let (end, p) = loop {
+        let (idle, new) = pump(run, timeout);
+        timeout = TICK;
+        let loaders_idle = idle && new == 0;
+        // Only a settled machine is worth reading: sysfs and the disks'
+        // first sectors.
+        let p = if loaders_idle || t.elapsed() >= run.args.wait {
+            medium::present_in(&run.root)
+        } else {
+            continue;
+        };
+        if let Some(end) =
+            medium::wait_end(t.elapsed(), run.args.wait, &p, want_medium, loaders_idle)
+        {
+            break (end, (p, loaders_idle));
         }
-        std::thread::sleep(POLL);
     };
     let n = medium::block_names(&run.root).len();
     let secs = t.elapsed().as_secs_f64();
     match end {
-        SettleEnd::Settled => run.say(&format!(
-            "devices: settled in {secs:.1} s ({n} block devices)"
+        WaitEnd::Ready => run.say(&format!(
+            "devices: ready in {secs:.1} s ({n} block devices)"
         )),
-        SettleEnd::TimedOut => run.say(&format!(
-            "devices: stopped waiting after {secs:.1} s ({n} block devices)"
+        WaitEnd::TimedOut => run.say(&format!(
+            "devices: stopped waiting after {secs:.1} s ({n} block devices); missing: {}",
+            medium::missing(&p.0, want_medium, p.1)
         )),
+    }
+    // The bound ran out with loads running (a slow machine): the steps
+    // after this one mount filesystems, so the loads must end first.
+    if let Some(l) = &run.loader {
+        if !l.wait_idle(MODULE_LIMIT) {
+            run.note(format!(
+                "module loads still running after {} s more; going on without them",
+                MODULE_LIMIT.as_secs()
+            ));
+        }
+    }
+    modules_to_report(run);
+    if let Some(l) = &run.loader {
+        let sum = l.summary();
+        run.say(&sum.line());
+        run.say(&format!("modules: slowest {}", sum.slowest(5)));
     }
     Ok(())
 }

@@ -123,6 +123,30 @@ pub struct Boot {
     pub kernel: String,
     /// `/proc/cmdline`, trimmed.
     pub cmdline: String,
+    /// Each PID 1 step up to the report's write, with its duration, in
+    /// order; empty in host runs.
+    #[serde(default)]
+    pub timings: Vec<StepTime>,
+}
+
+/// How long one PID 1 step took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTime {
+    /// The step's name in the PID 1 table (`modules`, `devices`, …).
+    pub step: String,
+    /// Seconds, to the millisecond.
+    pub seconds: f64,
+}
+
+impl Eq for StepTime {}
+
+impl StepTime {
+    pub fn new(step: &str, took: std::time::Duration) -> StepTime {
+        StepTime {
+            step: step.to_string(),
+            seconds: (took.as_secs_f64() * 1000.0).round() / 1000.0,
+        }
+    }
 }
 
 /// Firmware interface the machine booted through.
@@ -154,6 +178,13 @@ pub enum MediumKind {
 pub struct Modules {
     /// Modules loaded now or found already present (built in or loaded).
     pub loaded: u32,
+    /// Modules the image carries (`defib.load`); those for hardware the
+    /// machine lacks are carried but not loaded.
+    #[serde(default)]
+    pub carried: u32,
+    /// Names of the modules loaded, sorted (`-` written `_`).
+    #[serde(default)]
+    pub names: Vec<String>,
     /// Modules the kernel refused, with the reason.
     pub failed: Vec<ModuleFailure>,
     /// Modules for hardware this machine does not have (their init said
@@ -242,6 +273,7 @@ impl Report {
                 medium: MediumKind::None,
                 kernel: String::new(),
                 cmdline: String::new(),
+                timings: Vec::new(),
             },
             modules: Modules::default(),
             volumes: Vec::new(),
@@ -424,9 +456,15 @@ mod tests {
                 medium: MediumKind::Usb,
                 kernel: "6.12.57+deb13-amd64".into(),
                 cmdline: "quiet".into(),
+                timings: vec![StepTime::new(
+                    "modules",
+                    std::time::Duration::from_millis(1234),
+                )],
             },
             modules: Modules {
                 loaded: 3,
+                carried: 80,
+                names: vec!["ahci".into(), "libata".into(), "ntfs3".into()],
                 failed: vec![ModuleFailure {
                     module: "kernel/drivers/net/e1000e.ko.xz".into(),
                     error: "Key was rejected by service".into(),
