@@ -6,7 +6,7 @@
 //! the build id, never from a clock or a random source.
 
 use crate::bootmenu::{self, After};
-use crate::cpio::{compress_zstd, Archive};
+use crate::cpio::{compress_zstd_cached, Archive};
 use crate::deb::{Deb, Member};
 use crate::image::{write_usb_image, EspSpec};
 use crate::kmod::{self, KernelModules, ModuleList};
@@ -367,8 +367,8 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
     )?;
     let mut cpio = Vec::new();
     ar.write_newc(&mut cpio, cfg.source_date_epoch as u32)?;
-    let initramfs = compress_zstd(&cpio, ZSTD_LEVEL)?;
-    let payloads_z = compress_zstd(&payload_cpio, ZSTD_LEVEL)?;
+    let initramfs = compress_zstd_cached(&cpio, ZSTD_LEVEL)?;
+    let payloads_z = compress_zstd_cached(&payload_cpio, ZSTD_LEVEL)?;
     let store = StoreFiles::read(&cfg.payloads.join("store"))?;
     log(&format!(
         "initramfs {} KiB ({} entries), payloads {} KiB, store {} objects ({} KiB, on the medium)",

@@ -364,6 +364,57 @@ fn align4(n: usize) -> usize {
 /// Single-threaded with the content-size and checksum flags always on
 /// (RFC 8878 §3.1.1.1.1 Frame_Header_Descriptor), so the same input and
 /// level give the same frame on every run and host.
+/// [`compress_zstd`] through a cache: zstd at level 19 takes half a
+/// minute for an initramfs of decompressed modules, and a rebuild from
+/// the same inputs (a new payload, a test) compresses the same bytes
+/// again. The cache holds outputs by the SHA-256 of their input and the
+/// level (`<cache>/zstd/`, the newest 16 kept); a cached output is used
+/// only after it decompresses to exactly `data`. Any cache trouble falls
+/// back to compressing. `DEFIB_ZSTD_CACHE=0` turns it off.
+pub fn compress_zstd_cached(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    let dir = if std::env::var_os("DEFIB_ZSTD_CACHE").is_some_and(|v| v == "0") {
+        None
+    } else {
+        crate::fetch::cache_dir().ok().map(|d| d.join("zstd"))
+    };
+    compress_zstd_in(data, level, dir.as_deref())
+}
+
+/// [`compress_zstd_cached`] with the cache folder given (`None`: none).
+pub fn compress_zstd_in(data: &[u8], level: i32, dir: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    let Some(dir) = dir else {
+        return compress_zstd(data, level);
+    };
+    let path = dir.join(format!("{}-{level}.zst", crate::sha256_hex(data)));
+    if let Ok(z) = std::fs::read(&path) {
+        if zstd::bulk::decompress(&z, data.len()).is_ok_and(|d| d == data) {
+            return Ok(z);
+        }
+    }
+    let z = compress_zstd(data, level)?;
+    let _ = keep_in_cache(dir, &path, &z);
+    Ok(z)
+}
+
+/// Writes one cache entry (temp name, then rename) and keeps the newest 16.
+fn keep_in_cache(dir: &std::path::Path, path: &std::path::Path, z: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, z)?;
+    std::fs::rename(&tmp, path)?;
+    let mut entries: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "zst"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    entries.sort();
+    let n = entries.len().saturating_sub(16);
+    for (_, p) in entries.into_iter().take(n) {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
 pub fn compress_zstd(data: &[u8], level: i32) -> Result<Vec<u8>> {
     use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level).context("creating zstd compressor")?;
@@ -606,6 +657,26 @@ mod tests {
         let data = write(&sample());
         let a = compress_zstd(&data, 19).unwrap();
         let b = compress_zstd(&data, 19).unwrap();
+        // Through the cache: the first call stores, the second reads it
+        // back; a damaged entry is noticed and replaced.
+        let cache = tempfile::tempdir().unwrap();
+        let dir = Some(cache.path());
+        let c = compress_zstd_in(&data, 19, dir).unwrap();
+        let d = compress_zstd_in(&data, 19, dir).unwrap();
+        let entry = std::fs::read_dir(cache.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::write(&entry, b"not zstd").unwrap();
+        let e = compress_zstd_in(&data, 19, dir).unwrap();
+        assert!(a == c && c == d && d == e);
+        assert_eq!(
+            std::fs::read(&entry).unwrap(),
+            a,
+            "the damaged entry was replaced"
+        );
         assert_eq!(a, b);
         assert_eq!(zstd::decode_all(&a[..]).unwrap(), data);
         // Frame_Header_Descriptor: Content_Checksum_flag is bit 2, RFC 8878 §3.1.1.1.1.

@@ -200,7 +200,17 @@ fn image_matches_its_manifest() {
 }
 
 fn build_into(out: &std::path::Path, payloads: &std::path::Path) -> std::process::Output {
+    build_with(out, payloads, true)
+}
+
+/// `zstd_cache`: false compresses afresh (`DEFIB_ZSTD_CACHE=0`).
+fn build_with(
+    out: &std::path::Path,
+    payloads: &std::path::Path,
+    zstd_cache: bool,
+) -> std::process::Output {
     Command::new(env_file("DEFIB_DEFIB"))
+        .env("DEFIB_ZSTD_CACHE", if zstd_cache { "1" } else { "0" })
         .args(["build", "--offline", "--json", "--out"])
         .arg(out)
         .arg("--payloads")
@@ -218,8 +228,10 @@ fn two_builds_from_the_same_inputs_are_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads");
     let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
-    for p in [&a, &b] {
-        let o = build_into(p, &payloads);
+    // The first compresses afresh, the second may take the compressed
+    // initramfs from the cache: equal bytes prove both paths agree.
+    for (p, cache) in [(&a, false), (&b, true)] {
+        let o = build_with(p, &payloads, cache);
         assert!(
             o.status.success(),
             "defib build failed: {}",
