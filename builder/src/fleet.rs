@@ -499,6 +499,17 @@ fn gather_folder(dir: &Path, fleet: &mut Fleet) {
     }
 }
 
+/// One report file read the way a folder's are (regular file, size
+/// bound, known schema): its bytes and parsed value, or why not.
+/// `defib serve` takes each arriving report through this before it joins
+/// `--reports DIR`.
+pub fn read_report(p: &Path) -> std::result::Result<(Vec<u8>, Value), String> {
+    let bytes = read_report_file(p)?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON ({e})"))?;
+    check_report(&v)?;
+    Ok((bytes, v))
+}
+
 /// The bytes of one report file in a folder, if it is a regular file of
 /// at most [`MAX_REPORT`] bytes. The file is opened first, without
 /// following a link (`O_NOFOLLOW`) and without waiting for a writer

@@ -22,6 +22,7 @@ pub mod progress;
 pub mod pxe;
 pub mod qemu;
 pub mod sbat;
+pub mod serve;
 pub mod size;
 pub mod store;
 pub mod storesync;

@@ -115,6 +115,9 @@ pub struct Boot {
     /// A NIC on QEMU's user-mode network (its TFTP server serves a folder);
     /// without one the machine has no network (`-nic none`).
     pub net: Option<Net>,
+    /// A NIC on a tap device instead (a real network, e.g. a bridge in a
+    /// network namespace); `net` must then be `None`.
+    pub tap: Option<Tap>,
     /// With `UefiSb`: this UEFI variable store template (its PK, KEK, db
     /// and dbx) instead of OVMF's Microsoft one; copied, never written.
     pub vars: Option<PathBuf>,
@@ -137,6 +140,19 @@ pub struct Net {
     pub boot_first: bool,
 }
 
+/// A NIC on an existing tap device; with `netns`, QEMU runs inside that
+/// network namespace (`ip netns exec`), where the tap lives.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub ifname: String,
+    pub netns: Option<String>,
+    pub mac: String,
+    /// `e1000`, `virtio-net-pci`…
+    pub model: String,
+    /// As [`Net::romfile`].
+    pub romfile: Option<String>,
+}
+
 impl Boot {
     pub fn new(firmware: Firmware, scratch: &Path) -> Boot {
         Boot {
@@ -154,6 +170,7 @@ impl Boot {
             memory_mib: 1024,
             extra: Vec::new(),
             net: None,
+            tap: None,
             vars: None,
         }
     }
@@ -213,7 +230,14 @@ fn require(path: &str, package: &str) -> Result<()> {
 /// The qemu command line for a boot.
 pub fn command(b: &Boot) -> Result<Command> {
     require("/usr/bin/qemu-system-x86_64", "qemu-system-x86")?;
-    let mut c = Command::new("qemu-system-x86_64");
+    let mut c = match b.tap.as_ref().and_then(|t| t.netns.as_deref()) {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+            c
+        }
+        None => Command::new("qemu-system-x86_64"),
+    };
     c.args([
         "-nodefaults",
         "-display",
@@ -222,11 +246,25 @@ pub fn command(b: &Boot) -> Result<Command> {
         "stdio",
         "-no-reboot",
     ]);
-    match &b.net {
-        None => {
+    match (&b.net, &b.tap) {
+        (None, Some(t)) => {
+            c.arg("-netdev").arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                t.ifname
+            ));
+            let mut dev = format!("{},netdev=n0,mac={},bootindex=0", t.model, t.mac);
+            if let Some(rom) = &t.romfile {
+                dev.push_str(&format!(",romfile={rom}"));
+            }
+            c.args(["-device", &dev]);
+            if b.firmware == Firmware::Bios {
+                c.args(["-boot", "n"]);
+            }
+        }
+        (None, None) => {
             c.args(["-nic", "none"]);
         }
-        Some(n) => {
+        (Some(n), _) => {
             c.arg("-netdev").arg(format!(
                 "user,id=n0,tftp={},bootfile={}",
                 n.tftp.display(),
