@@ -395,6 +395,10 @@ pub struct Fleet {
     /// that could not be opened: `<source>: <why>`, one line each. Raw
     /// text; print it through [`term`].
     pub warnings: Vec<String>,
+    /// The reports themselves, in the order of `rows` (one each), for the
+    /// HTML page's per-machine view.
+    #[serde(skip)]
+    pub reports: Vec<Value>,
     /// How many report files were skipped (media errors are not counted:
     /// a stick that cannot be read has no count of files).
     pub skipped: usize,
@@ -412,6 +416,7 @@ impl Fleet {
                 self.key_uses.extend(key_uses(&source, r));
                 self.firmware.extend(firmware_row(&source, r));
                 self.rows.push(row(source, r));
+                self.reports.push(r.clone());
             }
             Err(why) => self.skip(&source, why),
         }

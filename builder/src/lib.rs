@@ -9,6 +9,7 @@ pub mod cpio;
 pub mod deb;
 pub mod fetch;
 pub mod fleet;
+pub mod fleethtml;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;

@@ -140,6 +140,11 @@ struct ReportsConfig {
     /// level
     #[arg(long, conflicts_with = "keys_used")]
     firmware: bool,
+    /// Write a self-contained HTML page of the fleet to FILE: counts by
+    /// verdict, the machines that need a person first, each report one
+    /// click away
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["csv", "json", "keys_used", "firmware"])]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -853,6 +858,26 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
     let f = fleet::gather(&c.sources);
     for w in &f.warnings {
         eprintln!("defib: warning: {}", fleet::term(w));
+    }
+    if let Some(out) = &c.html {
+        let page = defib_builder::fleethtml::page(
+            &f,
+            &defib_rescue::runid::rfc3339(std::time::SystemTime::now()),
+        );
+        let tmp = out.with_extension("html.partial");
+        std::fs::write(&tmp, page).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+        let need = f
+            .rows
+            .iter()
+            .filter(|r| defib_builder::fleethtml::needs_person(&r.verdict))
+            .count();
+        println!(
+            "{}: {} run(s), {need} needing a person",
+            out.display(),
+            f.rows.len()
+        );
+        return Ok(());
     }
     if c.firmware {
         let rows = fleet::dedup_firmware(&f.firmware);
