@@ -320,6 +320,113 @@ pub fn check_ports(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// A DHCPDISCOVER (RFC 2131 §4.1, options RFC 2132) from `mac`, asking
+/// for a broadcast answer: the probe for another DHCP server.
+pub fn dhcp_discover(xid: u32, mac: [u8; 6]) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1; // BOOTREQUEST
+    p[1] = 1; // Ethernet
+    p[2] = 6; // hardware address length
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[10] = 0x80; // flags: broadcast
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]); // magic cookie
+    p.extend_from_slice(&[53, 1, 1]); // DHCPDISCOVER
+    p.extend_from_slice(&[55, 2, 1, 3]); // ask for netmask, router
+    p.push(255);
+    p
+}
+
+/// The server identifier (option 54) of a DHCPOFFER answering `xid`, or
+/// the packet's `siaddr` when the option is missing; `None` for anything
+/// else. Bounds-checked: the bytes come from the network.
+pub fn dhcp_offer_server(pkt: &[u8], xid: u32) -> Option<Ipv4Addr> {
+    if pkt.len() < 240 || pkt[0] != 2 || pkt[4..8] != xid.to_be_bytes() {
+        return None;
+    }
+    if pkt[236..240] != [99, 130, 83, 99] {
+        return None;
+    }
+    let (mut i, mut offer, mut server) = (240, false, None);
+    while i < pkt.len() {
+        match pkt[i] {
+            0 => i += 1,
+            255 => break,
+            code => {
+                let len = *pkt.get(i + 1)? as usize;
+                let v = pkt.get(i + 2..i + 2 + len)?;
+                if code == 53 && v == [2] {
+                    offer = true;
+                }
+                if code == 54 && len == 4 {
+                    server = Some(Ipv4Addr::new(v[0], v[1], v[2], v[3]));
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    offer.then(|| server.unwrap_or(Ipv4Addr::new(pkt[20], pkt[21], pkt[22], pkt[23])))
+}
+
+/// Before `--dhcp-range` makes dnsmasq a DHCP server: asks the network
+/// whether one answers already (a DHCPDISCOVER on `iface`, answers
+/// awaited for `wait`). Two DHCP servers on one network hand out
+/// conflicting leases, so one answering is an error naming it.
+pub fn check_no_other_dhcp(iface: &str, wait: Duration) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 68))
+        .context("UDP port 68 (to ask for another DHCP server) is in use")?;
+    let name = std::ffi::CString::new(iface).context("interface name")?;
+    // SAFETY: setsockopt on our own socket with a valid, NUL-terminated
+    // buffer and its length.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.as_bytes_with_nul().len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!(
+            "binding the DHCP probe to {iface}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    sock.set_broadcast(true)?;
+    let xid = std::process::id() ^ 0x6465_6662;
+    let mac = [0x02, 0xde, 0xf1, 0xb0, 0x00, 0x01];
+    sock.send_to(&dhcp_discover(xid, mac), (Ipv4Addr::BROADCAST, 67))
+        .with_context(|| format!("sending a DHCP probe on {iface}"))?;
+    let start = Instant::now();
+    let mut buf = [0u8; 1500];
+    while let Some(left) = wait.checked_sub(start.elapsed()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if let Some(server) = dhcp_offer_server(&buf[..n], xid) {
+                    bail!(
+                        "another DHCP server answers on {iface}: {server} (offer sent from {from}); \
+                         two DHCP servers on one network hand out conflicting leases. Use \
+                         --proxy-dhcp beside it, or serve on a network without one"
+                    );
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => bail!("listening for DHCP answers on {iface}: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// dnsmasq's config: DHCP (or proxy-DHCP) and TFTP on one interface,
 /// no DNS. iPXE clients are sent to `boot-http.ipxe` (the big files over
 /// HTTP from nginx); BIOS PXE ROMs to `undionly.kpxe`; UEFI to shim
@@ -674,6 +781,9 @@ pub fn prepare(opts: &ServeOptions, run: &Path) -> Result<(Plan, Programs)> {
     };
     check_range(&plan)?;
     check_ports(&plan)?;
+    if let Dhcp::Range(..) = plan.dhcp {
+        check_no_other_dhcp(&plan.interface, Duration::from_secs(3))?;
+    }
     Ok((plan, programs))
 }
 
@@ -1036,6 +1146,26 @@ mod tests {
             }
             assert!(w.starts_with("/run/defib-serve/"), "{w}");
         }
+    }
+
+    #[test]
+    fn dhcp_probe_packets() {
+        let d = dhcp_discover(7, [2, 0, 0, 0, 0, 1]);
+        assert_eq!((d[0], d[10], &d[4..8]), (1, 0x80, &7u32.to_be_bytes()[..]));
+        assert_eq!(&d[240..243], &[53, 1, 1]);
+        // An offer built from the discover: op 2, type 2, server id.
+        let mut o = d.clone();
+        o[0] = 2;
+        o.truncate(240);
+        o.extend_from_slice(&[53, 1, 2, 54, 4, 10, 77, 0, 2, 255]);
+        assert_eq!(dhcp_offer_server(&o, 7), Some("10.77.0.2".parse().unwrap()));
+        assert_eq!(dhcp_offer_server(&o, 8), None, "another xid");
+        assert_eq!(dhcp_offer_server(&d, 7), None, "a request, not a reply");
+        // Truncated options never read past the end.
+        let mut t = o[..240].to_vec();
+        t.extend_from_slice(&[53, 1, 2, 54, 4, 10]);
+        assert_eq!(dhcp_offer_server(&t, 7), None);
+        assert_eq!(dhcp_offer_server(&o[..100], 7), None);
     }
 
     #[test]

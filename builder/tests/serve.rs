@@ -49,13 +49,21 @@ fn ip(args: &[&str]) {
 struct Netns {
     name: String,
     serve: Option<Child>,
+    /// More namespaces cabled to the bridge, and processes in them.
+    others: Vec<String>,
+    children: Vec<Child>,
 }
 
 impl Netns {
     fn new(taps: usize) -> Netns {
         let name = format!("defib-serve-{}", std::process::id());
         ip(&["netns", "add", &name]);
-        let ns = Netns { name, serve: None };
+        let ns = Netns {
+            name,
+            serve: None,
+            others: Vec::new(),
+            children: Vec::new(),
+        };
         let n = ns.name.as_str();
         ip(&["-n", n, "link", "set", "lo", "up"]);
         ip(&["-n", n, "link", "add", "br0", "type", "bridge"]);
@@ -89,9 +97,13 @@ impl Drop for Netns {
             }
             let _ = c.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        for c in self.children.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in self.others.iter().chain([&self.name]) {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
     }
 }
 
@@ -129,7 +141,8 @@ impl Lines {
     }
 }
 
-fn start_serve(ns: &mut Netns, dir: &Path, reports: &Path) -> Lines {
+/// `defib serve` in the namespace with `args` after the common ones.
+fn serve_command(ns: &Netns, dir: &Path, reports: &Path, dhcp: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &ns.name])
         .arg(env_file("DEFIB_DEFIB"))
@@ -137,8 +150,6 @@ fn start_serve(ns: &mut Netns, dir: &Path, reports: &Path) -> Lines {
             "serve",
             "--interface",
             "br0",
-            "--dhcp-range",
-            "10.77.0.100,10.77.0.150",
             "--offline",
             "--after",
             "poweroff",
@@ -151,10 +162,17 @@ fn start_serve(ns: &mut Netns, dir: &Path, reports: &Path) -> Lines {
         .arg(env_file("DEFIB_RESCUE"))
         .arg("--payloads")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../payloads"))
+        .args(dhcp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("starting defib serve");
+    c
+}
+
+fn start_serve(ns: &mut Netns, dir: &Path, reports: &Path, dhcp: &[&str]) -> Lines {
+    let mut child = serve_command(ns, dir, reports, dhcp)
+        .spawn()
+        .expect("starting defib serve");
     let lines = Lines::default();
     for stream in [
         Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -241,7 +259,12 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
     ];
     let mut ns = Netns::new(pcs.len());
     let reports = dir.path().join("reports");
-    let lines = start_serve(&mut ns, dir.path(), &reports);
+    let lines = start_serve(
+        &mut ns,
+        dir.path(),
+        &reports,
+        &["--dhcp-range", "10.77.0.100,10.77.0.150"],
+    );
     // The taps and the bridge are in the namespace, not on the host.
     for i in 1..=pcs.len() {
         assert!(!Path::new(&format!("/sys/class/net/tap{i}")).exists());
@@ -396,4 +419,102 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
             );
         }
     }
+}
+
+/// Another DHCP server on the network (the site's, in a second namespace
+/// cabled to the bridge): `--dhcp-range` is refused, naming it, before
+/// anything starts; `--proxy-dhcp` beside it comes up.
+#[test]
+#[ignore = "needs root and network namespaces: run through scripts/test"]
+fn a_second_dhcp_server_is_refused_and_proxy_dhcp_works_beside_it() {
+    need("ip", "iproute2");
+    need("dnsmasq", "dnsmasq-base");
+    need("nginx", "nginx");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ns = Netns::new(0);
+    let site = format!("{}-site", ns.name);
+    ip(&["netns", "add", &site]);
+    ns.others.push(site.clone());
+    let n = ns.name.clone();
+    ip(&[
+        "-n", &n, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &site,
+    ]);
+    ip(&["-n", &n, "link", "set", "v0", "master", "br0"]);
+    ip(&["-n", &n, "link", "set", "v0", "up"]);
+    ip(&["-n", &site, "link", "set", "lo", "up"]);
+    ip(&["-n", &site, "addr", "add", "10.77.0.2/24", "dev", "v1"]);
+    ip(&["-n", &site, "link", "set", "v1", "up"]);
+    let mut dnsmasq = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &site,
+            "dnsmasq",
+            "-k",
+            "--conf-file=/dev/null",
+        ])
+        .args([
+            "--port=0",
+            "--interface=v1",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.0.200,10.77.0.210,1h",
+            "--log-facility=-",
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.path().join("site.leases").display()
+        ))
+        .arg(format!(
+            "--pid-file={}",
+            dir.path().join("site.pid").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the site's dnsmasq");
+    let site_log = Lines::default();
+    let err = dnsmasq.stderr.take().unwrap();
+    let l = site_log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(|x| x.ok()) {
+            l.0.lock().unwrap().push(line);
+        }
+    });
+    let up = site_log.wait_for(&mut dnsmasq, Duration::from_secs(30), |ls| {
+        ls.iter().any(|l| l.contains("DHCP, IP range"))
+    });
+    ns.children.push(dnsmasq);
+    assert!(up, "the site's dnsmasq did not start:\n{}", site_log.text());
+
+    let reports = dir.path().join("reports");
+    let o = serve_command(
+        &ns,
+        dir.path(),
+        &reports,
+        &["--dhcp-range", "10.77.0.100,10.77.0.150"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("another DHCP server answers on br0: 10.77.0.2"),
+        "{err}"
+    );
+    assert!(err.contains("--proxy-dhcp"), "{err}");
+    assert!(
+        !reports.exists(),
+        "nothing may start before the checks pass"
+    );
+
+    let lines = start_serve(&mut ns, dir.path(), &reports, &["--proxy-dhcp"]);
+    assert!(
+        lines
+            .text()
+            .contains("proxy-DHCP beside the site's DHCP server on 10.77.0.0/24"),
+        "{}",
+        lines.text()
+    );
+    let status = ns.stop_serve().unwrap();
+    assert!(status.success(), "{}", lines.text());
 }
