@@ -654,10 +654,18 @@ fn spawn(
         // Its own process group: a terminal's Ctrl-C reaches defib, which
         // stops the children in order.
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe; if defib dies without stopping
-    // its children (SIGKILL), the kernel sends them SIGTERM.
+    // SAFETY: sigemptyset, sigaddset, sigprocmask and prctl are
+    // async-signal-safe. The child must not inherit defib's blocked
+    // SIGINT/SIGTERM (std leaves the mask as it is, and dnsmasq does not
+    // reset it), and if defib dies without stopping its children
+    // (SIGKILL), the kernel sends them SIGTERM.
     unsafe {
         cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
@@ -702,6 +710,10 @@ fn stop(s: &mut Server) {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        println!(
+            "defib serve: {} did not stop within 5 s of SIGTERM; killed",
+            s.name
+        );
         let _ = s.child.kill();
     }
     let _ = s.child.wait();

@@ -359,6 +359,8 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
         "{}",
         lines.text()
     );
+    // Both stopped on SIGTERM, none had to be killed.
+    assert!(!lines.text().contains("killed"), "{}", lines.text());
 
     // Every report in --reports DIR, and `defib reports` lists them.
     let mut names: Vec<String> = std::fs::read_dir(&reports)
@@ -517,4 +519,9 @@ fn a_second_dhcp_server_is_refused_and_proxy_dhcp_works_beside_it() {
     );
     let status = ns.stop_serve().unwrap();
     assert!(status.success(), "{}", lines.text());
+    assert!(
+        lines.text().contains("defib serve: stopped;") && !lines.text().contains("killed"),
+        "{}",
+        lines.text()
+    );
 }
