@@ -593,6 +593,41 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_nic_in_a_network_namespace() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Boot::new(Firmware::UefiSb, d.path());
+        b.tap = Some(Tap {
+            ifname: "tap2".into(),
+            netns: Some("ns1".into()),
+            mac: "52:54:00:77:00:02".into(),
+            model: "virtio-net-pci".into(),
+            romfile: Some(String::new()),
+        });
+        let c = command(&b).unwrap();
+        assert_eq!(c.get_program(), "ip");
+        let a: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        assert_eq!(a[..4], ["netns", "exec", "ns1", "qemu-system-x86_64"]);
+        let all = a.join(" ");
+        assert!(all.contains("-netdev tap,id=n0,ifname=tap2,script=no,downscript=no"));
+        assert!(all.contains(
+            "-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,bootindex=0,romfile= "
+        ));
+        assert!(!all.contains("-nic none") && !all.contains("-boot n"));
+        b.firmware = Firmware::Bios;
+        b.tap.as_mut().unwrap().netns = None;
+        let c = command(&b).unwrap();
+        assert_eq!(c.get_program(), "qemu-system-x86_64");
+        let all: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        assert!(all.join(" ").contains("-boot n"));
+    }
+
+    #[test]
     fn io_errors_go_through_blkdebug_on_their_disk_only() {
         let d = tempfile::tempdir().unwrap();
         let mut b = Boot::new(Firmware::UefiSb, d.path());
