@@ -402,6 +402,10 @@ pub struct Fleet {
     /// that could not be opened: `<source>: <why>`, one line each. Raw
     /// text; print it through [`term`].
     pub warnings: Vec<String>,
+    /// The reports themselves, in the order of `rows` (one each), for the
+    /// HTML page's per-machine view.
+    #[serde(skip)]
+    pub reports: Vec<Value>,
     /// How many report files were skipped (media errors are not counted:
     /// a stick that cannot be read has no count of files).
     pub skipped: usize,
@@ -419,6 +423,7 @@ impl Fleet {
                 self.key_uses.extend(key_uses(&source, r));
                 self.firmware.extend(firmware_row(&source, r));
                 self.rows.push(row(source, r));
+                self.reports.push(r.clone());
             }
             Err(why) => self.skip(&source, why),
         }
@@ -504,6 +509,17 @@ fn gather_folder(dir: &Path, fleet: &mut Fleet) {
             Err(why) => fleet.skip(&name, why),
         }
     }
+}
+
+/// One report file read the way a folder's are (regular file, size
+/// bound, known schema): its bytes and parsed value, or why not.
+/// `defib serve` takes each arriving report through this before it joins
+/// `--reports DIR`.
+pub fn read_report(p: &Path) -> std::result::Result<(Vec<u8>, Value), String> {
+    let bytes = read_report_file(p)?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON ({e})"))?;
+    check_report(&v)?;
+    Ok((bytes, v))
 }
 
 /// The bytes of one report file in a folder, if it is a regular file of

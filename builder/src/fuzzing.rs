@@ -147,6 +147,7 @@ pub fn fleet(data: &[u8]) -> Result<()> {
         firmware: fw,
         warnings: Vec::new(),
         skipped: 0,
+        reports: Vec::new(),
     };
     let _ = crate::fleet::table(&f);
     Ok(())

@@ -9,6 +9,7 @@ pub mod cpio;
 pub mod deb;
 pub mod fetch;
 pub mod fleet;
+pub mod fleethtml;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
@@ -22,6 +23,7 @@ pub mod progress;
 pub mod pxe;
 pub mod qemu;
 pub mod sbat;
+pub mod serve;
 pub mod size;
 pub mod store;
 pub mod storesync;

@@ -28,6 +28,9 @@ enum Cmd {
     Build(BuildArgs),
     /// Write a PXE/HTTP network boot tree (folder or .zip) of the same build
     Pxe(PxeConfig),
+    /// Serve a fleet: dnsmasq (DHCP/TFTP) and nginx (HTTP, report PUTs) on
+    /// one interface, with a live ledger of the reports (run as root)
+    Serve(ServeConfig),
     /// Show an image's (or ISO's) manifest and store, and the reports left
     /// on a used stick
     Inspect(InspectConfig),
@@ -137,6 +140,11 @@ struct ReportsConfig {
     /// level
     #[arg(long, conflicts_with = "keys_used")]
     firmware: bool,
+    /// Write a self-contained HTML page of the fleet to FILE: counts by
+    /// verdict, the machines that need a person first, each report one
+    /// click away
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["csv", "json", "keys_used", "firmware"])]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -220,6 +228,50 @@ struct PxeConfig {
     json: bool,
 }
 
+#[derive(Args)]
+struct ServeConfig {
+    /// The interface facing the PCs (it must have an IPv4 address)
+    #[arg(long, value_name = "IFACE")]
+    interface: String,
+    /// Folder the reports are collected in (created if missing)
+    #[arg(long, value_name = "DIR")]
+    reports: PathBuf,
+    /// Which of the interface's addresses to serve from, ADDRESS/PREFIX
+    /// [default: its first IPv4 address]
+    #[arg(long, value_name = "CIDR")]
+    address: Option<String>,
+    /// Be the DHCP server, leasing FIRST..LAST (an isolated network only)
+    #[arg(long, value_name = "FIRST,LAST", conflicts_with = "proxy_dhcp")]
+    dhcp_range: Option<String>,
+    /// Answer only PXE clients, beside the site's own DHCP server
+    #[arg(long)]
+    proxy_dhcp: bool,
+    /// auto: repair; scan: look and report, change nothing
+    #[arg(long, value_enum, default_value = "auto")]
+    mode: ServeMode,
+    /// HTTP port for the tree and the reports
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    /// Extra kernel arguments, e.g. 'defib.keywait=0'
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    append: Option<String>,
+    /// Where PXE-booted rescues GET BitLocker keys: http://IPv4[:PORT]/keys/
+    #[arg(long, value_name = "URL")]
+    keys_url: Option<String>,
+    /// Keep configs, logs and the tree in this folder [default: a
+    /// temporary folder, removed on exit]
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: Inputs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServeMode {
+    Auto,
+    Scan,
+}
+
 /// What goes into an image or PXE tree, shared by `build` and `pxe`.
 #[derive(Args)]
 struct Inputs {
@@ -296,6 +348,7 @@ fn main() {
         Cmd::Fetch(c) => cmd_fetch(c),
         Cmd::Build(c) => cmd_build(c),
         Cmd::Pxe(c) => cmd_pxe(c),
+        Cmd::Serve(c) => cmd_serve(c),
         Cmd::Inspect(c) => cmd_inspect(c),
         Cmd::Try(c) => cmd_try(c),
         Cmd::Playbook(PlaybookCmd::Check { paths }) => cmd_playbook_check(paths),
@@ -561,6 +614,62 @@ fn cmd_pxe(c: PxeConfig) -> Result<()> {
     Ok(())
 }
 
+/// `defib serve`: check everything that can be checked before building,
+/// write the tree into the run folder, then serve until Ctrl-C/SIGTERM.
+fn cmd_serve(c: ServeConfig) -> Result<()> {
+    use defib_builder::serve;
+    let dhcp = match (&c.dhcp_range, c.proxy_dhcp) {
+        (Some(r), _) => {
+            let (a, b) = serve::parse_range(r)?;
+            serve::Dhcp::Range(a, b)
+        }
+        (None, true) => serve::Dhcp::Proxy,
+        (None, false) => bail!(
+            "choose how PCs get addresses: --proxy-dhcp beside the site's DHCP server, \
+             or --dhcp-range FIRST,LAST on an isolated network with none"
+        ),
+    };
+    let opts = serve::ServeOptions {
+        interface: c.interface.clone(),
+        address: c.address.as_deref().map(serve::parse_cidr).transpose()?,
+        dhcp,
+        port: c.port,
+        scan_only: c.mode == ServeMode::Scan,
+        append: c.append.clone(),
+        reports: c.reports.clone(),
+        run_dir: c.run_dir.clone(),
+    };
+    let temp;
+    let run = match &c.run_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("defib-serve.")
+                .tempdir()
+                .context("creating the run folder")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let (plan, programs) = serve::prepare(&opts, &run)?;
+    let mut p = Progress::new(false);
+    let (cfg, _staged) = build_config(c.inputs, plan.tree(), 0, &mut p)?;
+    let mut words = vec![format!("defib.report={}", plan.report_url())];
+    if opts.scan_only {
+        words.push("defib.mode=scan".into());
+    }
+    if let Some(a) = &opts.append {
+        words.push(defib_builder::pxe::check_append(a)?);
+    }
+    let pxe_opts = defib_builder::pxe::PxeOptions {
+        http_base: Some(plan.http_base()),
+        append: defib_builder::pxe::append_keys_url(Some(words.join(" ")), c.keys_url.as_deref())?,
+    };
+    let s = defib_builder::pxe::build_pxe(&cfg, &plan.tree(), &pxe_opts, &mut |m| p.step(m))?;
+    p.finish();
+    println!("{}", serve::banner(&plan, &s.build_id, &opts.reports));
+    serve::run(&plan, &programs, &opts.reports)
+}
+
 fn cmd_inspect(c: InspectConfig) -> Result<()> {
     let i = inspect::inspect(&c.image)?;
     let (shim, grub) = inspect::loaders(&c.image)?;
@@ -749,6 +858,26 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
     let f = fleet::gather(&c.sources);
     for w in &f.warnings {
         eprintln!("defib: warning: {}", fleet::term(w));
+    }
+    if let Some(out) = &c.html {
+        let page = defib_builder::fleethtml::page(
+            &f,
+            &defib_rescue::runid::rfc3339(std::time::SystemTime::now()),
+        );
+        let tmp = out.with_extension("html.partial");
+        std::fs::write(&tmp, page).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+        let need = f
+            .rows
+            .iter()
+            .filter(|r| defib_builder::fleethtml::needs_person(&r.verdict))
+            .count();
+        println!(
+            "{}: {} run(s), {need} needing a person",
+            out.display(),
+            f.rows.len()
+        );
+        return Ok(());
     }
     if c.firmware {
         let rows = fleet::dedup_firmware(&f.firmware);

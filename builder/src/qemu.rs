@@ -145,6 +145,9 @@ pub struct Boot {
     /// A NIC on QEMU's user-mode network (its TFTP server serves a folder);
     /// without one the machine has no network (`-nic none`).
     pub net: Option<Net>,
+    /// A NIC on a tap device instead (a real network, e.g. a bridge in a
+    /// network namespace); `net` must then be `None`.
+    pub tap: Option<Tap>,
     /// With `UefiSb`: this UEFI variable store template (its PK, KEK, db
     /// and dbx) instead of OVMF's Microsoft one; copied, never written.
     pub vars: Option<PathBuf>,
@@ -167,6 +170,19 @@ pub struct Net {
     pub boot_first: bool,
 }
 
+/// A NIC on an existing tap device; with `netns`, QEMU runs inside that
+/// network namespace (`ip netns exec`), where the tap lives.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub ifname: String,
+    pub netns: Option<String>,
+    pub mac: String,
+    /// `e1000`, `virtio-net-pci`…
+    pub model: String,
+    /// As [`Net::romfile`].
+    pub romfile: Option<String>,
+}
+
 impl Boot {
     pub fn new(firmware: Firmware, scratch: &Path) -> Boot {
         Boot {
@@ -186,6 +202,7 @@ impl Boot {
             memory_mib: 1024,
             extra: Vec::new(),
             net: None,
+            tap: None,
             vars: None,
         }
     }
@@ -245,7 +262,14 @@ fn require(path: &str, package: &str) -> Result<()> {
 /// The qemu command line for a boot.
 pub fn command(b: &Boot) -> Result<Command> {
     require("/usr/bin/qemu-system-x86_64", "qemu-system-x86")?;
-    let mut c = Command::new("qemu-system-x86_64");
+    let mut c = match b.tap.as_ref().and_then(|t| t.netns.as_deref()) {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+            c
+        }
+        None => Command::new("qemu-system-x86_64"),
+    };
     c.args([
         "-nodefaults",
         "-display",
@@ -254,11 +278,25 @@ pub fn command(b: &Boot) -> Result<Command> {
         "stdio",
         "-no-reboot",
     ]);
-    match &b.net {
-        None => {
+    match (&b.net, &b.tap) {
+        (None, Some(t)) => {
+            c.arg("-netdev").arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                t.ifname
+            ));
+            let mut dev = format!("{},netdev=n0,mac={},bootindex=0", t.model, t.mac);
+            if let Some(rom) = &t.romfile {
+                dev.push_str(&format!(",romfile={rom}"));
+            }
+            c.args(["-device", &dev]);
+            if b.firmware == Firmware::Bios {
+                c.args(["-boot", "n"]);
+            }
+        }
+        (None, None) => {
             c.args(["-nic", "none"]);
         }
-        Some(n) => {
+        (Some(n), _) => {
             c.arg("-netdev").arg(format!(
                 "user,id=n0,tftp={},bootfile={}",
                 n.tftp.display(),
@@ -689,6 +727,41 @@ mod tests {
         let a = args(&b);
         assert!(a.contains("-device virtio-net-pci,netdev=n0,bootindex=0,romfile= "));
         assert!(!a.contains("-boot n"));
+    }
+
+    #[test]
+    fn a_tap_nic_in_a_network_namespace() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Boot::new(Firmware::UefiSb, d.path());
+        b.tap = Some(Tap {
+            ifname: "tap2".into(),
+            netns: Some("ns1".into()),
+            mac: "52:54:00:77:00:02".into(),
+            model: "virtio-net-pci".into(),
+            romfile: Some(String::new()),
+        });
+        let c = command(&b).unwrap();
+        assert_eq!(c.get_program(), "ip");
+        let a: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        assert_eq!(a[..4], ["netns", "exec", "ns1", "qemu-system-x86_64"]);
+        let all = a.join(" ");
+        assert!(all.contains("-netdev tap,id=n0,ifname=tap2,script=no,downscript=no"));
+        assert!(all.contains(
+            "-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,bootindex=0,romfile= "
+        ));
+        assert!(!all.contains("-nic none") && !all.contains("-boot n"));
+        b.firmware = Firmware::Bios;
+        b.tap.as_mut().unwrap().netns = None;
+        let c = command(&b).unwrap();
+        assert_eq!(c.get_program(), "qemu-system-x86_64");
+        let all: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        assert!(all.join(" ").contains("-boot n"));
     }
 
     #[test]
