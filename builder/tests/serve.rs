@@ -56,7 +56,11 @@ struct Netns {
 
 impl Netns {
     fn new(taps: usize) -> Netns {
-        let name = format!("defib-serve-{}", std::process::id());
+        // The tests of this file run at once in one process: each gets its
+        // own namespace (and bridge, and addresses).
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("defib-serve-{}-{k}", std::process::id());
         ip(&["netns", "add", &name]);
         let ns = Netns {
             name,
