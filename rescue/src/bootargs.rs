@@ -82,6 +82,8 @@ pub struct BootArgs {
     pub keywait: Duration,
     /// `defib.keys=`: where to fetch BitLocker keys over HTTP.
     pub keys_url: Option<KeysUrl>,
+    /// `defib.tls=sha256:HEX`: the certificate every `https://` URL must show.
+    pub tls_pin: Option<[u8; 32]>,
 }
 
 impl Default for BootArgs {
@@ -101,6 +103,7 @@ impl Default for BootArgs {
             hash_unlocked: false,
             keywait: DEFAULT_KEYWAIT,
             keys_url: None,
+            tls_pin: None,
         }
     }
 }
@@ -154,6 +157,12 @@ impl BootArgs {
                         .warnings
                         .push(format!("ignoring {key}=: {e}; no keys over the network")),
                 },
+                keys::TLS => match crate::pid1::net::tls::parse_pin(value) {
+                    Ok(p) => args.tls_pin = Some(p),
+                    Err(e) => args.warnings.push(format!(
+                        "ignoring {key}=: {e}; https:// URLs will not be trusted"
+                    )),
+                },
                 keys::IP => args.ip = Some(value.into()),
                 keys::BOOTIF => args.bootif = Some(value.into()),
                 keys::CONSOLE => {
@@ -182,11 +191,14 @@ impl BootArgs {
 }
 
 /// Where BitLocker keys come from over the network (`defib.keys=`):
-/// `http://IPv4[:PORT]/path/`. A URL ending in `/` is a folder of files
-/// named after protector GUIDs; any other URL is one key file.
+/// `http://IPv4[:PORT]/path/` or `https://` (the certificate pinned by
+/// `defib.tls=`). A URL ending in `/` is a folder of files named after
+/// protector GUIDs; any other URL is one key file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeysUrl {
     pub addr: std::net::SocketAddrV4,
+    /// `https://`: TLS to the pinned certificate.
+    pub tls: bool,
     /// `IP[:PORT]` as written, for the `Host:` header and messages.
     pub host: String,
     /// The path, starting with `/`.
@@ -194,19 +206,14 @@ pub struct KeysUrl {
 }
 
 impl KeysUrl {
-    /// Checks a `defib.keys=` value. Only `http://` with a literal IPv4
-    /// address: the rescue has no TLS, and as a static glibc binary it has
-    /// no resolver, so a host name could never be looked up.
+    /// Checks a `defib.keys=` value. `http://` or `https://` with a
+    /// literal IPv4 address: as a static glibc binary the rescue has no
+    /// resolver, so a host name could never be looked up.
     pub fn parse(url: &str) -> Result<KeysUrl, String> {
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => {
-                return Err(format!(
-                    "{url}: https is not available (the rescue has no TLS); serve the keys \
-                     over http:// on the deployment network"
-                ))
-            }
-            _ => return Err(format!("{url}: not an http:// URL")),
+        let (tls, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => return Err(format!("{url}: not an http:// or https:// URL")),
         };
         let (hostport, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
@@ -230,7 +237,7 @@ impl KeysUrl {
                 Ok(p) if p != 0 => (h, p),
                 _ => return Err(format!("{url}: bad port {p:?}")),
             },
-            None => (hostport, 80),
+            None => (hostport, if tls { 443 } else { 80 }),
         };
         let ip: std::net::Ipv4Addr = host.parse().map_err(|_| {
             format!(
@@ -240,6 +247,7 @@ impl KeysUrl {
         })?;
         Ok(KeysUrl {
             addr: std::net::SocketAddrV4::new(ip, port),
+            tls,
             host: hostport.to_string(),
             path: path.to_string(),
         })
@@ -253,7 +261,8 @@ impl KeysUrl {
     /// The full URL of `name` in the folder (or of the file itself when
     /// `name` is empty).
     pub fn url_of(&self, name: &str) -> String {
-        format!("http://{}{}{}", self.host, self.path, name)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}{}", self.host, self.path, name)
     }
 }
 
@@ -445,6 +454,21 @@ mod tests {
     }
 
     #[test]
+    fn the_tls_pin_is_read_and_a_bad_one_is_a_warning() {
+        let hex = "ab".repeat(32);
+        let a = BootArgs::parse(&format!("quiet defib.tls=sha256:{hex} defib.mode=scan"));
+        assert_eq!(a.tls_pin, Some([0xab; 32]));
+        assert!(a.warnings.is_empty(), "{:?}", a.warnings);
+        let a = BootArgs::parse("defib.tls=sha256:abcd");
+        assert_eq!(a.tls_pin, None);
+        assert!(
+            a.warnings[0].contains("https:// URLs will not be trusted"),
+            "{:?}",
+            a.warnings
+        );
+    }
+
+    #[test]
     fn keys_url_takes_http_with_an_ipv4_address_only() {
         let a = BootArgs::parse("defib.keys=http://10.0.2.2:8080/keys/");
         let u = a.keys_url.expect("parsed");
@@ -456,11 +480,15 @@ mod tests {
         assert_eq!(f.addr.port(), 80);
         assert!(!f.is_folder());
         assert_eq!(KeysUrl::parse("http://10.0.0.1").unwrap().path, "/");
+        let t = KeysUrl::parse("https://10.0.0.1/keys/").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!(t.url_of("k"), "https://10.0.0.1/keys/k");
+        assert!(!f.tls);
         for (bad, why) in [
-            ("https://10.0.0.1/keys/", "no TLS"),
             ("http://keys.example/keys/", "cannot resolve host names"),
             ("http://[::1]/keys/", "not an IPv4 address"),
-            ("ftp://10.0.0.1/keys/", "not an http:// URL"),
+            ("ftp://10.0.0.1/keys/", "not an http:// or https:// URL"),
             ("http://10.0.0.1:0/keys/", "bad port"),
             ("http://10.0.0.1:99999/keys/", "bad port"),
             ("http://10.0.0.1/keys/../etc/", "`..`"),

@@ -76,6 +76,9 @@ pub mod keys {
     /// `defib.keys=http://IPv4[:PORT]/path/`: where to GET BitLocker keys
     /// for protectors no key on the stick opened (network boots).
     pub const KEYS_URL: &str = "defib.keys";
+    /// `defib.tls=sha256:HEX`: the SHA-256 of the one certificate an
+    /// `https://` report, store or keys URL may present.
+    pub const TLS: &str = "defib.tls";
     /// `console=`: where the rescue prints.
     pub const CONSOLE: &str = "console";
 }

@@ -260,6 +260,9 @@ fn banner(run: &mut Run) -> Result<()> {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     run.args = BootArgs::parse(&run.report.boot.cmdline);
+    if let Some(pin) = run.args.tls_pin {
+        net::tls::set_boot_pin(pin);
+    }
     run.report.boot.mode = run.args.mode;
     // The banner is the first line the rescue prints; boot benchmarks time it.
     let failed = run.console.open(
@@ -614,8 +617,9 @@ fn decide(run: &mut Run) -> Result<()> {
     }
     if let Some(url) = run.args.keys_url.clone() {
         run.say(&format!(
-            "keys: asking {} for BitLocker keys the stick does not have",
-            url.url_of("")
+            "keys: asking {} for BitLocker keys the stick does not have ({})",
+            url.url_of(""),
+            transport_words(url.tls, run.args.tls_pin.as_ref())
         ));
         run.volumes.fetch = Some(netkeys::for_boot(&run.root, url, &run.args));
     }
@@ -853,6 +857,19 @@ fn send_report(run: &mut Run) -> Result<()> {
             return Ok(());
         }
     };
+    n.transport = Some(if url.tls { "https" } else { "http" }.into());
+    n.tls_pin = url
+        .tls
+        .then_some(run.args.tls_pin.as_ref())
+        .flatten()
+        .map(net::tls::pin_text);
+    if url.tls && run.args.tls_pin.is_none() {
+        let e = net::client::no_pin(url.addr);
+        run.note(format!("report: not sent to {raw}: {e}; {fallback}"));
+        n.error = Some(e);
+        run.report.network = Some(n);
+        return Ok(());
+    }
     let ip = match net::parse_ip(run.args.ip.as_deref().unwrap_or("")) {
         Ok(ip) => ip,
         Err(e) => {
@@ -921,7 +938,10 @@ fn send_report(run: &mut Run) -> Result<()> {
     let body = report_now(run).to_json()?;
     let d = net::deliver(&url, &name, &body, net::RETRY, &mut std::thread::sleep);
     if d.delivered {
-        run.say(&format!("report: delivered to {target}"));
+        run.say(&format!(
+            "report: delivered to {target} ({})",
+            transport_words(url.tls, run.args.tls_pin.as_ref())
+        ));
         if run.report_path.is_none() {
             run.report_path = Some(target);
         }
@@ -935,6 +955,16 @@ fn send_report(run: &mut Run) -> Result<()> {
         run.report.network = Some(n);
     }
     Ok(())
+}
+
+/// How a request travels, for a screen line: the pin's first digits, or
+/// that it is plain.
+fn transport_words(tls: bool, pin: Option<&net::tls::Pin>) -> String {
+    match (tls, pin) {
+        (true, Some(p)) => format!("HTTPS, certificate {}", net::tls::pin_short(p)),
+        (true, None) => "HTTPS without defib.tls=: nothing will be sent".into(),
+        (false, _) => "plain HTTP: not encrypted".into(),
+    }
 }
 
 fn show_verdict(run: &mut Run) -> Result<()> {

@@ -87,13 +87,15 @@ pub fn get(url: &KeysUrl, name: &str, lim: &Limits) -> Result<Got, GetError> {
     };
     let answer = crate::pid1::net::client::exchange(
         addr,
+        url.tls,
         req.as_bytes(),
         &bounds,
         &crate::pid1::net::client::whole_answer_in,
     )
     .map_err(|e| match e {
         crate::pid1::net::client::ExchangeError::Unreachable(m) => GetError::Unreachable(m),
-        crate::pid1::net::client::ExchangeError::Reading(m) => GetError::Answer(m),
+        crate::pid1::net::client::ExchangeError::Reading(m)
+        | crate::pid1::net::client::ExchangeError::Refused(m) => GetError::Answer(m),
     })?;
     if answer.capped {
         return Err(GetError::Answer(format!(

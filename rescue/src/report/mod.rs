@@ -424,6 +424,14 @@ pub struct Network {
     pub config: Option<String>,
     /// The URL the report was PUT to.
     pub report_url: Option<String>,
+    /// How it travelled: `https` (TLS to the certificate pinned by
+    /// `defib.tls=`, whose SHA-256 is in `tls_pin`) or `http` (plain: anyone
+    /// on the wire could read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// `sha256:…` of the certificate the server had to show (https only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_pin: Option<String>,
     /// The server answered 2xx. In the copy the server received, true.
     pub delivered: bool,
     /// Why not, when not.

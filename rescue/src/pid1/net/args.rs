@@ -92,10 +92,13 @@ pub fn parse_mac(value: &str) -> Option<String> {
     }
 }
 
-/// Where reports go: `http://IP[:PORT]/folder/`.
+/// Where reports go: `http://IP[:PORT]/folder/`, or `https://` to a server
+/// whose certificate `defib.tls=` pins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportUrl {
     pub addr: SocketAddr,
+    /// `https://`: TLS to the pinned certificate.
+    pub tls: bool,
     /// The `Host:` header value, as written in the URL.
     pub host: String,
     /// The folder, starting and ending with `/`.
@@ -103,22 +106,18 @@ pub struct ReportUrl {
 }
 
 impl ReportUrl {
-    /// Parses `defib.report=`. Only `http://` with an IP literal: the rescue
-    /// has no TLS and, as a static glibc binary, cannot resolve host names.
+    /// Parses `defib.report=`. `http://` or `https://` with an IP literal:
+    /// as a static glibc binary the rescue cannot resolve host names.
     pub fn parse(url: &str) -> Result<ReportUrl, NetError> {
         Self::parse_str(url).map_err(NetError::BadArg)
     }
 
     fn parse_str(url: &str) -> Result<ReportUrl, String> {
         let url = url.trim();
-        let Some(rest) = url.strip_prefix("http://") else {
-            if url.starts_with("https://") {
-                return Err(format!(
-                    "{url}: https is not supported (the rescue has no TLS); \
-                     use http:// on the deployment network"
-                ));
-            }
-            return Err(format!("{url}: not an http:// URL"));
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(format!("{url}: not an http:// or https:// URL")),
         };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -144,6 +143,7 @@ impl ReportUrl {
             }
         };
         let port: u16 = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => p
                 .parse()
@@ -163,6 +163,7 @@ impl ReportUrl {
         }
         Ok(ReportUrl {
             addr: SocketAddr::new(ip, port),
+            tls,
             host: hostport.to_string(),
             path,
         })
@@ -170,6 +171,7 @@ impl ReportUrl {
 
     /// The full URL of a file in the folder.
     pub fn url_of(&self, name: &str) -> String {
-        format!("http://{}{}{}", self.host, self.path, name)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}{}", self.host, self.path, name)
     }
 }

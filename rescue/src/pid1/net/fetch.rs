@@ -13,7 +13,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// A response head longer than this is not from a web server we expect.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// GETs `url` (`http://IP[:PORT]/path/name`) and returns at most `max_len`
+/// GETs `url` (`http[s]://IP[:PORT]/path/name`) and returns at most `max_len`
 /// bytes of its body: `Ok(None)` when the server answers 404, an error for
 /// any other non-2xx answer or a broken connection. A body longer than
 /// `max_len` is cut there (the caller sees it is too long by its length,
@@ -36,8 +36,17 @@ pub fn get(url: &str, max_len: u64) -> Result<Option<Vec<u8>>, NetError> {
         io: IO_TIMEOUT,
         cap: MAX_HEAD.saturating_add(usize::try_from(max_len).unwrap_or(usize::MAX)),
     };
-    let answer = client::exchange(base.addr, req.as_bytes(), &bounds, &client::whole_answer_in)
-        .map_err(|e| NetError::Io(format!("{url}: {e}")))?;
+    let answer = client::exchange(
+        base.addr,
+        base.tls,
+        req.as_bytes(),
+        &bounds,
+        &client::whole_answer_in,
+    )
+    .map_err(|e| match e {
+        client::ExchangeError::Refused(m) => NetError::Refused(format!("{url}: {m}")),
+        e => NetError::Io(format!("{url}: {e}")),
+    })?;
     let buf = &answer.data[..];
     let Some(head_end) = client::head_end(buf) else {
         return Err(NetError::Io(if buf.len() > MAX_HEAD {

@@ -77,11 +77,15 @@ pub fn put_once(
     };
     let answer = super::client::exchange(
         url.addr,
+        url.tls,
         &put_request(url, name, body),
         &bounds,
         &super::client::status_line_in,
     )
-    .map_err(|e| NetError::Io(e.to_string()))?;
+    .map_err(|e| match e {
+        super::client::ExchangeError::Refused(m) => NetError::Refused(m),
+        e => NetError::Io(e.to_string()),
+    })?;
     let head = &answer.data[..];
     match status_code(head) {
         Some(c) if (200..300).contains(&c) => Ok(c),
@@ -148,6 +152,14 @@ pub fn deliver(
                     code: 400..=499, ..
                 },
             ) => {
+                return Delivery {
+                    delivered: false,
+                    attempts: attempt,
+                    error: Some(format!("{e} (not retried)")),
+                }
+            }
+            // No pin, or not the pinned certificate: the same next time.
+            Err(e @ NetError::Refused(_)) => {
                 return Delivery {
                     delivered: false,
                     attempts: attempt,

@@ -9,7 +9,8 @@
 //! kernel-facing part is a handful of ioctls in [`kernel`].
 //!
 //! Not a network stack or an HTTP library: one interface, IPv4, one PUT,
-//! no TLS, no name resolution (a static glibc binary cannot resolve names).
+//! TLS only to a pinned certificate ([`tls`]), no name resolution (a
+//! static glibc binary cannot resolve names).
 
 mod args;
 pub mod client;
@@ -18,6 +19,7 @@ mod http;
 mod link;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use args::*;
 pub use fetch::get;
@@ -46,6 +48,10 @@ pub enum NetError {
     /// Connecting, sending or reading failed (worth another try).
     #[error("{0}")]
     Io(String),
+    /// Not talked to over TLS: no `defib.tls=` pin for an https:// URL, or
+    /// the server's certificate is not the pinned one.
+    #[error("{0}")]
+    Refused(String),
     /// The server answered with a status that is not 2xx.
     #[error("{addr} answered {line:?}")]
     Status {

@@ -71,8 +71,17 @@ fn urls() {
     assert_eq!(ReportUrl::parse("http://10.0.0.1").unwrap().path, "/");
     let e = ReportUrl::parse("http://reports.example.org/r/").unwrap_err();
     assert!(e.to_string().contains("cannot resolve names"), "{e}");
-    let e = ReportUrl::parse("https://10.0.0.1/r/").unwrap_err();
-    assert!(e.to_string().contains("https is not supported"), "{e}");
+    let t = ReportUrl::parse("https://10.0.0.1/r/").unwrap();
+    assert!(t.tls && !u.tls);
+    assert_eq!(t.addr.port(), 443);
+    assert_eq!(t.url_of("a.json"), "https://10.0.0.1/r/a.json");
+    assert_eq!(
+        ReportUrl::parse("https://10.0.0.1:8443/r/")
+            .unwrap()
+            .addr
+            .port(),
+        8443
+    );
     assert!(ReportUrl::parse("ftp://10.0.0.1/").is_err());
     assert!(ReportUrl::parse("http://10.0.0.1:0/").is_err());
     assert!(ReportUrl::parse("http://10.0.0.1:99999/").is_err());
