@@ -24,6 +24,7 @@ pub mod pxe;
 pub mod qemu;
 pub mod sbat;
 pub mod serve;
+pub mod servetls;
 pub mod size;
 pub mod store;
 pub mod storesync;

@@ -255,9 +255,21 @@ struct ServeConfig {
     /// Extra kernel arguments, e.g. 'defib.keywait=0'
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     append: Option<String>,
-    /// Where PXE-booted rescues GET BitLocker keys: http://IPv4[:PORT]/keys/
+    /// BitLocker keys to hand out over HTTPS: a key file (AD/Intune CSV,
+    /// the .TXT Windows saves, .BEK) or a folder of them
+    #[arg(long, value_name = "FILE|DIR", conflicts_with = "keys_url")]
+    keys: Option<PathBuf>,
+    /// Keys on another server instead: http[s]://IPv4[:PORT]/keys/ (an
+    /// https:// one needs its pin in --append defib.tls=sha256:...)
     #[arg(long, value_name = "URL")]
     keys_url: Option<String>,
+    /// HTTPS port for the reports and keys
+    #[arg(long, default_value_t = 443)]
+    tls_port: u16,
+    /// Where the server's certificate is kept (made on first use; its
+    /// SHA-256 is pinned on every kernel command line)
+    #[arg(long, value_name = "DIR", default_value = defib_builder::servetls::DEFAULT_DIR)]
+    tls_dir: PathBuf,
     /// Keep configs, logs and the tree in this folder [default: a
     /// temporary folder, removed on exit]
     #[arg(long, value_name = "DIR")]
@@ -638,6 +650,9 @@ fn cmd_serve(c: ServeConfig) -> Result<()> {
         append: c.append.clone(),
         reports: c.reports.clone(),
         run_dir: c.run_dir.clone(),
+        tls_port: c.tls_port,
+        tls_dir: c.tls_dir.clone(),
+        keys: c.keys.clone(),
     };
     let temp;
     let run = match &c.run_dir {
@@ -653,7 +668,7 @@ fn cmd_serve(c: ServeConfig) -> Result<()> {
     let (plan, programs) = serve::prepare(&opts, &run)?;
     let mut p = Progress::new(false);
     let (cfg, _staged) = build_config(c.inputs, plan.tree(), 0, &mut p)?;
-    let mut words = vec![format!("defib.report={}", plan.report_url())];
+    let mut words = plan.kernel_words();
     if opts.scan_only {
         words.push("defib.mode=scan".into());
     }

@@ -72,14 +72,26 @@ pub fn check_append(a: &str) -> Result<String> {
     Ok(a.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-/// `--keys-url`: checked the way the rescue reads `defib.keys=` (http,
-/// an IPv4 address: the rescue has no TLS and no resolver) and added to
-/// the admin's `--append` words.
+/// `--keys-url`: checked the way the rescue reads `defib.keys=` (http or
+/// https with its pin in the `--append` words, an IPv4 address: the
+/// rescue has no resolver) and added to the admin's `--append` words.
 pub fn append_keys_url(append: Option<String>, keys_url: Option<&str>) -> Result<Option<String>> {
     let Some(url) = keys_url else {
         return Ok(append);
     };
-    defib_rescue::bootargs::KeysUrl::parse(url).map_err(|e| anyhow::anyhow!("--keys-url {e}"))?;
+    let parsed = defib_rescue::bootargs::KeysUrl::parse(url)
+        .map_err(|e| anyhow::anyhow!("--keys-url {e}"))?;
+    let pinned = append.as_deref().is_some_and(|a| {
+        a.split_whitespace()
+            .any(|w| w.starts_with(&format!("{}=", defib_rescue::layout::keys::TLS)))
+    });
+    if parsed.tls && !pinned {
+        bail!(
+            "--keys-url {url}: an https:// URL needs the SHA-256 of that server's certificate \
+             on the command line: --append defib.tls=sha256:<hex> (`openssl x509 -in cert.pem \
+             -noout -fingerprint -sha256` prints it)"
+        );
+    }
     let word = format!("{}={url}", defib_rescue::layout::keys::KEYS_URL);
     Ok(Some(match append {
         Some(a) if !a.trim().is_empty() => format!("{a} {word}"),
@@ -776,8 +788,14 @@ mod tests {
         let parsed = defib_rescue::bootargs::BootArgs::parse(&a);
         assert_eq!(parsed.keys_url.unwrap().path, "/keys/");
         assert_eq!(append_keys_url(None, None).unwrap(), None);
-        let e = append_keys_url(None, Some("https://keys.example/")).unwrap_err();
-        assert!(format!("{e}").contains("no TLS"), "{e}");
+        let e = append_keys_url(None, Some("https://10.0.0.5/keys/")).unwrap_err();
+        assert!(format!("{e}").contains("--append defib.tls=sha256:"), "{e}");
+        let pin = format!("defib.tls=sha256:{}", "0f".repeat(32));
+        let a = append_keys_url(Some(pin.clone()), Some("https://10.0.0.5/keys/"))
+            .unwrap()
+            .unwrap();
+        let parsed = defib_rescue::bootargs::BootArgs::parse(&a);
+        assert!(parsed.keys_url.unwrap().tls && parsed.tls_pin == Some([0x0f; 32]));
         let e = append_keys_url(None, Some("http://keys.example/")).unwrap_err();
         assert!(format!("{e}").contains("cannot resolve host names"), "{e}");
         assert!(check_append("a\nboot").is_err());

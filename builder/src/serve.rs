@@ -11,8 +11,12 @@
 //! children's lifetime, and moving each arrived report into `--reports
 //! DIR` only after it validated like `defib reports` reads it.
 //!
-//! Plain HTTP only for now: reports (with serial numbers) cross the network
-//! in clear text, and the banner says so. TLS is planned.
+//! The tree (kernel, initramfs, boot loaders) goes over plain HTTP and
+//! TFTP, the only ways firmware and iPXE fetch it (Secure Boot checks the
+//! loaders and kernel). Reports and BitLocker keys go over HTTPS only:
+//! nginx serves them with a certificate kept in `--tls-dir`
+//! ([`crate::servetls`]) whose SHA-256 every kernel command line pins, so
+//! the rescue talks to this server and no other.
 
 use crate::fleet;
 use anyhow::{bail, Context, Result};
@@ -28,6 +32,8 @@ use std::time::{Duration, Instant};
 pub const TREE_PATH: &str = "/defib/";
 /// The URL path reports are PUT to.
 pub const REPORTS_PATH: &str = "/defib-reports/";
+/// The URL path BitLocker keys are served under (HTTPS only).
+pub const KEYS_PATH: &str = "/defib-keys/";
 
 /// How addresses are handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,26 @@ pub struct ServeOptions {
     pub reports: PathBuf,
     /// Keep configs, logs and the tree here instead of a temporary folder.
     pub run_dir: Option<PathBuf>,
+    /// HTTPS port for reports and keys.
+    pub tls_port: u16,
+    /// Where the certificate is kept (made on first use).
+    pub tls_dir: PathBuf,
+    /// BitLocker keys to serve over HTTPS: a key file, or a folder of them.
+    pub keys: Option<PathBuf>,
+}
+
+/// HTTPS: nginx's second server, for reports and keys.
+#[derive(Debug, Clone)]
+pub struct TlsPlan {
+    pub port: u16,
+    pub cert: crate::servetls::ServerCert,
+}
+
+/// What `--keys` serves: one file, or every regular file of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysServed {
+    File(PathBuf),
+    Folder(PathBuf),
 }
 
 /// Everything the two configs follow from.
@@ -68,6 +94,11 @@ pub struct Plan {
     pub run: PathBuf,
     /// nginx's worker user and group when serving as root.
     pub worker_user: Option<(String, String)>,
+    /// HTTPS for reports and keys; `None`: reports over plain HTTP (the
+    /// benchmark's bare nginx, unit tests).
+    pub tls: Option<TlsPlan>,
+    /// Keys copied into the run folder and served under [`KEYS_PATH`].
+    pub keys: Option<KeysServed>,
 }
 
 impl Plan {
@@ -82,6 +113,10 @@ impl Plan {
     pub fn rejected(&self) -> PathBuf {
         self.run.join("rejected")
     }
+    /// Served keys, copied here (readable by nginx's worker only).
+    pub fn keys_dir(&self) -> PathBuf {
+        self.run.join("keys")
+    }
     fn host(&self) -> String {
         if self.port == 80 {
             self.address.to_string()
@@ -89,13 +124,53 @@ impl Plan {
             format!("{}:{}", self.address, self.port)
         }
     }
+    fn tls_host(&self, t: &TlsPlan) -> String {
+        if t.port == 443 {
+            self.address.to_string()
+        } else {
+            format!("{}:{}", self.address, t.port)
+        }
+    }
     /// `http://ADDR[:PORT]/defib/`: `--http-base` of the tree.
     pub fn http_base(&self) -> String {
         format!("http://{}{TREE_PATH}", self.host())
     }
-    /// `http://ADDR[:PORT]/defib-reports/`: `defib.report=`.
+    /// `https://ADDR[:TLSPORT]/defib-reports/` (or `http://` without
+    /// TLS): `defib.report=`.
     pub fn report_url(&self) -> String {
-        format!("http://{}{REPORTS_PATH}", self.host())
+        match &self.tls {
+            Some(t) => format!("https://{}{REPORTS_PATH}", self.tls_host(t)),
+            None => format!("http://{}{REPORTS_PATH}", self.host()),
+        }
+    }
+    /// `defib.keys=` for `--keys`: the folder, or the one file in it.
+    pub fn keys_url(&self) -> Option<String> {
+        let t = self.tls.as_ref()?;
+        let base = format!("https://{}{KEYS_PATH}", self.tls_host(t));
+        match self.keys.as_ref()? {
+            KeysServed::Folder(_) => Some(base),
+            KeysServed::File(f) => Some(format!("{base}{}", f.file_name()?.to_str()?)),
+        }
+    }
+    /// The words every kernel command line gets: where reports go, the
+    /// certificate pin, where keys come from.
+    pub fn kernel_words(&self) -> Vec<String> {
+        let mut w = vec![format!(
+            "{}={}",
+            defib_rescue::layout::keys::REPORT,
+            self.report_url()
+        )];
+        if let Some(t) = &self.tls {
+            w.push(format!(
+                "{}={}",
+                defib_rescue::layout::keys::TLS,
+                t.cert.pin()
+            ));
+        }
+        if let Some(k) = self.keys_url() {
+            w.push(format!("{}={k}", defib_rescue::layout::keys::KEYS_URL));
+        }
+        w
     }
     pub fn netmask(&self) -> Ipv4Addr {
         prefix_mask(self.prefix)
@@ -309,6 +384,17 @@ pub fn check_ports(plan: &Plan) -> Result<()> {
             &format!("TCP port {} on {} (HTTP, --port)", plan.port, plan.address),
         )
     })?;
+    if let Some(t) = &plan.tls {
+        std::net::TcpListener::bind((plan.address, t.port)).map_err(|e| {
+            busy(
+                e,
+                &format!(
+                    "TCP port {} on {} (HTTPS, --tls-port)",
+                    t.port, plan.address
+                ),
+            )
+        })?;
+    }
     std::net::UdpSocket::bind((plan.address, 69))
         .map_err(|e| busy(e, &format!("UDP port 69 on {} (TFTP)", plan.address)))?;
     std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 67))
@@ -487,6 +573,53 @@ pub fn nginx_conf(plan: &Plan) -> String {
         Some((u, g)) => format!("user {u} {g};\n"),
         None => String::new(),
     };
+    let reports = format!(
+        "\x20       location {REPORTS_PATH} {{\n\
+         \x20           alias {incoming}/;\n\
+         \x20           dav_methods PUT;\n\
+         \x20           create_full_put_path off;\n\
+         \x20           dav_access user:rw;\n\
+         \x20           client_max_body_size {max};\n\
+         \x20           limit_except PUT {{ deny all; }}\n\
+         \x20       }}\n",
+        incoming = plan.incoming().display(),
+        max = fleet::MAX_REPORT,
+    );
+    let (plain_reports, tls_server) = match &plan.tls {
+        None => (reports, String::new()),
+        Some(t) => {
+            let keys = if plan.keys.is_some() {
+                format!(
+                    "\x20       location {KEYS_PATH} {{\n\
+                     \x20           alias {}/;\n\
+                     \x20           autoindex off;\n\
+                     \x20           limit_except GET {{ deny all; }}\n\
+                     \x20       }}\n",
+                    plan.keys_dir().display()
+                )
+            } else {
+                String::new()
+            };
+            (
+                String::new(),
+                format!(
+                    "\x20   server {{\n\
+                     \x20       listen {addr}:{port} ssl;\n\
+                     \x20       ssl_certificate {cert};\n\
+                     \x20       ssl_certificate_key {key};\n\
+                     \x20       ssl_protocols TLSv1.2 TLSv1.3;\n\
+                     {reports}\
+                     {keys}\
+                     \x20       location / {{ return 404; }}\n\
+                     \x20   }}\n",
+                    addr = plan.address,
+                    port = t.port,
+                    cert = t.cert.cert.display(),
+                    key = t.cert.key.display(),
+                ),
+            )
+        }
+    };
     format!(
         "# Written by `defib serve`; regenerated on every start.\n\
          daemon off;\n\
@@ -513,22 +646,14 @@ pub fn nginx_conf(plan: &Plan) -> String {
          \x20           autoindex off;\n\
          \x20           limit_except GET {{ deny all; }}\n\
          \x20       }}\n\
-         \x20       location {REPORTS_PATH} {{\n\
-         \x20           alias {incoming}/;\n\
-         \x20           dav_methods PUT;\n\
-         \x20           create_full_put_path off;\n\
-         \x20           dav_access user:rw;\n\
-         \x20           client_max_body_size {max};\n\
-         \x20           limit_except PUT {{ deny all; }}\n\
-         \x20       }}\n\
+         {plain_reports}\
          \x20       location / {{ return 404; }}\n\
          \x20   }}\n\
+         {tls_server}\
          }}\n",
         addr = plan.address,
         port = plan.port,
         tree = plan.tree().display(),
-        incoming = plan.incoming().display(),
-        max = fleet::MAX_REPORT,
     )
 }
 
@@ -782,6 +907,15 @@ pub fn prepare(opts: &ServeOptions, run: &Path) -> Result<(Plan, Programs)> {
         };
         ("nobody".to_string(), g.to_string())
     });
+    if opts.tls_port == opts.port {
+        bail!(
+            "--tls-port {} is also --port: HTTP (the tree) and HTTPS (reports, keys) need \
+             two ports",
+            opts.port
+        );
+    }
+    let keys = opts.keys.as_deref().map(check_keys).transpose()?;
+    let cert = crate::servetls::load_or_create(&opts.tls_dir, address)?;
     let plan = Plan {
         interface: opts.interface.clone(),
         address,
@@ -790,6 +924,11 @@ pub fn prepare(opts: &ServeOptions, run: &Path) -> Result<(Plan, Programs)> {
         port: opts.port,
         run: std::path::absolute(run).context("the run folder")?,
         worker_user,
+        tls: Some(TlsPlan {
+            port: opts.tls_port,
+            cert,
+        }),
+        keys,
     };
     check_range(&plan)?;
     check_ports(&plan)?;
@@ -797,6 +936,100 @@ pub fn prepare(opts: &ServeOptions, run: &Path) -> Result<(Plan, Programs)> {
         check_no_other_dhcp(&plan.interface, Duration::from_secs(3))?;
     }
     Ok((plan, programs))
+}
+
+/// A key file served alone, or one in a `--keys` folder, is at most this.
+pub const MAX_KEY_FILE: u64 = 1 << 20;
+
+/// Checks `--keys`: a regular file, or a folder with at least one regular
+/// file (links and sub-folders are not served), each at most
+/// [`MAX_KEY_FILE`]. Contents are the rescue's to read (CSV, the .TXT
+/// Windows saves, .BEK, files named after protector GUIDs).
+pub fn check_keys(path: &Path) -> Result<KeysServed> {
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("--keys {}", path.display()))?;
+    let size_ok = |p: &Path, m: &std::fs::Metadata| -> Result<()> {
+        if m.len() > MAX_KEY_FILE {
+            bail!(
+                "--keys: {} is {} bytes, more than a key file holds ({MAX_KEY_FILE})",
+                p.display(),
+                m.len()
+            );
+        }
+        Ok(())
+    };
+    if meta.is_file() {
+        size_ok(path, &meta)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != '%') {
+            bail!(
+                "--keys {}: the file name goes into a URL; use one of letters, digits and \
+                 punctuation only",
+                path.display()
+            );
+        }
+        return Ok(KeysServed::File(path.to_path_buf()));
+    }
+    if !meta.is_dir() {
+        bail!(
+            "--keys {}: not a file or a folder (a link is not followed)",
+            path.display()
+        );
+    }
+    let mut n = 0;
+    for e in std::fs::read_dir(path).with_context(|| format!("--keys {}", path.display()))? {
+        let e = e?;
+        let m = e.metadata()?;
+        if m.is_file() {
+            size_ok(&e.path(), &m)?;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        bail!(
+            "--keys {}: no key files in it (exports from AD or Intune, .BEK files, or \
+             files named after protector GUIDs)",
+            path.display()
+        );
+    }
+    Ok(KeysServed::Folder(path.to_path_buf()))
+}
+
+/// Copies the served keys into the run folder, readable by nginx's worker
+/// only (the originals stay as they are; the copies go with the run
+/// folder).
+fn copy_keys(plan: &Plan, owner: Option<(u32, u32)>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(k) = &plan.keys else { return Ok(()) };
+    let dir = plan.keys_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files: Vec<PathBuf> = match k {
+        KeysServed::File(f) => vec![f.clone()],
+        KeysServed::Folder(d) => {
+            let mut v = Vec::new();
+            for e in std::fs::read_dir(d).with_context(|| format!("--keys {}", d.display()))? {
+                let e = e?;
+                if e.file_type()?.is_file() {
+                    v.push(e.path());
+                }
+            }
+            v
+        }
+    };
+    for f in &files {
+        let to = dir.join(f.file_name().context("a key file without a name")?);
+        std::fs::copy(f, &to)
+            .with_context(|| format!("copying {} to {}", f.display(), to.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o400))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&to, Some(uid), Some(gid))?;
+        }
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 /// Writes the configs, makes the folders nginx and dnsmasq use readable
@@ -813,12 +1046,12 @@ pub fn write_run_folder(plan: &Plan) -> Result<()> {
     std::fs::create_dir_all(plan.incoming())
         .with_context(|| format!("creating {}", plan.incoming().display()))?;
     mode(&plan.incoming(), 0o700)?;
-    if let Some((u, _)) = &plan.worker_user {
-        if let Some((uid, gid)) = uid_gid_of(u) {
-            std::os::unix::fs::chown(plan.incoming(), Some(uid), Some(gid))
-                .with_context(|| format!("giving {} to {u}", plan.incoming().display()))?;
-        }
+    let owner = plan.worker_user.as_ref().and_then(|(u, _)| uid_gid_of(u));
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(plan.incoming(), Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to nginx's worker", plan.incoming().display()))?;
     }
+    copy_keys(plan, owner)?;
     std::fs::write(plan.run.join("dnsmasq.conf"), dnsmasq_conf(plan))
         .context("writing dnsmasq.conf")?;
     std::fs::write(plan.run.join("nginx.conf"), nginx_conf(plan)).context("writing nginx.conf")?;
@@ -1013,13 +1246,32 @@ pub fn banner(plan: &Plan, build_id: &str, reports: &Path) -> String {
             plan.prefix
         ),
     };
+    let https = match &plan.tls {
+        Some(t) => format!(
+            "\x20 https:   certificate {} ({}{}), pinned on every kernel command line\n",
+            t.cert.pin(),
+            t.cert.cert.display(),
+            if t.cert.created { ", new" } else { "" }
+        ),
+        None => "\x20 warning: plain HTTP: reports (serial numbers, computer names) cross the \
+                 network unencrypted\n"
+            .to_string(),
+    };
+    let keys = match (&plan.keys, plan.keys_url()) {
+        (Some(KeysServed::File(f)), Some(u)) => {
+            format!("\x20 keys:    {} at {u}\n", f.display())
+        }
+        (Some(KeysServed::Folder(d)), Some(u)) => {
+            format!("\x20 keys:    the files of {} at {u}\n", d.display())
+        }
+        _ => String::new(),
+    };
     format!(
         "defib serve: build {build_id} on {} {}/{}\n\
          \x20 dnsmasq: {dhcp}; TFTP: BIOS -> undionly.kpxe, UEFI (Secure Boot) -> shimx64.efi\n\
          \x20 nginx:   {}boot-http.ipxe for iPXE; reports PUT to {} (at most {} bytes each)\n\
+         {https}{keys}\
          \x20 reports: {}\n\
-         \x20 warning: plain HTTP: reports (serial numbers, computer names) cross the network \
-         unencrypted; keep this on a provisioning network (TLS is planned)\n\
          \x20 run folder (configs, logs): {}",
         plan.interface,
         plan.address,
@@ -1045,7 +1297,92 @@ mod tests {
             port: 8080,
             run: PathBuf::from("/run/defib-serve"),
             worker_user: Some(("nobody".into(), "nogroup".into())),
+            tls: None,
+            keys: None,
         }
+    }
+
+    fn tls_plan(keys: Option<KeysServed>) -> Plan {
+        let mut p = plan(Dhcp::Proxy);
+        p.tls = Some(TlsPlan {
+            port: 8443,
+            cert: crate::servetls::ServerCert {
+                cert: PathBuf::from("/var/lib/defib/serve-tls/cert.pem"),
+                key: PathBuf::from("/var/lib/defib/serve-tls/key.pem"),
+                sha256: [0xab; 32],
+                created: false,
+            },
+        });
+        p.keys = keys;
+        p
+    }
+
+    #[test]
+    fn with_tls_reports_and_keys_go_over_https_only_and_the_pin_is_on_the_command_line() {
+        let p = tls_plan(Some(KeysServed::File(PathBuf::from(
+            "/x/BitLockerKeys.csv",
+        ))));
+        let n = nginx_conf(&p);
+        let (plain, tls) = n.split_once("ssl;").unwrap();
+        assert!(plain.contains("listen 10.77.0.1:8080;"));
+        assert!(plain.contains("location /defib/"));
+        assert!(!plain.contains(REPORTS_PATH) && !plain.contains(KEYS_PATH));
+        assert!(tls.contains("location /defib-reports/") && tls.contains("location /defib-keys/"));
+        assert!(tls.contains("ssl_certificate /var/lib/defib/serve-tls/cert.pem;"));
+        assert!(tls.contains("alias /run/defib-serve/keys/;"));
+        assert!(n.contains("listen 10.77.0.1:8443 ssl;"));
+        let pin = format!("defib.tls=sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            p.kernel_words(),
+            vec![
+                "defib.report=https://10.77.0.1:8443/defib-reports/".to_string(),
+                pin,
+                "defib.keys=https://10.77.0.1:8443/defib-keys/BitLockerKeys.csv".to_string(),
+            ]
+        );
+        // What the rescue will make of them.
+        let a = defib_rescue::bootargs::BootArgs::parse(&p.kernel_words().join(" "));
+        assert!(a.warnings.is_empty(), "{:?}", a.warnings);
+        assert_eq!(a.tls_pin, Some([0xab; 32]));
+        assert!(a.keys_url.unwrap().tls);
+        let folder = tls_plan(Some(KeysServed::Folder(PathBuf::from("/x/keys"))));
+        assert_eq!(
+            folder.keys_url().unwrap(),
+            "https://10.77.0.1:8443/defib-keys/"
+        );
+        assert!(tls_plan(None).keys_url().is_none());
+        assert!(!nginx_conf(&tls_plan(None)).contains(KEYS_PATH));
+        let b = banner(&p, "b1", Path::new("/r"));
+        assert!(
+            b.contains(&format!("certificate sha256:{}", "ab".repeat(32))),
+            "{b}"
+        );
+        assert!(!b.contains("plain HTTP"), "{b}");
+        assert!(banner(&plan(Dhcp::Proxy), "b1", Path::new("/r")).contains("plain HTTP"));
+    }
+
+    #[test]
+    fn keys_to_serve_are_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("BitLockerKeys.csv");
+        std::fs::write(&f, "x").unwrap();
+        assert_eq!(check_keys(&f).unwrap(), KeysServed::File(f.clone()));
+        let empty = t.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let e = check_keys(&empty).unwrap_err();
+        assert!(e.to_string().contains("no key files"), "{e:#}");
+        std::fs::write(empty.join("big.csv"), vec![b'a'; MAX_KEY_FILE as usize + 1]).unwrap();
+        let e = check_keys(&empty).unwrap_err();
+        assert!(
+            e.to_string().contains("more than a key file holds"),
+            "{e:#}"
+        );
+        let e = check_keys(&t.path().join("missing")).unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+        let l = t.path().join("link");
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        let e = check_keys(&l).unwrap_err();
+        assert!(e.to_string().contains("a link is not followed"), "{e:#}");
     }
 
     #[test]
@@ -1151,10 +1488,18 @@ mod tests {
         assert!(n.contains("limit_except PUT { deny all; }"));
         assert!(n.contains("user nobody nogroup;"));
         // Every absolute path nginx is given lies in the run folder.
-        for w in n.split_whitespace().filter(|w| w.starts_with('/')) {
+        let t = nginx_conf(&tls_plan(Some(KeysServed::Folder("/k".into()))));
+        for w in n
+            .split_whitespace()
+            .chain(t.split_whitespace())
+            .filter(|w| w.starts_with('/'))
+        {
             let w = w.trim_end_matches(';');
             if w == "/" || w.starts_with("/defib") {
                 continue; // URL paths
+            }
+            if w.starts_with("/var/lib/defib/serve-tls/") {
+                continue; // the kept certificate (read by the root master)
             }
             assert!(w.starts_with("/run/defib-serve/"), "{w}");
         }

@@ -162,6 +162,8 @@ fn serve_command(ns: &Netns, dir: &Path, reports: &Path, dhcp: &[&str]) -> Comma
         .arg(reports)
         .arg("--run-dir")
         .arg(dir.join("run"))
+        .arg("--tls-dir")
+        .arg(dir.join("tls"))
         .arg("--rescue")
         .arg(env_file("DEFIB_RESCUE"))
         .arg("--payloads")
@@ -238,6 +240,16 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
         std::fs::create_dir_all(&p).unwrap();
         p
     };
+    // The Secure Boot PC's Windows is behind BitLocker; its recovery key is
+    // served by `defib serve --keys` (HTTPS only), in a file named after
+    // the protector's GUID.
+    let (bitlocker_victim, key) = victim::make_win10_crowdstrike_bitlocker(&sub("pc2")).unwrap();
+    let keys = sub("keys");
+    std::fs::write(
+        keys.join(&key.protector),
+        format!("{}\n", key.recovery_password),
+    )
+    .unwrap();
     let pcs = vec![
         Pc {
             firmware: Firmware::Bios,
@@ -248,7 +260,7 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
         },
         Pc {
             firmware: Firmware::UefiSb,
-            victim: victim::make_win10_crowdstrike(&sub("pc2")).unwrap(),
+            victim: bitlocker_victim,
             bus: Bus::Nvme,
             uuid: "5eed0000-defb-4000-8000-000000000002".into(),
             computer: "ICU-STATION-12",
@@ -267,8 +279,30 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
         &mut ns,
         dir.path(),
         &reports,
-        &["--dhcp-range", "10.77.0.100,10.77.0.150"],
+        &[
+            "--dhcp-range",
+            "10.77.0.100,10.77.0.150",
+            "--keys",
+            keys.to_str().unwrap(),
+        ],
     );
+    // The pin every PC must see: the kept certificate's SHA-256, shown in
+    // the banner.
+    let cert = defib_builder::servetls::load_or_create(
+        &dir.path().join("tls"),
+        "10.77.0.1".parse().unwrap(),
+    )
+    .unwrap();
+    assert!(!cert.created, "defib serve made the certificate");
+    let pin = cert.pin();
+    assert!(
+        lines
+            .text()
+            .contains(&format!("https:   certificate {pin}")),
+        "{}",
+        lines.text()
+    );
+    let short = &pin[..7 + 16];
     // The taps and the bridge are in the namespace, not on the host.
     for i in 1..=pcs.len() {
         assert!(!Path::new(&format!("/sys/class/net/tap{i}")).exists());
@@ -312,12 +346,30 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
             out.text()
         );
         assert!(
-            out.contains("report: delivered to http://10.77.0.1/defib-reports/"),
+            out.text().lines().any(|l| l
+                .contains("report: delivered to https://10.77.0.1/defib-reports/")
+                && l.contains(&format!("(HTTPS, certificate {short})"))),
             "{}:\n{}",
             pc.computer,
             out.text()
         );
+        assert!(
+            !out.text().contains(&key.recovery_password),
+            "the recovery key reached {}'s screen",
+            pc.computer
+        );
     }
+    // The BitLocker PC took its key from defib serve, over HTTPS.
+    let keys_url = "https://10.77.0.1/defib-keys/";
+    assert!(
+        outs[1]
+            .text()
+            .lines()
+            .any(|l| l.contains("keys: 1 key(s) for /dev/")
+                && l.contains(&format!("from {keys_url}{}", key.protector))),
+        "{}",
+        outs[1].text()
+    );
 
     // The ledger shows each machine as its report arrives.
     let mut serve = ns.serve.take().unwrap();
@@ -400,7 +452,34 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
         let uefi = r["machine"]["product_uuid"] == pcs[1].uuid.as_str();
         assert_eq!(r["boot"]["secure_boot"], uefi, "{r:#}");
         assert_eq!(r["boot"]["medium"], "pxe", "{r:#}");
+        assert_eq!(r["network"]["transport"], "https", "{r:#}");
+        assert_eq!(r["network"]["tls_pin"], pin.as_str(), "{r:#}");
+        assert!(
+            !r.to_string().contains(&key.recovery_password),
+            "the recovery key reached a report"
+        );
+        if uefi {
+            let bl = &r["windows"][0]["state"]["bitlocker"];
+            assert_eq!(bl["key_source"], "network", "{r:#}");
+            assert_eq!(bl["unlocked_with"], key.protector.as_str(), "{r:#}");
+        }
     }
+    // nginx took the reports and handed out the key on the HTTPS port only.
+    let access = std::fs::read_to_string(dir.path().join("run/nginx-access.log")).unwrap();
+    assert!(
+        access.lines().any(
+            |l| l.contains(&format!("GET /defib-keys/{} ", key.protector)) && l.contains(" 200 ")
+        ),
+        "{access}"
+    );
+    assert_eq!(
+        access
+            .lines()
+            .filter(|l| l.contains("PUT /defib-reports/") && l.contains(" 201 "))
+            .count(),
+        3,
+        "{access}"
+    );
 
     // From the host: the bad files are gone on each disk.
     let mcafee = &pcs[0].victim;
