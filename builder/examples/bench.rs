@@ -1,5 +1,7 @@
 //! The figures behind `scripts/bench`: sizes, warm-cache build time, and
-//! boot times against a bare-kernel baseline measured in the same run.
+//! boot times against a bare-kernel baseline measured in the same run;
+//! then nginx as `defib serve` configures it under N clients at once
+//! (bench/serve_load.rs).
 //!
 //! Boots run under the same QEMU (TCG) one after another so load affects
 //! them alike; each boot is repeated and the median printed.
@@ -21,6 +23,9 @@ mod victim;
 #[allow(dead_code)]
 #[path = "../tests/common/bigstore.rs"]
 mod bigstore;
+// The load test of `defib serve`'s nginx, in network namespaces.
+#[path = "bench/serve_load.rs"]
+mod serve_load;
 
 #[derive(Parser)]
 struct Args {
@@ -52,6 +57,17 @@ struct Args {
     /// Secure Boot USB path, and the lowest RAM
     #[arg(long)]
     boot_only: bool,
+    /// Only the load test of nginx as `defib serve` configures it (in a
+    /// network namespace; N clients at once in another)
+    #[arg(long)]
+    serve_only: bool,
+    /// Clients at once, per round of the nginx load test
+    #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+    serve_clients: Vec<usize>,
+    /// Internal: the load test's half inside the server's namespace; the
+    /// value is the clients' namespace
+    #[arg(long, hide = true)]
+    serve_inner: Option<String>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -78,6 +94,13 @@ fn timed_boot(b: &Boot, markers: &[&str]) -> Result<Vec<Duration>> {
 fn main() -> Result<()> {
     let a = Args::parse();
     std::fs::create_dir_all(&a.work)?;
+    if let Some(client_ns) = &a.serve_inner {
+        return serve_load::inner(&a.defib, &a.rescue, client_ns, &a.serve_clients);
+    }
+    if a.serve_only {
+        println!("defib benchmark: nginx under load");
+        return serve_load::run();
+    }
     if a.ram_only {
         return lowest_ram(&a);
     }
@@ -115,10 +138,12 @@ fn main() -> Result<()> {
         boots(&a, &img)?;
         return lowest_ram(&a);
     }
-    if !a.bitlocker_only {
-        general(&a, &img)?;
+    if a.bitlocker_only {
+        return bitlocker(&a, &img);
     }
-    bitlocker(&a, &img)
+    general(&a, &img)?;
+    bitlocker(&a, &img)?;
+    serve_load::run()
 }
 
 fn general(a: &Args, img: &UsbImage) -> Result<()> {
