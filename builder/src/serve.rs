@@ -628,7 +628,8 @@ pub fn nginx_conf(plan: &Plan) -> String {
          {user}\
          pid {run}/nginx.pid;\n\
          error_log stderr notice;\n\
-         events {{ worker_connections 1024; }}\n\
+         worker_rlimit_nofile 8192;\n\
+         events {{ worker_connections 4096; }}\n\
          http {{\n\
          \x20   access_log {run}/nginx-access.log;\n\
          \x20   client_body_temp_path {run}/nginx/body;\n\

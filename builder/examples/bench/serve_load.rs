@@ -161,6 +161,9 @@ pub fn inner(defib: &Path, rescue: &Path, client_ns: &str, rounds: &[usize]) -> 
         append: None,
         reports: run.path().join("reports"),
         run_dir: Some(run.path().to_path_buf()),
+        tls_port: 443,
+        tls_dir: run.path().join("tls"),
+        keys: None,
     };
     let (plan, programs) = serve::prepare(&opts, run.path())?;
     // The tree `defib serve` writes: `defib pxe` with its --http-base and
@@ -173,7 +176,7 @@ pub fn inner(defib: &Path, rescue: &Path, client_ns: &str, rounds: &[usize]) -> 
         .arg("--http-base")
         .arg(plan.http_base())
         .arg("--append")
-        .arg(format!("defib.report={}", plan.report_url()))
+        .arg(plan.kernel_words().join(" "))
         .stdout(Stdio::null())
         .status()
         .context("running defib pxe")?;
@@ -239,13 +242,16 @@ pub fn inner(defib: &Path, rescue: &Path, client_ns: &str, rounds: &[usize]) -> 
         .collect::<Result<_>>()?;
     let report_len = report_body("SIZE-PROBE", 0).len() as u64;
     let per_machine: u64 = sizes.iter().map(|(_, n)| n).sum::<u64>() + report_len;
-    let (report_host, report_path) = split_url(&plan.report_url()).context("the report URL")?;
-    let (_, tree_path) = split_url(&plan.http_base()).context("the tree URL")?;
+    let (tree_host, tree_path) = split_url(&plan.http_base()).context("the tree URL")?;
+    let report = defib_rescue::pid1::net::ReportUrl::parse(&plan.report_url())
+        .map_err(|e| anyhow::anyhow!("the report URL: {e}"))?;
+    let pin = plan.tls.as_ref().map(|t| t.cert.sha256);
     let job = Arc::new(Job {
         addr,
-        host: report_host,
+        host: tree_host,
         tree_path,
-        report_path,
+        report,
+        pin,
         files: sizes.clone(),
         netns: PathBuf::from("/run/netns").join(client_ns),
     });
@@ -256,7 +262,8 @@ pub fn inner(defib: &Path, rescue: &Path, client_ns: &str, rounds: &[usize]) -> 
          in a network namespace; clients in another, across a veth pair:"
     );
     println!(
-        "    each client: GET {} ({}), PUT a {} report: {} per machine",
+        "    each client: GET {} ({}) over HTTP, PUT a {} report over HTTPS (the rescue's TLS \
+         client, certificate pinned): {} per machine",
         FETCHED.join(", "),
         sizes
             .iter()
@@ -350,7 +357,10 @@ struct Job {
     addr: SocketAddr,
     host: String,
     tree_path: String,
-    report_path: String,
+    /// Where reports go: HTTPS to the pinned certificate, as the rescue
+    /// sends them (`defib serve`'s plan).
+    report: defib_rescue::pid1::net::ReportUrl,
+    pin: Option<defib_rescue::pid1::net::tls::Pin>,
     files: Vec<(String, u64)>,
     netns: PathBuf,
 }
@@ -487,7 +497,8 @@ fn client(
     let mut buf = vec![0u8; 64 * 1024];
     for (name, size) in &job.files {
         let path = format!("{}{name}", job.tree_path);
-        let (status, got) = exchange(job, "GET", &path, &[], start, &mut buf, bytes)
+        let to = (job.addr, job.host.as_str(), None);
+        let (status, got) = exchange(to, "GET", &path, &[], start, &mut buf, bytes)
             .map_err(|e| format!("GET {name}: {e}"))?;
         if status != 200 {
             return Err(format!("GET {name}: HTTP {status}"));
@@ -499,9 +510,11 @@ fn client(
     let machine = format!("LOAD{round:04}-PC{i:04}");
     let run_id = format!("20261129T060000Z-{:08x}", round * 100_000 + i);
     let body = report_body(&machine, i);
-    let path = format!("{}{machine}-{run_id}.json", job.report_path);
+    let path = format!("{}{machine}-{run_id}.json", job.report.path);
     let mut ignored = 0;
-    let (status, _) = exchange(job, "PUT", &path, &body, start, &mut buf, &mut ignored)
+    let pin = job.report.tls.then_some(job.pin.as_ref()).flatten();
+    let to = (job.report.addr, job.report.host.as_str(), pin);
+    let (status, _) = exchange(to, "PUT", &path, &body, start, &mut buf, &mut ignored)
         .map_err(|e| format!("PUT report: {e}"))?;
     if status != 201 && status != 204 {
         return Err(format!("PUT report: HTTP {status}"));
@@ -509,20 +522,36 @@ fn client(
     Ok(())
 }
 
-/// What a client talks through. Plain TCP here; a TLS client (the report
-/// PUTs over HTTPS) wraps the stream in [`connect`] and nothing else
-/// changes.
+/// What a client talks through: plain TCP for the tree (as firmware and
+/// iPXE fetch it), the rescue's own TLS client for the reports.
 trait Conn: Read + Write {}
 impl<T: Read + Write> Conn for T {}
 
+/// Where a request goes: address, `Host:` value, and the pinned
+/// certificate for HTTPS.
+type To<'a> = (
+    SocketAddr,
+    &'a str,
+    Option<&'a defib_rescue::pid1::net::tls::Pin>,
+);
+
 /// The client's transport: one connection to the server, with bounded
-/// connect, reads and writes.
-fn connect(addr: SocketAddr) -> std::io::Result<Box<dyn Conn>> {
+/// connect, reads and writes; with a pin, the handshake of the rescue's
+/// TLS client (`pid1::net::tls::connect`), so its cost is in the figures.
+fn connect(
+    addr: SocketAddr,
+    pin: Option<&defib_rescue::pid1::net::tls::Pin>,
+) -> std::io::Result<Box<dyn Conn>> {
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     s.set_nodelay(true)?;
-    Ok(Box::new(s))
+    match pin {
+        None => Ok(Box::new(s)),
+        Some(p) => defib_rescue::pid1::net::tls::connect(s, addr, p)
+            .map(|t| Box::new(t) as Box<dyn Conn>)
+            .map_err(std::io::Error::other),
+    }
 }
 
 /// One HTTP/1.1 request on its own connection (`Connection: close`);
@@ -530,7 +559,7 @@ fn connect(addr: SocketAddr) -> std::io::Result<Box<dyn Conn>> {
 /// bytes, which are also added to `bytes` as they come. Fails past the
 /// client's deadline, on a short body, or on a head that is not HTTP.
 fn exchange(
-    job: &Job,
+    (addr, host, pin): To<'_>,
     method: &str,
     path: &str,
     body: &[u8],
@@ -539,11 +568,9 @@ fn exchange(
     bytes: &mut u64,
 ) -> std::result::Result<(u16, u64), String> {
     let late = || format!("over the client's {} s", CLIENT_TIMEOUT.as_secs());
-    let mut c = connect(job.addr).map_err(|e| format!("connect: {e}"))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: defib-bench\r\n",
-        job.host
-    );
+    let mut c = connect(addr, pin).map_err(|e| format!("connect: {e}"))?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: defib-bench\r\n");
     if method == "PUT" {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
