@@ -371,7 +371,9 @@ pub fn pick_address(iface: &str, want: Option<(Ipv4Addr, u8)>) -> Result<(Ipv4Ad
 /// Binds each port dnsmasq and nginx will need, briefly, so a port in use
 /// is an error that says which one and what probably holds it, before any
 /// child starts.
-pub fn check_ports(plan: &Plan) -> Result<()> {
+/// `tls_port`: the HTTPS port when it is not in `plan` yet (`prepare`
+/// checks before it makes or reads the certificate).
+pub fn check_ports(plan: &Plan, tls_port: Option<u16>) -> Result<()> {
     let busy = |e: std::io::Error, what: &str| -> anyhow::Error {
         anyhow::anyhow!(
             "{what} is in use ({e}): another server holds it; stop it (e.g. a system dnsmasq or \
@@ -384,14 +386,11 @@ pub fn check_ports(plan: &Plan) -> Result<()> {
             &format!("TCP port {} on {} (HTTP, --port)", plan.port, plan.address),
         )
     })?;
-    if let Some(t) = &plan.tls {
-        std::net::TcpListener::bind((plan.address, t.port)).map_err(|e| {
+    if let Some(port) = tls_port.or(plan.tls.as_ref().map(|t| t.port)) {
+        std::net::TcpListener::bind((plan.address, port)).map_err(|e| {
             busy(
                 e,
-                &format!(
-                    "TCP port {} on {} (HTTPS, --tls-port)",
-                    t.port, plan.address
-                ),
+                &format!("TCP port {port} on {} (HTTPS, --tls-port)", plan.address),
             )
         })?;
     }
@@ -916,8 +915,7 @@ pub fn prepare(opts: &ServeOptions, run: &Path) -> Result<(Plan, Programs)> {
         );
     }
     let keys = opts.keys.as_deref().map(check_keys).transpose()?;
-    let cert = crate::servetls::load_or_create(&opts.tls_dir, address)?;
-    let plan = Plan {
+    let mut plan = Plan {
         interface: opts.interface.clone(),
         address,
         prefix,
@@ -925,17 +923,19 @@ pub fn prepare(opts: &ServeOptions, run: &Path) -> Result<(Plan, Programs)> {
         port: opts.port,
         run: std::path::absolute(run).context("the run folder")?,
         worker_user,
-        tls: Some(TlsPlan {
-            port: opts.tls_port,
-            cert,
-        }),
+        tls: None,
         keys,
     };
     check_range(&plan)?;
-    check_ports(&plan)?;
+    check_ports(&plan, Some(opts.tls_port))?;
     if let Dhcp::Range(..) = plan.dhcp {
         check_no_other_dhcp(&plan.interface, Duration::from_secs(3))?;
     }
+    // Only now, with every check passed: a refused start makes nothing.
+    plan.tls = Some(TlsPlan {
+        port: opts.tls_port,
+        cert: crate::servetls::load_or_create(&opts.tls_dir, address)?,
+    });
     Ok((plan, programs))
 }
 
@@ -1436,7 +1436,7 @@ mod tests {
         let mut p = plan(Dhcp::Proxy);
         p.address = "127.0.0.1".parse().unwrap();
         p.port = l.local_addr().unwrap().port();
-        let e = format!("{}", check_ports(&p).unwrap_err());
+        let e = format!("{}", check_ports(&p, None).unwrap_err());
         assert!(
             e.contains(&format!(
                 "TCP port {} on 127.0.0.1 (HTTP, --port) is in use",

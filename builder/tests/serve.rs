@@ -508,15 +508,17 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
 
 /// Another DHCP server on the network (the site's, in a second namespace
 /// cabled to the bridge): `--dhcp-range` is refused, naming it, before
-/// anything starts; `--proxy-dhcp` beside it comes up.
+/// anything starts; `--proxy-dhcp` beside it comes up, and a PC boots
+/// through it: its address from the site's server, its boot from defib
+/// serve's proxy answer, and it is repaired.
 #[test]
-#[ignore = "needs root and network namespaces: run through scripts/test"]
-fn a_second_dhcp_server_is_refused_and_proxy_dhcp_works_beside_it() {
+#[ignore = "boots QEMU in a network namespace: run through scripts/test"]
+fn a_second_dhcp_server_is_refused_and_a_pc_boots_through_proxy_dhcp_beside_it() {
     need("ip", "iproute2");
     need("dnsmasq", "dnsmasq-base");
     need("nginx", "nginx");
     let dir = tempfile::tempdir().unwrap();
-    let mut ns = Netns::new(0);
+    let mut ns = Netns::new(1);
     let site = format!("{}-site", ns.name);
     ip(&["netns", "add", &site]);
     ns.others.push(site.clone());
@@ -588,8 +590,8 @@ fn a_second_dhcp_server_is_refused_and_proxy_dhcp_works_beside_it() {
     );
     assert!(err.contains("--proxy-dhcp"), "{err}");
     assert!(
-        !reports.exists(),
-        "nothing may start before the checks pass"
+        !reports.exists() && !dir.path().join("tls").exists(),
+        "nothing may start or be made before the checks pass"
     );
 
     let lines = start_serve(&mut ns, dir.path(), &reports, &["--proxy-dhcp"]);
@@ -600,6 +602,61 @@ fn a_second_dhcp_server_is_refused_and_proxy_dhcp_works_beside_it() {
         "{}",
         lines.text()
     );
+    let pc_dir = dir.path().join("pc");
+    std::fs::create_dir_all(&pc_dir).unwrap();
+    let pc = Pc {
+        firmware: Firmware::Bios,
+        victim: victim::make_xp_mcafee(&pc_dir, McafeeSvchost::InDllcache).unwrap(),
+        bus: Bus::Ahci,
+        uuid: "5eed0000-defb-4000-8000-000000000011".into(),
+        computer: "WARD3-PC07",
+    };
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let out = boot_pc(&ns.name, 1, &pc, &scratch);
+    assert!(out.exited, "the PC did not power off:\n{}", out.text());
+    assert!(
+        out.contains("defib: verdict repaired"),
+        "not repaired through proxy-DHCP:\n{}",
+        out.text()
+    );
+    // Its address is the site's (10.77.0.200-210), not one defib serve leased.
+    let mut serve = ns.serve.take().unwrap();
+    let arrived = lines.wait_for(&mut serve, Duration::from_secs(60), |ls| {
+        ls.iter()
+            .any(|l| l.contains(" repaired ") && l.contains(pc.computer))
+    });
+    ns.serve = Some(serve);
+    assert!(
+        arrived,
+        "the report did not reach the ledger:\n{}",
+        lines.text()
+    );
+    let name = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a report in --reports");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(name).unwrap()).unwrap();
+    let addr = r["network"]["address"].as_str().unwrap_or("");
+    let last: u8 = addr
+        .split('/')
+        .next()
+        .and_then(|a| a.rsplit('.').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    assert!((200..=210).contains(&last), "not the site's lease: {r:#}");
+    assert_eq!(r["network"]["transport"], "https", "{r:#}");
+    assert!(
+        site_log.text().contains("DHCPACK"),
+        "the site's server leased nothing:\n{}",
+        site_log.text()
+    );
+    assert_eq!(
+        victim::sha256_of(&pc.victim, victim::XP_SVCHOST).unwrap(),
+        pc.victim.expect.svchost_sha256.clone()
+    );
+
     let status = ns.stop_serve().unwrap();
     assert!(status.success(), "{}", lines.text());
     assert!(
