@@ -790,6 +790,7 @@ fn spawn(
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
@@ -853,12 +854,15 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        // The terminal closing (an SSH session dropped) stops the servers
+        // the same orderly way, with the last reports taken in.
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-/// A pending SIGINT or SIGTERM, waiting at most `wait`.
+/// A pending SIGINT, SIGTERM or SIGHUP, waiting at most `wait`.
 fn next_signal(set: &libc::sigset_t, wait: Duration) -> Option<i32> {
     let ts = libc::timespec {
         tv_sec: wait.as_secs() as libc::time_t,
@@ -1101,16 +1105,17 @@ pub fn run(plan: &Plan, programs: &Programs, reports: &Path) -> Result<()> {
             return Err(e);
         }
     }
-    let r = serve_loop(plan, reports, &mut servers, &rx, &signals);
+    let out = Ledger::new(std::io::stdout().is_terminal());
+    let r = serve_loop(plan, reports, &mut servers, &rx, &signals, &out);
     for s in servers.iter_mut().rev() {
         stop(s);
     }
     // Reports that landed while the servers stopped.
     let last = ingest(&plan.incoming(), reports, &plan.rejected());
-    let tty = std::io::stdout().is_terminal();
     if let Ok(a) = &last {
-        print_arrivals(a, tty);
+        print_arrivals(a, &out);
     }
+    out.finish();
     r?;
     last?;
     println!(
@@ -1121,19 +1126,76 @@ pub fn run(plan: &Plan, programs: &Programs, reports: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_arrivals(arrivals: &[Arrival], _tty: bool) {
+/// The ledger's output: one line per event, the same on a terminal and
+/// in a pipe; on a terminal, a status line under them too (indicatif),
+/// with the running counts and the time since the start.
+struct Ledger {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Ledger {
+    fn new(tty: bool) -> Ledger {
+        let bar = tty.then(|| {
+            let b = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stdout(),
+            );
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(250));
+            b
+        });
+        Ledger { bar }
+    }
+
+    fn line(&self, l: String) {
+        match &self.bar {
+            Some(b) => b.println(l),
+            // A closed terminal or pipe must not stop the serving.
+            None => {
+                let mut o = std::io::stdout().lock();
+                let _ = writeln!(o, "{l}").and_then(|_| o.flush());
+            }
+        }
+    }
+
+    fn status(&self, s: String) {
+        if let Some(b) = &self.bar {
+            b.set_message(s);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The status line: leases, reports by verdict, what it is doing.
+pub fn status_line(leases: usize, reported: usize, counts: &[(String, usize)]) -> String {
+    let c: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    format!(
+        "{leases} lease(s), {reported} report(s){}{}; waiting for machines (Ctrl-C stops)",
+        if c.is_empty() { "" } else { ": " },
+        c.join(", ")
+    )
+}
+
+fn print_arrivals(arrivals: &[Arrival], out: &Ledger) {
     let t = now_hms();
     for a in arrivals {
         match a {
-            Arrival::Report(r) => println!("{}", ledger_line(&t, r)),
-            Arrival::Rejected { name, why } => println!(
+            Arrival::Report(r) => out.line(ledger_line(&t, r)),
+            Arrival::Rejected { name, why } => out.line(format!(
                 "{t}  rejected         {}: {} (kept out of the reports folder)",
                 fleet::term(name),
                 fleet::term(why)
-            ),
+            )),
         }
     }
-    let _ = std::io::stdout().flush();
 }
 
 fn serve_loop(
@@ -1142,6 +1204,7 @@ fn serve_loop(
     servers: &mut [Server],
     rx: &mpsc::Receiver<(&'static str, String)>,
     signals: &libc::sigset_t,
+    out: &Ledger,
 ) -> Result<()> {
     let start = Instant::now();
     let mut ready: BTreeSet<&str> = BTreeSet::new();
@@ -1149,14 +1212,14 @@ fn serve_loop(
     let (mut reported, mut counts) = (0usize, std::collections::BTreeMap::<String, usize>::new());
     loop {
         if let Some(sig) = next_signal(signals, Duration::from_millis(300)) {
-            println!(
+            out.line(format!(
                 "defib serve: {} received; stopping nginx and dnsmasq",
-                if sig == libc::SIGINT {
-                    "Ctrl-C"
-                } else {
-                    "SIGTERM"
+                match sig {
+                    libc::SIGINT => "Ctrl-C",
+                    libc::SIGHUP => "SIGHUP (the terminal closed)",
+                    _ => "SIGTERM",
                 }
-            );
+            ));
             return Ok(());
         }
         for s in servers.iter_mut() {
@@ -1178,7 +1241,7 @@ fn serve_loop(
             if name == "dnsmasq" {
                 if let Some(l) = lease_of(&line) {
                     if leased.insert(l.clone()) {
-                        println!("{}  lease            {} {}", now_hms(), l.0, l.1);
+                        out.line(format!("{}  lease            {} {}", now_hms(), l.0, l.1));
                     }
                 }
             }
@@ -1194,10 +1257,10 @@ fn serve_loop(
         }
         if ready.len() == 2 && !ready.contains("announced") {
             ready.insert("announced");
-            println!(
+            out.line(format!(
                 "defib serve: ready after {:.1} s: waiting for machines (Ctrl-C stops)",
                 start.elapsed().as_secs_f64()
-            );
+            ));
         }
         if !ready.contains("announced") && start.elapsed() > Duration::from_secs(30) {
             bail!(
@@ -1223,17 +1286,20 @@ fn serve_loop(
             }
         }
         if !arrivals.is_empty() {
-            print_arrivals(&arrivals, false);
+            print_arrivals(&arrivals, out);
         }
         if arrivals.iter().any(|a| matches!(a, Arrival::Report(_))) {
             let c: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            println!(
+            out.line(format!(
                 "{}  total            {reported} report(s): {}",
                 now_hms(),
                 c.join(", ")
-            );
+            ));
         }
-        let _ = std::io::stdout().flush();
+        if ready.contains("announced") {
+            let c: Vec<(String, usize)> = counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            out.status(status_line(leased.len(), reported, &c));
+        }
     }
 }
 
@@ -1360,6 +1426,23 @@ mod tests {
         );
         assert!(!b.contains("plain HTTP"), "{b}");
         assert!(banner(&plan(Dhcp::Proxy), "b1", Path::new("/r")).contains("plain HTTP"));
+    }
+
+    #[test]
+    fn the_status_line_counts_leases_and_verdicts() {
+        assert_eq!(
+            status_line(0, 0, &[]),
+            "0 lease(s), 0 report(s); waiting for machines (Ctrl-C stops)"
+        );
+        assert_eq!(
+            status_line(
+                3,
+                2,
+                &[("needs-attention".into(), 1), ("repaired".into(), 1)]
+            ),
+            "3 lease(s), 2 report(s): 1 needs-attention, 1 repaired; waiting for machines \
+             (Ctrl-C stops)"
+        );
     }
 
     #[test]
