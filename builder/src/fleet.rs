@@ -331,6 +331,34 @@ fn csv_lines<'a, const N: usize>(
     out
 }
 
+/// Which machine a run was on: its UUID, else its serial, else its
+/// Windows computer name, else the file it came from.
+pub fn machine_key(r: &Row) -> &str {
+    [&r.uuid, &r.serial, &r.computer, &r.source]
+        .into_iter()
+        .find(|x| !x.trim().is_empty())
+        .map_or("", |x| x.as_str())
+}
+
+/// The index of each machine's latest run (by `finished`, then the order
+/// read), in the order of `rows`. A machine that failed and was then
+/// repaired counts as repaired.
+pub fn latest_runs(rows: &[Row]) -> Vec<usize> {
+    let mut latest: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (i, r) in rows.iter().enumerate() {
+        let k = machine_key(r);
+        match latest.get(k) {
+            Some(&j) if rows[j].finished > r.finished => {}
+            _ => {
+                latest.insert(k, i);
+            }
+        }
+    }
+    let mut v: Vec<usize> = latest.into_values().collect();
+    v.sort_unstable();
+    v
+}
+
 /// The latest row per machine (UUID, else serial, else computer name),
 /// `needs-update` first, then `unknown`, then `ready`.
 pub fn dedup_firmware(rows: &[FirmwareRow]) -> Vec<FirmwareRow> {

@@ -71,7 +71,7 @@ span.v-repaired{background:#1b873f}span.v-clean{background:#2d6cdf}\
 section.report{display:none;background:#fff;padding:1rem;box-shadow:0 1px 3px #0002;margin-bottom:2rem}\
 section.report:target{display:block}\
 pre{white-space:pre-wrap;word-break:break-all;font-size:.8rem}\
-.ok{color:#1b873f}";
+.ok{color:#1b873f}tr.earlier td{color:#888}tr.earlier span.v{opacity:.55}";
 
 fn verdict_badge(v: &str) -> String {
     let class: String = v
@@ -81,14 +81,15 @@ fn verdict_badge(v: &str) -> String {
     format!("<span class=\"v v-{class}\">{}</span>", dash(v))
 }
 
-fn row_html(i: usize, r: &Row, with_why: bool) -> String {
+fn row_html(i: usize, r: &Row, with_why: bool, earlier: bool) -> String {
     let name = if r.computer.trim().is_empty() {
         "(no Windows name)".to_string()
     } else {
         r.computer.clone()
     };
     let mut s = format!(
-        "<tr><td><a href=\"#m{i}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td>",
+        "<tr{}><td><a href=\"#m{i}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td>",
+        if earlier { " class=\"earlier\"" } else { "" },
         esc(&name),
         verdict_badge(&r.verdict),
         dash(&r.serial),
@@ -98,17 +99,34 @@ fn row_html(i: usize, r: &Row, with_why: bool) -> String {
         s.push_str(&format!("<td>{}</td>", dash(&r.reason)));
     } else {
         s.push_str(&format!(
-            "<td>{}</td><td>{}</td>",
+            "<td>{}</td><td>{}{}</td>",
             r.changes,
-            dash(&r.finished)
+            dash(&r.finished),
+            if earlier {
+                " <small>(a later run on this machine counts)</small>"
+            } else {
+                ""
+            }
         ));
     }
     s.push_str("</tr>\n");
     s
 }
 
-/// The page. `generated` is shown as is (the caller's clock).
+/// How many machines need a person: those whose latest run does.
+pub fn machines_needing_a_person(f: &Fleet) -> usize {
+    crate::fleet::latest_runs(&f.rows)
+        .into_iter()
+        .filter(|&i| needs_person(&f.rows[i].verdict))
+        .count()
+}
+
+/// The page. `generated` is shown as is (the caller's clock). The counts
+/// and "Needs a person" are per machine, from its latest run (a PC that
+/// failed, then was repaired on a second try, is repaired); "Every run"
+/// lists them all.
 pub fn page(f: &Fleet, generated: &str) -> String {
+    let latest = crate::fleet::latest_runs(&f.rows);
     let mut order: Vec<usize> = (0..f.rows.len()).collect();
     order.sort_by(|&a, &b| {
         let (x, y) = (&f.rows[a], &f.rows[b]);
@@ -118,8 +136,9 @@ pub fn page(f: &Fleet, generated: &str) -> String {
             &y.finished,
         ))
     });
+    let is_latest = |i: usize| latest.binary_search(&i).is_ok();
     let mut counts: Vec<(&str, usize)> = Vec::new();
-    for &i in &order {
+    for &i in order.iter().filter(|&&i| is_latest(i)) {
         let v = f.rows[i].verdict.as_str();
         match counts.iter_mut().find(|(k, _)| *k == v) {
             Some(c) => c.1 += 1,
@@ -129,7 +148,7 @@ pub fn page(f: &Fleet, generated: &str) -> String {
     let need: Vec<usize> = order
         .iter()
         .copied()
-        .filter(|&i| needs_person(&f.rows[i].verdict))
+        .filter(|&i| is_latest(i) && needs_person(&f.rows[i].verdict))
         .collect();
     let mut s = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n\
@@ -139,7 +158,8 @@ pub fn page(f: &Fleet, generated: &str) -> String {
     s.push_str(STYLE);
     s.push_str("</style></head><body>\n<h1>defib fleet report</h1>\n");
     s.push_str(&format!(
-        "<p class=\"sub\">{} run(s) · generated {}{}</p>\n",
+        "<p class=\"sub\">{} machine(s) · {} run(s) · generated {}{}</p>\n",
+        latest.len(),
         f.rows.len(),
         esc(generated),
         if f.skipped > 0 {
@@ -168,7 +188,7 @@ pub fn page(f: &Fleet, generated: &str) -> String {
              <th>why</th></tr>\n",
         );
         for &i in &need {
-            s.push_str(&row_html(i, &f.rows[i], true));
+            s.push_str(&row_html(i, &f.rows[i], true, false));
         }
         s.push_str("</table>\n");
     }
@@ -177,7 +197,7 @@ pub fn page(f: &Fleet, generated: &str) -> String {
          <th>serial</th><th>Windows</th><th>changes</th><th>finished</th></tr>\n",
     );
     for &i in &order {
-        s.push_str(&row_html(i, &f.rows[i], false));
+        s.push_str(&row_html(i, &f.rows[i], false, !is_latest(i)));
     }
     s.push_str("</table>\n");
     for &i in &order {
@@ -213,7 +233,7 @@ mod tests {
             run_id: "run".into(),
             finished: "2026-01-01T00:00:00Z".into(),
             serial: "SN".into(),
-            uuid: "u".into(),
+            uuid: format!("u-{computer}"),
             computer: computer.into(),
             windows: "Windows 10 19045".into(),
             verdict: verdict.into(),
@@ -256,6 +276,35 @@ mod tests {
         assert!(
             !p.contains("http://") && !p.contains("https://"),
             "self-contained"
+        );
+    }
+
+    #[test]
+    fn a_machine_counts_once_by_its_latest_run() {
+        let mut failed = row("PC-A", "failed");
+        failed.finished = "2026-01-01T00:00:00Z".into();
+        let mut fixed = row("PC-A", "repaired");
+        fixed.finished = "2026-01-01T01:00:00Z".into();
+        let mut other = row("PC-B", "needs-attention");
+        other.finished = "2026-01-01T00:30:00Z".into();
+        let f = Fleet {
+            rows: vec![fixed, failed, other],
+            reports: vec![serde_json::json!({}); 3],
+            ..Default::default()
+        };
+        assert_eq!(crate::fleet::latest_runs(&f.rows), vec![0, 2]);
+        assert_eq!(machines_needing_a_person(&f), 1);
+        let p = page(&f, "now");
+        assert!(p.contains("2 machine(s) · 3 run(s)"), "{p}");
+        assert!(p.contains("<b>1</b>repaired</div>"), "{p}");
+        assert!(!p.contains("</b>failed</div>"), "{p}");
+        let att = p.find("id=\"attention\"").unwrap();
+        let all = p.find("id=\"all\"").unwrap();
+        assert!(p[att..all].contains("PC-B") && !p[att..all].contains("PC-A"));
+        // The failed run is still listed, marked as superseded.
+        assert!(
+            p[all..].contains("<tr class=\"earlier\"><td><a href=\"#m1\">PC-A"),
+            "{p}"
         );
     }
 }

@@ -882,14 +882,11 @@ fn cmd_reports(c: ReportsConfig) -> Result<()> {
         let tmp = out.with_extension("html.partial");
         std::fs::write(&tmp, page).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
-        let need = f
-            .rows
-            .iter()
-            .filter(|r| defib_builder::fleethtml::needs_person(&r.verdict))
-            .count();
+        let need = defib_builder::fleethtml::machines_needing_a_person(&f);
         println!(
-            "{}: {} run(s), {need} needing a person",
+            "{}: {} machine(s), {} run(s), {need} needing a person",
             out.display(),
+            fleet::latest_runs(&f.rows).len(),
             f.rows.len()
         );
         return Ok(());

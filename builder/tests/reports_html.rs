@@ -113,7 +113,10 @@ fn the_fleet_page_in_a_real_browser() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
-        format!("{}: 5 run(s), 2 needing a person", page.display())
+        format!(
+            "{}: 5 machine(s), 5 run(s), 2 needing a person",
+            page.display()
+        )
     );
 
     let profile = dir.path().join("profile");
