@@ -98,6 +98,13 @@ fn the_fleet_page_in_a_real_browser() {
             "the disk returned I/O errors",
         ),
         report(5, "RECEPTION-02", "repaired", "repaired: avg-user32-2008"),
+        // RECEPTION-02's first try, which failed: its later run counts.
+        {
+            let mut r = report(0, "RECEPTION-02", "failed", "the volume was dirty");
+            r["machine"] =
+                serde_json::json!({"product_serial": "SN-0005", "product_uuid": "uuid-5"});
+            r
+        },
     ];
     for (i, r) in fleet.iter().enumerate() {
         std::fs::write(reports.join(format!("pc{i}.json")), r.to_string()).unwrap();
@@ -114,7 +121,7 @@ fn the_fleet_page_in_a_real_browser() {
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         format!(
-            "{}: 5 machine(s), 5 run(s), 2 needing a person",
+            "{}: 5 machine(s), 6 run(s), 2 needing a person",
             page.display()
         )
     );
@@ -130,6 +137,17 @@ fn the_fleet_page_in_a_real_browser() {
         assert!(dom.contains(card), "{card} missing:\n{dom}");
     }
     assert!(dom.contains("1 file(s) skipped"), "{dom}");
+    assert!(dom.contains("5 machine(s) · 6 run(s)"), "{dom}");
+    // The superseded failed run is listed, greyed and marked.
+    let earlier = dom.find("<tr class=\"earlier\">").expect("an earlier run");
+    assert!(
+        dom[earlier..]
+            .split("</tr>")
+            .next()
+            .unwrap()
+            .contains("RECEPTION-02"),
+        "{dom}"
+    );
     // The hostile name stayed text: no element came of it.
     assert!(!dom.contains("<img"), "{dom}");
     assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt;"), "{dom}");
