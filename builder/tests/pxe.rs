@@ -202,11 +202,17 @@ fn put_report(s: &Server, out: &Outcome) -> serde_json::Value {
     let r: serde_json::Value = serde_json::from_slice(body).expect("the PUT body is JSON");
     let name = path.trim_start_matches("/reports/");
     assert!(name.ends_with(".json") && name.contains(r["run_id"].as_str().unwrap()));
+    // Plain HTTP still works for an existing server, and says so.
     assert!(
-        out.contains("report: delivered to http://10.0.2.2:"),
+        out.text()
+            .lines()
+            .any(|l| l.contains("report: delivered to http://10.0.2.2:")
+                && l.contains("(plain HTTP: not encrypted)")),
         "{}",
         out.text()
     );
+    assert_eq!(r["network"]["transport"], "http", "{r:#}");
+    assert!(r["network"].get("tls_pin").is_none(), "{r:#}");
     assert_eq!(r["boot"]["medium"], "pxe", "{r:#}");
     assert_eq!(r["network"]["delivered"], true, "{r:#}");
     assert_eq!(r["machine"]["product_uuid"], UUID, "{r:#}");
