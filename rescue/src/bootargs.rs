@@ -83,7 +83,7 @@ pub struct BootArgs {
     /// `defib.keys=`: where to fetch BitLocker keys over HTTP.
     pub keys_url: Option<KeysUrl>,
     /// `defib.tls=sha256:HEX`: the certificate every `https://` URL must show.
-    pub tls_pin: Option<[u8; 32]>,
+    pub tls_pin: Option<Pin>,
 }
 
 impl Default for BootArgs {
@@ -157,7 +157,7 @@ impl BootArgs {
                         .warnings
                         .push(format!("ignoring {key}=: {e}; no keys over the network")),
                 },
-                keys::TLS => match crate::pid1::net::tls::parse_pin(value) {
+                keys::TLS => match parse_pin(value) {
                     Ok(p) => args.tls_pin = Some(p),
                     Err(e) => args.warnings.push(format!(
                         "ignoring {key}=: {e}; https:// URLs will not be trusted"
@@ -188,6 +188,50 @@ impl BootArgs {
         self.warnings
             .push(format!("ignoring bad {key}={value:?}, using {default}"));
     }
+}
+
+// ---- `defib.tls=`: the certificate an https:// URL must show. ----
+
+/// The SHA-256 of a certificate's DER encoding.
+pub type Pin = [u8; 32];
+
+/// Parses `sha256:HEX` (64 hex digits; colons between bytes allowed, as
+/// `openssl x509 -fingerprint -sha256` prints them, any case).
+pub fn parse_pin(value: &str) -> Result<Pin, String> {
+    let Some(hex) = value
+        .strip_prefix("sha256:")
+        .or_else(|| value.strip_prefix("SHA256:"))
+    else {
+        return Err(format!(
+            "{value:?} is not sha256:<64 hex digits> (the SHA-256 of the server's certificate)"
+        ));
+    };
+    let digits: String = hex.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "sha256:{hex}: a certificate's SHA-256 is 64 hex digits"
+        ));
+    }
+    let mut pin = [0u8; 32];
+    for (i, b) in pin.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(pin)
+}
+
+/// `sha256:` and the 64 lower-case hex digits.
+pub fn pin_text(pin: &Pin) -> String {
+    let mut s = String::from("sha256:");
+    for b in pin {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The first 16 hex digits: enough to tell two certificates apart on a
+/// screen line.
+pub fn pin_short(pin: &Pin) -> String {
+    pin_text(pin)[..7 + 16].to_string()
 }
 
 /// Where BitLocker keys come from over the network (`defib.keys=`):

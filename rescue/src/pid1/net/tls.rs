@@ -18,50 +18,12 @@ use sha2::{Digest, Sha256};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The SHA-256 of a certificate's DER encoding.
-pub type Pin = [u8; 32];
+// The pin's parsing and printing live with the command line (bootargs),
+// which host-safe code reads too; this module is the TLS that uses it.
+pub use crate::bootargs::{parse_pin, pin_short, pin_text, Pin};
 
 /// The kernel command line key.
 pub const PIN_ARG: &str = crate::layout::keys::TLS;
-
-/// Parses `sha256:HEX` (64 hex digits; colons between bytes allowed, as
-/// `openssl x509 -fingerprint -sha256` prints them, any case).
-pub fn parse_pin(value: &str) -> Result<Pin, String> {
-    let Some(hex) = value
-        .strip_prefix("sha256:")
-        .or_else(|| value.strip_prefix("SHA256:"))
-    else {
-        return Err(format!(
-            "{value:?} is not sha256:<64 hex digits> (the SHA-256 of the server's certificate)"
-        ));
-    };
-    let digits: String = hex.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "sha256:{hex}: a certificate's SHA-256 is 64 hex digits"
-        ));
-    }
-    let mut pin = [0u8; 32];
-    for (i, b) in pin.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    Ok(pin)
-}
-
-/// `sha256:` and the 64 lower-case hex digits.
-pub fn pin_text(pin: &Pin) -> String {
-    let mut s = String::from("sha256:");
-    for b in pin {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-/// The first 16 hex digits: enough to tell two certificates apart on a
-/// screen line.
-pub fn pin_short(pin: &Pin) -> String {
-    pin_text(pin)[..7 + 16].to_string()
-}
 
 static BOOT_PIN: OnceLock<Pin> = OnceLock::new();
 
