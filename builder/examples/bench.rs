@@ -226,7 +226,14 @@ fn boots(a: &Args, img: &UsbImage) -> Result<()> {
     bare.write_newc(&mut cpio, 0)?;
     let bare_rd = a.work.join("bare.img");
     std::fs::write(&bare_rd, compress_zstd(&cpio, 12)?)?;
-    let cmd = "console=ttyS0,115200 quiet panic=10";
+    // DEFIB_BENCH_APPEND adds to the kernel command line of every boot
+    // (`printk.time=1 loglevel=7` to see the kernel's side; it slows them).
+    let cmd = format!(
+        "console=ttyS0,115200 quiet panic=10{}",
+        std::env::var("DEFIB_BENCH_APPEND")
+            .map(|a| format!(" {a}"))
+            .unwrap_or_default()
+    );
 
     let direct = |initrds: Vec<PathBuf>, append: String| {
         let mut b = Boot::new(Firmware::Bios, &a.work);
@@ -240,7 +247,7 @@ fn boots(a: &Args, img: &UsbImage) -> Result<()> {
     let mut t_verdict = Vec::new();
     let mut last = None;
     for i in 0..a.runs {
-        let b = direct(vec![bare_rd.clone()], cmd.to_string());
+        let b = direct(vec![bare_rd.clone()], cmd.clone());
         t_bare.push(timed_boot(&b, &["bare init up"])?[0]);
         // The same kernel and initramfs repairing the McAfee victim, with
         // the stick attached for the report (as on a real PC).
@@ -266,6 +273,15 @@ fn boots(a: &Args, img: &UsbImage) -> Result<()> {
         t_first.push(t[0]);
         t_rescue.push(t[1] - t[0]);
         t_verdict.push(t[1]);
+        // DEFIB_BENCH_LOG=FILE keeps each defib boot's console, every line
+        // with its time since QEMU started, to see where a boot's time goes.
+        if let Some(log) = std::env::var_os("DEFIB_BENCH_LOG") {
+            let mut text = String::new();
+            for (at, l) in &out.lines {
+                text.push_str(&format!("{:8.3} {l}\n", at.as_secs_f64()));
+            }
+            std::fs::write(format!("{}.{i}", log.to_string_lossy()), text)?;
+        }
         last = Some(out);
         std::fs::remove_dir_all(&vdir).ok();
     }

@@ -15,7 +15,7 @@
 
 use crate::layout::{MODULE_ALIASES, MODULE_LIST};
 use crate::report::ModuleFailure;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -226,12 +226,22 @@ enum State {
 
 /// Which module to load next: a module is loaded once every module it
 /// needs is, in the order modules were asked for, any number at a time.
+/// Modules asked for in the background (those every machine gets) come
+/// after every ready module a device asked for, and their loads run at
+/// the lowest CPU priority: on a slow machine they would otherwise take
+/// the CPU from the drivers the wait for disks depends on. A device that
+/// needs one of them makes it, and what it needs, urgent.
 /// Plain data; [`Loader`] runs it on threads.
 #[derive(Debug, Default)]
 pub struct Sched {
     deps: BTreeMap<String, Vec<String>>,
     state: BTreeMap<String, State>,
     order: Vec<String>,
+    /// Asked for in the background only, so far.
+    background: BTreeSet<String>,
+    /// Background loads under way that became urgent: their threads go
+    /// back to normal priority ([`Sched::take_raised`]).
+    raised: Vec<String>,
     pub summary: LoadSummary,
     /// One line per failure, for the console.
     pub log: Vec<String>,
@@ -252,6 +262,19 @@ impl Sched {
     /// anything new was asked for; a path the image does not carry is
     /// ignored.
     pub fn want(&mut self, path: &str) -> bool {
+        self.ask(path, false)
+    }
+
+    /// Asks for `path` and what it needs in the background, unless a
+    /// device asked for them already. Returns whether anything was new.
+    pub fn want_background(&mut self, path: &str) -> bool {
+        self.ask(path, true)
+    }
+
+    fn ask(&mut self, path: &str, background: bool) -> bool {
+        if !background {
+            self.raise(path);
+        }
         if self.state.contains_key(path) {
             return false;
         }
@@ -260,20 +283,51 @@ impl Sched {
         };
         // Marked first, so a cycle in a hostile table ends.
         self.state.insert(path.to_string(), State::Wanted);
+        if background {
+            self.background.insert(path.to_string());
+        }
         for d in &deps {
-            self.want(d);
+            self.ask(d, background);
         }
         self.order.push(path.to_string());
         true
+    }
+
+    /// Makes `path` and everything it needs urgent (no longer background).
+    fn raise(&mut self, path: &str) {
+        if !self.background.remove(path) {
+            return;
+        }
+        if self.state.get(path) == Some(&State::Loading) {
+            self.raised.push(path.to_string());
+        }
+        for d in self.deps.get(path).cloned().unwrap_or_default() {
+            self.raise(&d);
+        }
+    }
+
+    /// Whether `path` is (so far) wanted in the background only.
+    pub fn is_background(&self, path: &str) -> bool {
+        self.background.contains(path)
+    }
+
+    /// Background loads under way that a device now waits for.
+    pub fn take_raised(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.raised)
     }
 
     /// The next module whose dependencies are all loaded, now marked as
     /// loading. Modules that need one that failed or is not applicable
     /// are settled on the way.
     pub fn take_ready(&mut self) -> Option<String> {
+        self.take_ready_of(false)
+            .or_else(|| self.take_ready_of(true))
+    }
+
+    fn take_ready_of(&mut self, background: bool) -> Option<String> {
         for i in 0..self.order.len() {
             let path = &self.order[i];
-            if self.state[path] != State::Wanted {
+            if self.state[path] != State::Wanted || self.background.contains(path) != background {
                 continue;
             }
             let deps = &self.deps[path];
@@ -338,10 +392,21 @@ impl Sched {
 
     /// Nothing asked for is waiting or loading.
     pub fn idle(&self) -> bool {
-        !self
-            .state
-            .values()
-            .any(|s| matches!(s, State::Wanted | State::Loading))
+        self.idle_but(|_, _| false)
+    }
+
+    /// Nothing a device asked for is waiting or loading: every device seen
+    /// so far has its driver (background loads may run on).
+    pub fn devices_idle(&self) -> bool {
+        self.idle_but(|_, background| background)
+    }
+
+    /// Nothing is waiting or loading except modules for which
+    /// `skip(path, background)` holds.
+    pub fn idle_but(&self, skip: impl Fn(&str, bool) -> bool) -> bool {
+        !self.state.iter().any(|(p, s)| {
+            matches!(s, State::Wanted | State::Loading) && !skip(p, self.background.contains(p))
+        })
     }
 }
 
@@ -391,6 +456,21 @@ impl LoadSummary {
     }
 }
 
+/// Modules only a BitLocker volume needs: device mapper and ciphers (the
+/// `crypto` group every machine gets). Asked for in the background, they
+/// are waited for before a BitLocker volume is unlocked, not before the
+/// disks are looked at.
+pub fn bitlocker_only(path: &str) -> bool {
+    [
+        "kernel/drivers/md/",
+        "kernel/crypto/",
+        "kernel/arch/x86/crypto/",
+        "kernel/lib/crypto/",
+    ]
+    .iter()
+    .any(|d| path.starts_with(d))
+}
+
 /// `<root>/lib/modules/<kver>`.
 pub fn modules_dir(root: &Path, kver: &str) -> PathBuf {
     root.join("lib/modules").join(kver)
@@ -402,6 +482,10 @@ pub type LoadFn = dyn Fn(&Path) -> std::io::Result<()> + Send + Sync;
 struct Shared {
     sched: Sched,
     stop: bool,
+    /// The thread (its kernel id) loading each module under way.
+    threads: BTreeMap<String, libc::pid_t>,
+    /// When the last load ended.
+    last_done: Option<Instant>,
 }
 
 /// Threads that load what [`Sched`] hands out. A failure is recorded and
@@ -419,6 +503,8 @@ impl Loader {
             Mutex::new(Shared {
                 sched: Sched::new(&table.modules),
                 stop: false,
+                threads: BTreeMap::new(),
+                last_done: None,
             }),
             Condvar::new(),
         ));
@@ -441,10 +527,19 @@ impl Loader {
         &self.table
     }
 
-    /// Asks for the modules every machine gets.
+    /// Asks for the modules every machine gets, in the background: they
+    /// load at the lowest priority while the devices' drivers probe.
     pub fn want_always(&self) -> usize {
-        let paths = self.table.always.clone();
-        self.want(&paths)
+        let mut g = self.lock();
+        let n = self
+            .table
+            .always
+            .iter()
+            .filter(|p| g.sched.want_background(p))
+            .count();
+        drop(g);
+        self.shared.1.notify_all();
+        n
     }
 
     /// Asks for the modules that drive a device with this `modalias`.
@@ -457,6 +552,13 @@ impl Loader {
     pub fn want(&self, paths: &[String]) -> usize {
         let mut g = self.lock();
         let n = paths.iter().filter(|p| g.sched.want(p)).count();
+        // A device waits for a background load under way: it runs on at
+        // normal priority.
+        for p in g.sched.take_raised() {
+            if let Some(tid) = g.threads.get(&p) {
+                set_nice(*tid, 0);
+            }
+        }
         drop(g);
         self.shared.1.notify_all();
         n
@@ -466,11 +568,22 @@ impl Loader {
         self.lock().sched.idle()
     }
 
+    /// Every module a device asked for is loaded (or settled).
+    pub fn devices_idle(&self) -> bool {
+        self.lock().sched.devices_idle()
+    }
+
     /// Waits until idle or `limit` passes; returns whether idle.
     pub fn wait_idle(&self, limit: Duration) -> bool {
+        self.wait_idle_but(|_, _| false, limit)
+    }
+
+    /// Waits until nothing but modules for which `skip(path, background)`
+    /// holds is waiting or loading, or `limit` passes; returns whether so.
+    pub fn wait_idle_but(&self, skip: impl Fn(&str, bool) -> bool, limit: Duration) -> bool {
         let end = Instant::now() + limit;
         let mut g = self.lock();
-        while !g.sched.idle() {
+        while !g.sched.idle_but(&skip) {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -492,9 +605,15 @@ impl Loader {
 
     /// What was loaded so far, and since when.
     pub fn summary(&self) -> LoadSummary {
-        let mut s = self.lock().sched.summary.clone();
+        let g = self.lock();
+        let mut s = g.sched.summary.clone();
         s.carried = self.table.modules.len();
-        s.elapsed = self.start.elapsed();
+        // Until the last load ended: background loads may end long after
+        // the wait for devices, and the time after them is not loading.
+        s.elapsed = match (g.sched.idle(), g.last_done) {
+            (true, Some(t)) => t.saturating_duration_since(self.start),
+            _ => self.start.elapsed(),
+        };
         s
     }
 }
@@ -517,13 +636,45 @@ fn worker(shared: &(Mutex<Shared>, Condvar), load: &LoadFn, dir: &Path) {
             g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
             continue;
         };
+        let tid = gettid();
+        let background = g.sched.is_background(&path);
+        g.threads.insert(path.clone(), tid);
+        // Under the lock, so a raise (which renices through `threads`)
+        // cannot come between.
+        if background {
+            set_nice(tid, BACKGROUND_NICE);
+        }
         drop(g);
         let t = Instant::now();
         let res = load(&dir.join(&path));
         let took = t.elapsed();
         g = m.lock().unwrap_or_else(|p| p.into_inner());
+        g.threads.remove(&path);
+        if background {
+            set_nice(tid, 0);
+        }
         g.sched.done(&path, res, took);
+        g.last_done = Some(Instant::now());
         cv.notify_all();
+    }
+}
+
+/// The nice value of a thread loading a background module: it gets the
+/// CPU only when no other load or step wants it.
+const BACKGROUND_NICE: libc::c_int = 19;
+
+/// The calling thread's kernel id.
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
+/// Sets one thread's nice value; a failure only costs speed.
+fn set_nice(tid: libc::pid_t, nice: libc::c_int) {
+    // SAFETY: plain syscall on a thread id; PRIO_PROCESS with a thread id
+    // sets that thread's priority on Linux.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
     }
 }
 
@@ -656,6 +807,87 @@ mod tests {
         assert_eq!(s.summary.slowest(1), "ahci 0.40 s");
         assert!(s.idle());
         assert_eq!(s.summary.loaded, ["libata.ko.xz", "ahci.ko.xz"]);
+    }
+
+    #[test]
+    fn background_modules_come_after_the_devices_drivers() {
+        let load =
+            "crc.ko\ndm-mod.ko\ndm-crypt.ko dm-mod.ko crc.ko\nlibata.ko\nahci.ko libata.ko\n";
+        let mut s = Sched::new(&parse_load_list(load));
+        assert!(s.want_background("dm-crypt.ko"));
+        assert!(s.want("ahci.ko"));
+        assert!(s.is_background("dm-crypt.ko") && s.is_background("crc.ko"));
+        assert!(!s.devices_idle() && !s.idle());
+        // The driver first though asked for later; the rest fill idle threads.
+        assert_eq!(s.take_ready().as_deref(), Some("libata.ko"));
+        assert_eq!(s.take_ready().as_deref(), Some("dm-mod.ko"));
+        assert_eq!(s.take_ready().as_deref(), Some("crc.ko"));
+        assert_eq!(s.take_ready(), None);
+        s.done("libata.ko", Ok(()), Duration::ZERO);
+        assert_eq!(s.take_ready().as_deref(), Some("ahci.ko"));
+        s.done("ahci.ko", Ok(()), Duration::ZERO);
+        assert!(
+            s.devices_idle(),
+            "background loads do not hold the devices up"
+        );
+        assert!(!s.idle());
+        assert!(
+            !s.idle_but(|p, bg| bg && p.starts_with("dm-")),
+            "crc.ko runs"
+        );
+        s.done("crc.ko", Ok(()), Duration::ZERO);
+        assert!(s.idle_but(|p, bg| bg && p.starts_with("dm-")));
+        s.done("dm-mod.ko", Ok(()), Duration::ZERO);
+        assert_eq!(s.take_ready().as_deref(), Some("dm-crypt.ko"));
+        s.done("dm-crypt.ko", Ok(()), Duration::ZERO);
+        assert!(s.idle());
+    }
+
+    #[test]
+    fn a_device_that_needs_a_background_module_makes_it_urgent() {
+        let load = "cdrom.ko\nisofs.ko cdrom.ko\nsr_mod.ko cdrom.ko\n";
+        let mut s = Sched::new(&parse_load_list(load));
+        s.want_background("isofs.ko");
+        assert_eq!(s.take_ready().as_deref(), Some("cdrom.ko"));
+        assert!(s.devices_idle());
+        s.want("sr_mod.ko");
+        assert!(!s.is_background("cdrom.ko") && s.is_background("isofs.ko"));
+        assert_eq!(
+            s.take_raised(),
+            ["cdrom.ko"],
+            "its load goes on at normal priority"
+        );
+        assert!(s.take_raised().is_empty());
+        assert!(!s.devices_idle(), "sr_mod waits for cdrom");
+        s.done("cdrom.ko", Ok(()), Duration::ZERO);
+        assert_eq!(s.take_ready().as_deref(), Some("sr_mod.ko"));
+        assert_eq!(s.take_ready().as_deref(), Some("isofs.ko"));
+        // Asked for by a device, a background module is urgent at once.
+        let mut s = Sched::new(&parse_load_list(load));
+        s.want_background("isofs.ko");
+        s.want("isofs.ko");
+        assert!(!s.is_background("isofs.ko") && !s.is_background("cdrom.ko"));
+        assert!(s.take_raised().is_empty(), "nothing was loading");
+    }
+
+    #[test]
+    fn only_device_mapper_and_ciphers_are_for_bitlocker_only() {
+        for p in [
+            "kernel/drivers/md/dm-crypt.ko",
+            "kernel/crypto/xts.ko",
+            "kernel/arch/x86/crypto/aesni-intel.ko",
+            "kernel/lib/crypto/gf128mul.ko",
+        ] {
+            assert!(bitlocker_only(p), "{p}");
+        }
+        for p in [
+            "kernel/fs/ntfs3/ntfs3.ko",
+            "kernel/fs/nls/nls_utf8.ko",
+            "kernel/drivers/ata/ahci.ko",
+            "kernel/lib/crc-itu-t.ko",
+        ] {
+            assert!(!bitlocker_only(p), "{p}");
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Run {
     probe: Probe,
     /// Module loading threads and the uevent socket, from `modules` on.
     loader: Option<kmod::Loader>,
+    /// Every load has ended (or the bound ran out) and the report has the
+    /// modules.
+    modules_settled: bool,
     uevents: Option<hotplug::Socket>,
     outcome: Option<Outcome>,
     volumes: crate::volumes::KernelVolumes,
@@ -152,6 +155,7 @@ impl Run {
             mounter: KernelMounter::new(root),
             probe: Probe::default(),
             loader: None,
+            modules_settled: false,
             uevents: None,
             outcome: None,
             volumes: crate::volumes::KernelVolumes::new(root),
@@ -380,7 +384,8 @@ fn pump(run: &mut Run, timeout: Duration) -> (bool, usize) {
     let Some(loader) = &run.loader else {
         return (true, 0);
     };
-    let idle = loader.idle();
+    // Background loads (filesystems, ciphers) announce no devices.
+    let idle = loader.devices_idle();
     let mut new = 0;
     match &run.uevents {
         Some(sock) => match sock.wait(timeout) {
@@ -501,12 +506,33 @@ fn wait_devices(run: &mut Run) -> Result<()> {
             medium::missing(&p.0, want_medium, p.1)
         )),
     }
-    // The bound ran out with loads running (a slow machine): the steps
-    // after this one mount filesystems, so the loads must end first.
+    // The steps after this one mount filesystems, so their modules must
+    // be in first (and the drivers, when the bound ran out with loads
+    // running on a slow machine). Device mapper and the ciphers load on in
+    // the background: only a BitLocker volume waits for them.
+    if let Some(l) = &run.loader {
+        if !l.wait_idle_but(|p, bg| bg && kmod::bitlocker_only(p), MODULE_LIMIT) {
+            run.note(format!(
+                "module loads still running after {} s more; going on without them",
+                MODULE_LIMIT.as_secs()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits for every module load to end (device mapper and the ciphers
+/// included), once: before a BitLocker volume is unlocked and before the
+/// report is written, which lists what was loaded.
+fn settle_modules(run: &mut Run) {
+    if run.modules_settled {
+        return;
+    }
+    run.modules_settled = true;
     if let Some(l) = &run.loader {
         if !l.wait_idle(MODULE_LIMIT) {
             run.note(format!(
-                "module loads still running after {} s more; going on without them",
+                "module loads still running after {} s; going on without them",
                 MODULE_LIMIT.as_secs()
             ));
         }
@@ -514,10 +540,13 @@ fn wait_devices(run: &mut Run) -> Result<()> {
     modules_to_report(run);
     if let Some(l) = &run.loader {
         let sum = l.summary();
+        let lines = l.take_log();
+        for line in lines {
+            run.say(&line);
+        }
         run.say(&sum.line());
         run.say(&format!("modules: slowest {}", sum.slowest(5)));
     }
-    Ok(())
 }
 
 fn find_medium(run: &mut Run) -> Result<()> {
@@ -641,6 +670,10 @@ fn decide(run: &mut Run) -> Result<()> {
         .map(|v| (v.device.clone(), v.fs == crate::probe::FsKind::Bitlocker))
         .collect();
     for (dev, bitlocker) in candidates {
+        if bitlocker {
+            // Unlocking maps the volume with dm-crypt.
+            settle_modules(run);
+        }
         run.say(&format!("checking /dev/{dev}"));
         let reports = check_volume(
             &mut run.volumes,
@@ -752,6 +785,7 @@ fn report_now(run: &Run) -> Report {
 }
 
 fn write_report(run: &mut Run) -> Result<()> {
+    settle_modules(run);
     // First on each victim the run changed, then unmount them all.
     let rep = report_now(run);
     let mut victim_lines = Vec::new();
