@@ -258,7 +258,7 @@ struct ServeConfig {
     /// BitLocker keys to hand out over HTTPS: a key file (AD/Intune CSV,
     /// the .TXT Windows saves, .BEK) or a folder of them
     #[arg(long, value_name = "FILE|DIR", conflicts_with = "keys_url")]
-    keys: Option<PathBuf>,
+    serve_keys: Option<PathBuf>,
     /// Keys on another server instead: http[s]://IPv4[:PORT]/keys/ (an
     /// https:// one needs its pin in --append defib.tls=sha256:...)
     #[arg(long, value_name = "URL")]
@@ -602,7 +602,20 @@ fn sbat_of(image: &std::path::Path) -> Result<String> {
     Ok(defib_builder::sbat::check(&shim, &grub, &level)?.0)
 }
 
+/// `--keys` puts key files on a stick; a network tree has no stick, and
+/// silently dropping them would leave a PC at its recovery prompt.
+fn no_stick_keys(inputs: &Inputs, instead: &str) -> Result<()> {
+    if !inputs.keys.is_empty() {
+        bail!("--keys carries key files on a USB stick; a network boot has none: {instead}");
+    }
+    Ok(())
+}
+
 fn cmd_pxe(c: PxeConfig) -> Result<()> {
+    no_stick_keys(
+        &c.inputs,
+        "serve them with --keys-url (see docs/pxe.md), or use defib serve --serve-keys",
+    )?;
     let mut p = Progress::new(c.json);
     let (cfg, _staged) = build_config(c.inputs, c.out.clone(), 0, &mut p)?;
     let opts = defib_builder::pxe::PxeOptions {
@@ -630,6 +643,10 @@ fn cmd_pxe(c: PxeConfig) -> Result<()> {
 /// write the tree into the run folder, then serve until Ctrl-C/SIGTERM.
 fn cmd_serve(c: ServeConfig) -> Result<()> {
     use defib_builder::serve;
+    no_stick_keys(
+        &c.inputs,
+        "use --serve-keys FILE|DIR to hand them out over HTTPS",
+    )?;
     let dhcp = match (&c.dhcp_range, c.proxy_dhcp) {
         (Some(r), _) => {
             let (a, b) = serve::parse_range(r)?;
@@ -652,7 +669,7 @@ fn cmd_serve(c: ServeConfig) -> Result<()> {
         run_dir: c.run_dir.clone(),
         tls_port: c.tls_port,
         tls_dir: c.tls_dir.clone(),
-        keys: c.keys.clone(),
+        keys: c.serve_keys.clone(),
     };
     let temp;
     let run = match &c.run_dir {

@@ -75,7 +75,7 @@ pub struct TlsPlan {
     pub cert: crate::servetls::ServerCert,
 }
 
-/// What `--keys` serves: one file, or every regular file of a folder.
+/// What `--serve-keys` serves: one file, or every regular file of a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeysServed {
     File(PathBuf),
@@ -143,7 +143,7 @@ impl Plan {
             None => format!("http://{}{REPORTS_PATH}", self.host()),
         }
     }
-    /// `defib.keys=` for `--keys`: the folder, or the one file in it.
+    /// `defib.keys=` for `--serve-keys`: the folder, or the one file in it.
     pub fn keys_url(&self) -> Option<String> {
         let t = self.tls.as_ref()?;
         let base = format!("https://{}{KEYS_PATH}", self.tls_host(t));
@@ -943,20 +943,20 @@ pub fn prepare(opts: &ServeOptions, run: &Path) -> Result<(Plan, Programs)> {
     Ok((plan, programs))
 }
 
-/// A key file served alone, or one in a `--keys` folder, is at most this.
+/// A key file served alone, or one in a `--serve-keys` folder, is at most this.
 pub const MAX_KEY_FILE: u64 = 1 << 20;
 
-/// Checks `--keys`: a regular file, or a folder with at least one regular
+/// Checks `--serve-keys`: a regular file, or a folder with at least one regular
 /// file (links and sub-folders are not served), each at most
 /// [`MAX_KEY_FILE`]. Contents are the rescue's to read (CSV, the .TXT
 /// Windows saves, .BEK, files named after protector GUIDs).
 pub fn check_keys(path: &Path) -> Result<KeysServed> {
-    let meta =
-        std::fs::symlink_metadata(path).with_context(|| format!("--keys {}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("--serve-keys {}", path.display()))?;
     let size_ok = |p: &Path, m: &std::fs::Metadata| -> Result<()> {
         if m.len() > MAX_KEY_FILE {
             bail!(
-                "--keys: {} is {} bytes, more than a key file holds ({MAX_KEY_FILE})",
+                "--serve-keys: {} is {} bytes, more than a key file holds ({MAX_KEY_FILE})",
                 p.display(),
                 m.len()
             );
@@ -968,7 +968,7 @@ pub fn check_keys(path: &Path) -> Result<KeysServed> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != '%') {
             bail!(
-                "--keys {}: the file name goes into a URL; use one of letters, digits and \
+                "--serve-keys {}: the file name goes into a URL; use one of letters, digits and \
                  punctuation only",
                 path.display()
             );
@@ -977,12 +977,12 @@ pub fn check_keys(path: &Path) -> Result<KeysServed> {
     }
     if !meta.is_dir() {
         bail!(
-            "--keys {}: not a file or a folder (a link is not followed)",
+            "--serve-keys {}: not a file or a folder (a link is not followed)",
             path.display()
         );
     }
     let mut n = 0;
-    for e in std::fs::read_dir(path).with_context(|| format!("--keys {}", path.display()))? {
+    for e in std::fs::read_dir(path).with_context(|| format!("--serve-keys {}", path.display()))? {
         let e = e?;
         let m = e.metadata()?;
         if m.is_file() {
@@ -992,7 +992,7 @@ pub fn check_keys(path: &Path) -> Result<KeysServed> {
     }
     if n == 0 {
         bail!(
-            "--keys {}: no key files in it (exports from AD or Intune, .BEK files, or \
+            "--serve-keys {}: no key files in it (exports from AD or Intune, .BEK files, or \
              files named after protector GUIDs)",
             path.display()
         );
@@ -1012,7 +1012,9 @@ fn copy_keys(plan: &Plan, owner: Option<(u32, u32)>) -> Result<()> {
         KeysServed::File(f) => vec![f.clone()],
         KeysServed::Folder(d) => {
             let mut v = Vec::new();
-            for e in std::fs::read_dir(d).with_context(|| format!("--keys {}", d.display()))? {
+            for e in
+                std::fs::read_dir(d).with_context(|| format!("--serve-keys {}", d.display()))?
+            {
                 let e = e?;
                 if e.file_type()?.is_file() {
                     v.push(e.path());

@@ -167,3 +167,31 @@ fn playbook_template_passes_check_and_is_never_written_over() {
     assert!(!bad.status.success());
     assert!(!d.path().join("Acme_AV.toml").exists());
 }
+
+/// Key files for a stick given to a network tree are refused, not dropped
+/// (a PC would sit at its recovery prompt); the message names the way.
+#[test]
+fn stick_keys_for_a_network_boot_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.csv");
+    std::fs::write(&keys, "x").unwrap();
+    let o = defib(
+        &[
+            "pxe",
+            "--offline",
+            "--out",
+            "tree",
+            "--keys",
+            keys.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--keys carries key files on a USB stick"),
+        "{err}"
+    );
+    assert!(err.contains("--keys-url"), "{err}");
+    assert!(!dir.path().join("tree").exists(), "nothing written");
+}

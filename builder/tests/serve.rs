@@ -241,7 +241,7 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
         p
     };
     // The Secure Boot PC's Windows is behind BitLocker; its recovery key is
-    // served by `defib serve --keys` (HTTPS only), in a file named after
+    // served by `defib serve --serve-keys` (HTTPS only), in a file named after
     // the protector's GUID.
     let (bitlocker_victim, key) = victim::make_win10_crowdstrike_bitlocker(&sub("pc2")).unwrap();
     let keys = sub("keys");
@@ -282,7 +282,7 @@ fn three_pcs_repaired_at_once_through_defib_serve() {
         &[
             "--dhcp-range",
             "10.77.0.100,10.77.0.150",
-            "--keys",
+            "--serve-keys",
             keys.to_str().unwrap(),
         ],
     );
