@@ -1573,6 +1573,8 @@ mod tests {
         assert!(n.contains("alias /run/defib-serve/incoming/;"));
         assert!(n.contains("limit_except PUT { deny all; }"));
         assert!(n.contains("user nobody nogroup;"));
+        // A fleet of a thousand must not depend on the shell's open-file limit.
+        assert!(n.contains("worker_rlimit_nofile 8192;") && n.contains("worker_connections 4096;"));
         // Every absolute path nginx is given lies in the run folder.
         let t = nginx_conf(&tls_plan(Some(KeysServed::Folder("/k".into()))));
         for w in n

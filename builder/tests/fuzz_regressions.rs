@@ -208,10 +208,17 @@ fn write_fuzz_seeds() {
         "pxe",
         b"BOOT_IMAGE=/vmlinuz defib.mode=scan defib.wait=30 defib.medium=net ip=dhcp \"defib.report=http://10.0.0.1/r/\" BOOTIF=01-52-54-00-12-34-56",
     );
+    // What `defib serve` writes: https URLs and the certificate's pin.
+    put(
+        "bootargs",
+        "serve-tls",
+        b"BOOT_IMAGE=/vmlinuz defib.medium=pxe defib.report=https://10.77.0.1/defib-reports/ defib.tls=sha256:9c7a38f9f4e19f279e4e506db004e667adc9fee01b338cfb4f405276a588625e defib.keys=https://10.77.0.1/defib-keys/",
+    );
     for (n, s) in [
         ("dhcp", "dhcp"),
         ("static", "10.0.0.5::10.0.0.1:255.255.255.0:pc:eth0:none"),
         ("url", "http://10.0.0.1:8080/reports/"),
+        ("https-url", "https://10.77.0.1:8443/defib-reports/"),
         ("bootif", "01-52-54-00-12-34-56"),
         (
             "lease",
