@@ -57,6 +57,16 @@ struct Args {
     /// Secure Boot USB path, and the lowest RAM
     #[arg(long)]
     boot_only: bool,
+    /// Only the direct kernel boots: bare kernel against defib to its
+    /// verdict, with the rescue's modules and steps (the quick loop while
+    /// working on boot time)
+    #[arg(long)]
+    direct_only: bool,
+    /// Other images to boot directly in the same run, each boot right
+    /// after the first image's: a before/after comparison under the same
+    /// machine load
+    #[arg(long)]
+    against: Vec<PathBuf>,
     /// Only the load test of nginx as `defib serve` configures it (in a
     /// network namespace; N clients at once in another)
     #[arg(long)]
@@ -134,6 +144,9 @@ fn main() -> Result<()> {
         size("defib/payloads.img") as f64 / 1024.0
     );
 
+    if a.direct_only {
+        return direct_boots(&a, &img);
+    }
     if a.boot_only {
         boots(&a, &img)?;
         return lowest_ram(&a);
@@ -204,21 +217,48 @@ fn rescue_lines(out: &qemu::Outcome) -> (Option<String>, Vec<(String, f64)>) {
 /// Boot times: the same kernel with a trivial init against defib to its
 /// verdict (direct kernel boot), then the OVMF Secure Boot USB path.
 fn boots(a: &Args, img: &UsbImage) -> Result<()> {
-    // Direct kernel boots (SeaBIOS, -kernel): the same firmware path for the
-    // baseline and for defib, so the difference is initramfs + rescue.
-    let kernel = a.work.join("vmlinuz");
+    direct_boots(a, img)?;
+    sb_boots(a)
+}
+
+/// One image's direct-boot files: its kernel, and its initramfs with the
+/// payload segment appended.
+struct Direct {
+    image: PathBuf,
+    kernel: PathBuf,
+    initrd_both: PathBuf,
+}
+
+fn direct_files(a: &Args, image: &std::path::Path, tag: &str) -> Result<Direct> {
+    let img = UsbImage::open(image)?;
+    let kernel = a.work.join(format!("vmlinuz{tag}"));
     std::fs::write(&kernel, img.read_file("defib/vmlinuz")?)?;
-    let initrd = a.work.join("initrd.img");
-    std::fs::write(&initrd, img.read_file("defib/initrd.img")?)?;
     // QEMU's -initrd takes one file; the kernel unpacks concatenated
     // segments just as it does when GRUB loads two.
-    let mut both = std::fs::read(&initrd)?;
+    let mut both = img.read_file("defib/initrd.img")?;
     while both.len() % 4 != 0 {
         both.push(0);
     }
     both.extend(img.read_file("defib/payloads.img")?);
-    let initrd_both = a.work.join("initrd-both.img");
+    let initrd_both = a.work.join(format!("initrd-both{tag}.img"));
     std::fs::write(&initrd_both, both)?;
+    Ok(Direct {
+        image: image.to_path_buf(),
+        kernel,
+        initrd_both,
+    })
+}
+
+/// The same kernel with a trivial init against defib to its verdict, both
+/// booted directly (SeaBIOS, -kernel), alternating, `a.runs` times each;
+/// with `--against`, the other images' boots alternate with them in the
+/// same run, so a change is compared under the same load.
+fn direct_boots(a: &Args, _img: &UsbImage) -> Result<()> {
+    let mut images = vec![direct_files(a, &a.image, "")?];
+    for (n, other) in a.against.iter().enumerate() {
+        images.push(direct_files(a, other, &format!("-{n}"))?);
+    }
+    let kernel = images[0].kernel.clone();
     let mut bare = Archive::new();
     bare.add_file("init", 0o755, std::fs::read(&a.bare_init)?)?;
     bare.add_dir("dev", 0o755)?;
@@ -235,91 +275,110 @@ fn boots(a: &Args, img: &UsbImage) -> Result<()> {
             .unwrap_or_default()
     );
 
-    let direct = |initrds: Vec<PathBuf>, append: String| {
+    let direct = |kernel: &PathBuf, initrds: Vec<PathBuf>, append: String| {
         let mut b = Boot::new(Firmware::Bios, &a.work);
         b.kernel = Some((kernel.clone(), initrds, append));
         b.timeout = Duration::from_secs(180);
         b
     };
     let mut t_bare = Vec::new();
-    let mut t_first = Vec::new();
-    let mut t_rescue = Vec::new();
-    let mut t_verdict = Vec::new();
-    let mut last = None;
+    // Per image: first line, rescue start to verdict, verdict.
+    let mut t: Vec<[Vec<Duration>; 3]> = images.iter().map(|_| Default::default()).collect();
+    let mut last: Vec<Option<qemu::Outcome>> = images.iter().map(|_| None).collect();
     for i in 0..a.runs {
-        let b = direct(vec![bare_rd.clone()], cmd.clone());
+        let b = direct(&kernel, vec![bare_rd.clone()], cmd.clone());
         t_bare.push(timed_boot(&b, &["bare init up"])?[0]);
-        // The same kernel and initramfs repairing the McAfee victim, with
-        // the stick attached for the report (as on a real PC).
-        let vdir = a.work.join(format!("victim{i}"));
-        std::fs::create_dir_all(&vdir)?;
-        let v = victim::make_xp_mcafee(&vdir, victim::McafeeSvchost::InDllcache)?;
-        let stick = a.work.join("direct-stick.img");
-        std::fs::copy(&a.image, &stick)?;
-        let mut b = direct(
-            vec![initrd_both.clone()],
-            format!("{cmd} defib.mode=auto defib.after=poweroff"),
-        );
-        b.stick = Some(stick);
-        b.disks = vec![(v.disk.clone(), Bus::Ahci)];
-        let out = qemu::run(&b)?;
-        let t = ["defib rescue", "defib: verdict repaired"]
-            .iter()
-            .map(|m| {
-                out.first(m)
-                    .with_context(|| format!("boot never printed {m:?}:\n{}", out.text()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        t_first.push(t[0]);
-        t_rescue.push(t[1] - t[0]);
-        t_verdict.push(t[1]);
-        // DEFIB_BENCH_LOG=FILE keeps each defib boot's console, every line
-        // with its time since QEMU started, to see where a boot's time goes.
-        if let Some(log) = std::env::var_os("DEFIB_BENCH_LOG") {
-            let mut text = String::new();
-            for (at, l) in &out.lines {
-                text.push_str(&format!("{:8.3} {l}\n", at.as_secs_f64()));
+        for (k, d) in images.iter().enumerate() {
+            // The same kernel and initramfs repairing the McAfee victim,
+            // with the stick attached for the report (as on a real PC).
+            let vdir = a.work.join(format!("victim{i}-{k}"));
+            std::fs::create_dir_all(&vdir)?;
+            let v = victim::make_xp_mcafee(&vdir, victim::McafeeSvchost::InDllcache)?;
+            let stick = a.work.join("direct-stick.img");
+            std::fs::copy(&d.image, &stick)?;
+            let mut b = direct(
+                &d.kernel,
+                vec![d.initrd_both.clone()],
+                format!("{cmd} defib.mode=auto defib.after=poweroff"),
+            );
+            b.stick = Some(stick);
+            b.disks = vec![(v.disk.clone(), Bus::Ahci)];
+            let out = qemu::run(&b)?;
+            let m = ["defib rescue", "defib: verdict repaired"]
+                .iter()
+                .map(|m| {
+                    out.first(m)
+                        .with_context(|| format!("boot never printed {m:?}:\n{}", out.text()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            t[k][0].push(m[0]);
+            t[k][1].push(m[1] - m[0]);
+            t[k][2].push(m[1]);
+            // DEFIB_BENCH_LOG=FILE keeps each defib boot's console, every
+            // line with its time since QEMU started, to see where a boot's
+            // time goes (FILE.<run> for the first image, FILE.<run>-<k>
+            // for the others).
+            if let Some(log) = std::env::var_os("DEFIB_BENCH_LOG") {
+                let mut text = String::new();
+                for (at, l) in &out.lines {
+                    text.push_str(&format!("{:8.3} {l}\n", at.as_secs_f64()));
+                }
+                let suffix = if k == 0 {
+                    String::new()
+                } else {
+                    format!("-{k}")
+                };
+                std::fs::write(format!("{}.{i}{suffix}", log.to_string_lossy()), text)?;
             }
-            std::fs::write(format!("{}.{i}", log.to_string_lossy()), text)?;
+            last[k] = Some(out);
+            std::fs::remove_dir_all(&vdir).ok();
         }
-        last = Some(out);
-        std::fs::remove_dir_all(&vdir).ok();
     }
-    let (bare, first, verdict) = (median(t_bare), median(t_first), median(t_verdict));
+    let bare = median(t_bare);
     println!("  direct kernel boot (SeaBIOS -kernel), McAfee XP victim on AHCI:");
     println!(
         "    bare kernel + trivial init {:>8}  (to its first line)",
         secs(bare)
     );
-    println!(
-        "    defib, to first line       {:>8}  ratio {:.2}",
-        secs(first),
-        first.as_secs_f64() / bare.as_secs_f64()
-    );
-    println!(
-        "    rescue start to verdict    {:>8}  (modules, devices, repair, report)",
-        secs(median(t_rescue))
-    );
-    let ratio = verdict.as_secs_f64() / bare.as_secs_f64();
-    println!(
-        "    defib, boot to REPAIRED    {:>8}  ratio {ratio:.2} (goal <= 1.25: {})",
-        secs(verdict),
-        if ratio <= 1.25 { "met" } else { "not met" }
-    );
-    if let Some(out) = &last {
-        let (modules, steps) = rescue_lines(out);
+    for (k, d) in images.iter().enumerate() {
+        if images.len() > 1 {
+            println!("    {}:", d.image.display());
+        }
+        let [first, rescue, verdict] = t[k].clone().map(median);
         println!(
-            "    {}",
-            modules.unwrap_or_else(|| "modules: no line from the rescue".into())
+            "    defib, to first line       {:>8}  ratio {:.2}",
+            secs(first),
+            first.as_secs_f64() / bare.as_secs_f64()
         );
-        let steps: Vec<String> = steps
-            .iter()
-            .filter(|(_, t)| *t >= 0.005)
-            .map(|(n, t)| format!("{n} {t:.2}"))
-            .collect();
-        println!("    rescue steps (s)           {}", steps.join(", "));
+        println!(
+            "    rescue start to verdict    {:>8}  (modules, devices, repair, report)",
+            secs(rescue)
+        );
+        let ratio = verdict.as_secs_f64() / bare.as_secs_f64();
+        println!(
+            "    defib, boot to REPAIRED    {:>8}  ratio {ratio:.2} (goal <= 1.25: {})",
+            secs(verdict),
+            if ratio <= 1.25 { "met" } else { "not met" }
+        );
+        if let Some(out) = &last[k] {
+            let (modules, steps) = rescue_lines(out);
+            println!(
+                "    {}",
+                modules.unwrap_or_else(|| "modules: no line from the rescue".into())
+            );
+            let steps: Vec<String> = steps
+                .iter()
+                .filter(|(_, t)| *t >= 0.005)
+                .map(|(n, t)| format!("{n} {t:.2}"))
+                .collect();
+            println!("    rescue steps (s)           {}", steps.join(", "));
+        }
     }
+    Ok(())
+}
 
+/// The real path: OVMF with Secure Boot enforcing, from the USB stick.
+fn sb_boots(a: &Args) -> Result<()> {
     // The real path: OVMF with Secure Boot enforcing -> shim -> GRUB
     // (5 s menu) -> kernel -> rescue, from the USB stick, McAfee victim.
     let mut sb_first = Vec::new();
