@@ -25,14 +25,15 @@ pub use defib_rescue::layout::LABEL;
 /// 6.12 and the default list); at 12 and 16 it was larger (8156, 7842 KiB).
 const ZSTD_LEVEL: i32 = 19;
 
-/// Store the modules decompressed (`.ko`, signature intact) rather than as
-/// Debian's `.ko.xz` (see `kmod::stored`). Measured under TCG, three direct
-/// boots each in one run (scripts/bench): loading the 31 modules of the
-/// McAfee AHCI machine took 4.0-5.0 s plain against 5.2-7.6 s xz, the
-/// kernel decompressing each `.ko.xz` itself; the price is RAM (the
-/// unloaded modules sit decompressed in the initramfs: about 23 MiB more)
-/// and build time (zstd 19).
-const PLAIN_MODULES: bool = true;
+/// How the initramfs stores the modules (see `kmod::Storage`). History,
+/// measured under TCG with scripts/bench: Debian's `.ko.xz`, decompressed
+/// by the kernel at load, took 5.2-7.6 s to load the 31 modules of the
+/// McAfee AHCI machine against 4.0-5.0 s for plain `.ko`; but plain
+/// modules make the kernel unpack about 28 MiB it mostly never loads
+/// (0.5 s of every boot before the rescue starts, and 23 MiB of RAM).
+/// `.ko.zst` keeps the unpacking to compressed bytes and decompresses in
+/// user space only what a machine loads (figures in docs/boot-speed.md).
+const MODULE_STORAGE: kmod::Storage = kmod::Storage::Zstd;
 
 /// Everything a build needs.
 pub struct BuildConfig {
@@ -314,7 +315,7 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
     }
     id_input.push_str(&format!(
         "modules stored {}, zstd {ZSTD_LEVEL}\n",
-        if PLAIN_MODULES { "plain" } else { "xz" }
+        MODULE_STORAGE.as_str()
     ));
     id_input.push_str(&format!(
         "rescue {}\npayloads {}\nmodules {}\nfree {}\nafter {}\nepoch {}\nversion {}\n",
@@ -339,11 +340,10 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
         ar.add_dir(dir, 0o755)?;
     }
     let modroot = format!("lib/modules/{release}");
-    for m in &closure.modules {
-        let (path, bytes) = kmod::stored(&m.path, &km.files[&m.name].1, PLAIN_MODULES)?;
+    for (path, bytes) in stored_modules(&closure, &km.files)? {
         ar.add_file(&format!("{modroot}/{path}"), 0o644, bytes)?;
     }
-    let closure = closure.stored_paths(PLAIN_MODULES);
+    let closure = closure.stored_paths(MODULE_STORAGE);
     ar.add_file(
         &format!("{modroot}/{}", layout::MODULE_LIST),
         0o644,
@@ -444,6 +444,46 @@ pub fn stage(cfg: &BuildConfig, log: &mut dyn FnMut(&str)) -> Result<Staged> {
         manifest,
         store,
     })
+}
+
+/// Each module of `closure` as the initramfs stores it, in the closure's
+/// order. Compressing is the slow part of a fresh build (zstd 19 over
+/// about 28 MiB), so it runs on every CPU; the cache makes it a lookup on
+/// the next build.
+fn stored_modules(
+    closure: &kmod::Closure,
+    files: &BTreeMap<String, (String, Vec<u8>)>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let store = |m: &kmod::Chosen| match files.get(&m.name) {
+        Some((_, xz)) => kmod::stored(&m.path, xz, MODULE_STORAGE),
+        None => bail!("{} is not in the kernel package", m.path),
+    };
+    // Thread t stores modules t, t + threads, …; their results are put
+    // back in order.
+    let parts = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                sc.spawn(move || {
+                    closure
+                        .modules
+                        .iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(store)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Vec<_>>()
+    });
+    let mut iters: Vec<_> = parts.into_iter().map(Vec::into_iter).collect();
+    (0..closure.modules.len())
+        .map(|i| iters[i % threads].next().expect("one result per module"))
+        .collect()
 }
 
 fn part(d: &Deb, from: &str, to: &str) -> Part {

@@ -359,11 +359,6 @@ fn align4(n: usize) -> usize {
     n.div_ceil(4) * 4
 }
 
-/// Compresses one initramfs segment with zstd at `level`.
-///
-/// Single-threaded with the content-size and checksum flags always on
-/// (RFC 8878 §3.1.1.1.1 Frame_Header_Descriptor), so the same input and
-/// level give the same frame on every run and host.
 /// [`compress_zstd`] through a cache: zstd at level 19 takes half a
 /// minute for an initramfs of decompressed modules, and a rebuild from
 /// the same inputs (a new payload, a test) compresses the same bytes
@@ -372,32 +367,55 @@ fn align4(n: usize) -> usize {
 /// only after it decompresses to exactly `data`. Any cache trouble falls
 /// back to compressing. `DEFIB_ZSTD_CACHE=0` turns it off.
 pub fn compress_zstd_cached(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    compress_zstd_kept(data, level, "zstd", 16)
+}
+
+/// [`compress_zstd_cached`] in the cache's folder `sub`, keeping its newest
+/// `keep` entries: the modules (`.ko.zst`, a few hundred per kernel) have
+/// their own folder so they do not push the initramfs segments out.
+pub fn compress_zstd_kept(data: &[u8], level: i32, sub: &str, keep: usize) -> Result<Vec<u8>> {
     let dir = if std::env::var_os("DEFIB_ZSTD_CACHE").is_some_and(|v| v == "0") {
         None
     } else {
-        crate::fetch::cache_dir().ok().map(|d| d.join("zstd"))
+        crate::fetch::cache_dir().ok().map(|d| d.join(sub))
     };
-    compress_zstd_in(data, level, dir.as_deref())
+    compress_zstd_in(data, level, dir.as_deref().map(|d| (d, keep)))
 }
 
-/// [`compress_zstd_cached`] with the cache folder given (`None`: none).
-pub fn compress_zstd_in(data: &[u8], level: i32, dir: Option<&std::path::Path>) -> Result<Vec<u8>> {
-    let Some(dir) = dir else {
+/// [`compress_zstd_cached`] with the cache folder and how many entries it
+/// keeps given (`None`: no cache).
+pub fn compress_zstd_in(
+    data: &[u8],
+    level: i32,
+    dir: Option<(&std::path::Path, usize)>,
+) -> Result<Vec<u8>> {
+    let Some((dir, keep)) = dir else {
         return compress_zstd(data, level);
     };
     let path = dir.join(format!("{}-{level}.zst", crate::sha256_hex(data)));
     if let Ok(z) = std::fs::read(&path) {
         if zstd::bulk::decompress(&z, data.len()).is_ok_and(|d| d == data) {
+            // Touched, so the newest-kept rule counts it as used.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(z);
         }
     }
     let z = compress_zstd(data, level)?;
-    let _ = keep_in_cache(dir, &path, &z);
+    let _ = keep_in_cache(dir, &path, &z, keep);
     Ok(z)
 }
 
-/// Writes one cache entry (temp name, then rename) and keeps the newest 16.
-fn keep_in_cache(dir: &std::path::Path, path: &std::path::Path, z: &[u8]) -> std::io::Result<()> {
+/// Writes one cache entry (temp name, then rename) and keeps the newest
+/// `keep`.
+fn keep_in_cache(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    z: &[u8],
+    keep: usize,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, z)?;
@@ -408,13 +426,17 @@ fn keep_in_cache(dir: &std::path::Path, path: &std::path::Path, z: &[u8]) -> std
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     entries.sort();
-    let n = entries.len().saturating_sub(16);
+    let n = entries.len().saturating_sub(keep);
     for (_, p) in entries.into_iter().take(n) {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
 }
 
+/// Compresses with zstd at `level`: one frame, single-threaded, with the
+/// content-size and checksum flags always on (RFC 8878 §3.1.1.1.1
+/// Frame_Header_Descriptor), so the same input and level give the same
+/// frame on every run and host.
 pub fn compress_zstd(data: &[u8], level: i32) -> Result<Vec<u8>> {
     use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level).context("creating zstd compressor")?;
@@ -660,7 +682,7 @@ mod tests {
         // Through the cache: the first call stores, the second reads it
         // back; a damaged entry is noticed and replaced.
         let cache = tempfile::tempdir().unwrap();
-        let dir = Some(cache.path());
+        let dir = Some((cache.path(), 16));
         let c = compress_zstd_in(&data, 19, dir).unwrap();
         let d = compress_zstd_in(&data, 19, dir).unwrap();
         let entry = std::fs::read_dir(cache.path())
@@ -679,6 +701,19 @@ mod tests {
         );
         assert_eq!(a, b);
         assert_eq!(zstd::decode_all(&a[..]).unwrap(), data);
+        // A folder that keeps two: a third input pushes out the oldest.
+        let small = tempfile::tempdir().unwrap();
+        for input in [b"one".as_slice(), b"two", b"three"] {
+            compress_zstd_in(input, 3, Some((small.path(), 2))).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let names: Vec<String> = std::fs::read_dir(small.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let one = format!("{}-3.zst", crate::sha256_hex(b"one"));
+        assert!(!names.contains(&one), "{names:?}");
         // Frame_Header_Descriptor: Content_Checksum_flag is bit 2, RFC 8878 §3.1.1.1.1.
         assert_eq!(&a[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
         assert_ne!(a[4] & 0b100, 0);

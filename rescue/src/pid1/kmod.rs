@@ -8,10 +8,12 @@
 //! against the aliases (shell globs, as modprobe matches them), and loads
 //! the matching modules after the modules they depend on, several at once.
 //! The scheduling ([`Sched`]) is plain data, tested without a kernel; the
-//! threads that call `finit_module` ([`Loader`]) are a thin frame around it.
-//! Modules stay as Debian compressed and signed them; the kernel
-//! decompresses them itself (MODULE_INIT_COMPRESSED_FILE) and checks the
-//! signature under lockdown.
+//! threads that call the kernel ([`Loader`]) are a thin frame around it.
+//! The builder stores each module as one zstd frame (`.ko.zst`), which the
+//! rescue decompresses and hands to `init_module(2)`; `.ko` and Debian's
+//! `.ko.xz` (decompressed by the kernel, MODULE_INIT_COMPRESSED_FILE) load
+//! by `finit_module(2)`. The kernel checks Debian's signature, which sits
+//! inside the compression, under lockdown.
 
 use crate::layout::{MODULE_ALIASES, MODULE_LIST};
 use crate::report::ModuleFailure;
@@ -529,12 +531,22 @@ impl Loader {
 
     /// Asks for the modules every machine gets, in the background: they
     /// load at the lowest priority while the devices' drivers probe.
-    pub fn want_always(&self) -> usize {
+    /// The filesystems are asked for before device mapper and the ciphers:
+    /// the disks are mounted right after they appear, while BitLocker's
+    /// modules are waited for only before an unlock and the report.
+    /// Modules for which `skip(path)` holds are left out (efivarfs on a
+    /// machine not booted through UEFI, where there is nothing to mount).
+    pub fn want_always(&self, skip: impl Fn(&str) -> bool) -> usize {
         let mut g = self.lock();
-        let n = self
+        let (crypto, fs): (Vec<&String>, Vec<&String>) = self
             .table
             .always
             .iter()
+            .filter(|p| !skip(p))
+            .partition(|p| bitlocker_only(p));
+        let n = fs
+            .into_iter()
+            .chain(crypto)
             .filter(|p| g.sched.want_background(p))
             .count();
         drop(g);
@@ -543,9 +555,23 @@ impl Loader {
     }
 
     /// Asks for the modules that drive a device with this `modalias`.
+    /// Those only BitLocker needs go to the background even when a device
+    /// matches them: the CPU's own modalias names its accelerated ciphers
+    /// (aesni-intel, ghash-clmulni, …), whose loads and self-tests would
+    /// otherwise run first and hold up the disk drivers.
     pub fn want_for(&self, modalias: &str) -> usize {
-        let paths = self.table.matching(modalias);
-        self.want(&paths)
+        let (background, urgent): (Vec<String>, Vec<String>) = self
+            .table
+            .matching(modalias)
+            .into_iter()
+            .partition(|p| bitlocker_only(p));
+        let mut g = self.lock();
+        let n = background
+            .iter()
+            .filter(|p| g.sched.want_background(p))
+            .count();
+        drop(g);
+        n + self.want(&urgent)
     }
 
     /// Asks for `paths` (and what they need); returns how many were new.
@@ -694,8 +720,20 @@ pub fn params_for(path: &Path) -> &'static CStr {
         .map_or(c"", |(_, p)| p)
 }
 
-/// Hands one module file to the kernel with `finit_module(2)`.
+/// The largest module the rescue decompresses (the biggest Debian
+/// carries, mlx5_core, is about 5 MiB): a bound on what a damaged or
+/// hostile initramfs can make it allocate.
+const MODULE_MAX: usize = 64 << 20;
+
+/// Hands one module file to the kernel: a `.ko.zst` (how the builder
+/// stores them) is decompressed here and given to `init_module(2)`; a
+/// `.ko` or `.ko.xz` goes by `finit_module(2)`. Either way the kernel
+/// checks the signature appended to the module, which the compression
+/// wraps whole.
 pub fn finit_module(path: &Path) -> std::io::Result<()> {
+    if path.extension().is_some_and(|e| e == "zst") {
+        return init_module_zst(path);
+    }
     let f = File::open(path)?;
     let params = params_for(path);
     // Modules the builder stored uncompressed load without the flag.
@@ -721,9 +759,67 @@ pub fn finit_module(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The module inside a `.ko.zst`: one zstd frame that records its size.
+pub fn decompress_zst(z: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let size = zstd::zstd_safe::get_frame_content_size(z)
+        .map_err(|_| bad("not a zstd frame".into()))?
+        .ok_or_else(|| bad("the zstd frame does not record its size".into()))?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s <= MODULE_MAX)
+        .ok_or_else(|| bad(format!("a module of {size} bytes is too large")))?;
+    let out = zstd::bulk::decompress(z, size).map_err(|e| bad(format!("zstd: {e}")))?;
+    if out.len() != size {
+        return Err(bad(format!(
+            "decompressed to {} bytes, the frame says {size}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn init_module_zst(path: &Path) -> std::io::Result<()> {
+    let image = decompress_zst(&std::fs::read(path)?)?;
+    let params = params_for(path);
+    // SAFETY: the buffer and the NUL-terminated parameter string live for
+    // the whole call; init_module copies both and keeps neither.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            image.as_ptr(),
+            image.len() as libc::c_ulong,
+            params.as_ptr(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zst_modules_decompress_whole_or_not_at_all() {
+        let module = b"\x7fELF...module bytes...~Module signature appended~\n".repeat(50);
+        let z = zstd::bulk::compress(&module, 19).unwrap();
+        assert_eq!(decompress_zst(&z).unwrap(), module);
+        let e = decompress_zst(&z[..z.len() - 4]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        let e = decompress_zst(b"\x7fELF plain").unwrap_err();
+        assert!(e.to_string().contains("not a zstd frame"), "{e}");
+        // A frame header that claims more than any module is refused
+        // before anything is allocated: magic, a descriptor for a single
+        // segment with an 8-byte content size, the size.
+        let mut hdr = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        hdr.extend((MODULE_MAX as u64 + 1).to_le_bytes());
+        let e = decompress_zst(&hdr).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+    }
 
     fn err(n: i32) -> std::io::Result<()> {
         Err(std::io::Error::from_raw_os_error(n))
@@ -954,7 +1050,7 @@ mod tests {
             Ok(())
         });
         let l = Loader::start(dir.path(), table, 3, load);
-        assert_eq!(l.want_always(), 1);
+        assert_eq!(l.want_always(|_| false), 1);
         assert_eq!(
             l.want_for("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"),
             1
@@ -974,6 +1070,78 @@ mod tests {
         assert!(sum
             .line()
             .starts_with("modules: 5 loaded of 5 carried, 0 not for this hardware, 0 failed"));
+    }
+
+    #[test]
+    fn ciphers_the_cpu_matches_do_not_hold_up_the_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_list = "kernel/arch/x86/crypto/aesni-intel.ko\nkernel/drivers/ata/libata.ko\n\
+            kernel/drivers/ata/ahci.ko kernel/drivers/ata/libata.ko\n";
+        let aliases = "alias cpu:type:x86,ven*fam*mod*:feature:*0099* kernel/arch/x86/crypto/aesni-intel.ko\n\
+            alias pci:v*d*sv*sd*bc01sc06i01* kernel/drivers/ata/ahci.ko\n";
+        std::fs::write(dir.path().join(MODULE_LIST), load_list).unwrap();
+        std::fs::write(dir.path().join(MODULE_ALIASES), aliases).unwrap();
+        let table = Table::read(dir.path()).unwrap();
+        // Nothing finishes until the gate opens: what is asked for stays
+        // waiting or loading while the test looks.
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g2 = gate.clone();
+        let load: Arc<LoadFn> = Arc::new(move |_: &Path| {
+            let (m, cv) = &*g2;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            Ok(())
+        });
+        let l = Loader::start(dir.path(), table, 2, load);
+        let cpu = "cpu:type:x86,ven0000fam0006mod0055:feature:,0000,0001,0099,00E8";
+        assert_eq!(l.want_for(cpu), 1);
+        assert!(
+            l.devices_idle(),
+            "the CPU's cipher driver loads in the background"
+        );
+        assert_eq!(
+            l.want_for("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
+            1
+        );
+        assert!(
+            !l.devices_idle(),
+            "the disk controller's driver is waited for"
+        );
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert!(l.wait_idle(Duration::from_secs(60)));
+        assert_eq!(l.summary().loaded.len(), 3);
+    }
+
+    #[test]
+    fn filesystems_load_before_bitlocker_modules_and_skips_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_list = "kernel/drivers/md/dm-mod.ko\nkernel/crypto/xts.ko\n\
+            kernel/fs/ntfs3/ntfs3.ko\nkernel/fs/efivarfs/efivarfs.ko\n";
+        // The builder lists device mapper and ciphers first.
+        let aliases = "always kernel/drivers/md/dm-mod.ko\nalways kernel/crypto/xts.ko\n\
+            always kernel/fs/ntfs3/ntfs3.ko\nalways kernel/fs/efivarfs/efivarfs.ko\n";
+        std::fs::write(dir.path().join(MODULE_LIST), load_list).unwrap();
+        std::fs::write(dir.path().join(MODULE_ALIASES), aliases).unwrap();
+        let table = Table::read(dir.path()).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let rec = seen.clone();
+        let load: Arc<LoadFn> = Arc::new(move |p: &Path| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            rec.lock().unwrap().push(name);
+            Ok(())
+        });
+        // One thread: the order asked for is the order loaded.
+        let l = Loader::start(dir.path(), table, 1, load);
+        assert_eq!(l.want_always(|p| p.contains("/efivarfs/")), 3);
+        assert!(l.wait_idle(Duration::from_secs(60)));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["ntfs3.ko", "dm-mod.ko", "xts.ko"],
+            "filesystems first, efivarfs skipped"
+        );
     }
 
     #[test]

@@ -356,7 +356,10 @@ fn load_modules(run: &mut Run) -> Result<()> {
     );
     // The devices' drivers first: their probes run while the rest loads.
     coldplug(&run.root, &loader);
-    loader.want_always();
+    // efivarfs is mounted only on a UEFI boot (mounts.rs): elsewhere its
+    // module would be loaded for nothing.
+    let uefi = run.root.join("sys/firmware/efi").is_dir();
+    loader.want_always(|p| !uefi && p.starts_with("kernel/fs/efivarfs/"));
     run.loader = Some(loader);
     // No wait here: the loads run on while `devices` waits for the
     // medium and the disks, which needs them idle before it ends.
