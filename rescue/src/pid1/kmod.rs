@@ -1036,11 +1036,16 @@ mod tests {
         assert_eq!(s.take_ready(), None);
     }
 
-    #[test]
-    fn loader_threads_respect_dependencies() {
+    /// A loader over the tables `load` and `aliases` whose loads only
+    /// record the file names, in the order loaded.
+    fn recording_loader(
+        load: &str,
+        aliases: &str,
+        threads: usize,
+    ) -> (Loader, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(MODULE_LIST), LOAD).unwrap();
-        std::fs::write(dir.path().join(MODULE_ALIASES), ALIASES).unwrap();
+        std::fs::write(dir.path().join(MODULE_LIST), load).unwrap();
+        std::fs::write(dir.path().join(MODULE_ALIASES), aliases).unwrap();
         let table = Table::read(dir.path()).unwrap();
         let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let rec = seen.clone();
@@ -1049,7 +1054,12 @@ mod tests {
             rec.lock().unwrap().push(name);
             Ok(())
         });
-        let l = Loader::start(dir.path(), table, 3, load);
+        (Loader::start(dir.path(), table, threads, load), seen, dir)
+    }
+
+    #[test]
+    fn loader_threads_respect_dependencies() {
+        let (l, seen, _dir) = recording_loader(LOAD, ALIASES, 3);
         assert_eq!(l.want_always(|_| false), 1);
         assert_eq!(
             l.want_for("pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"),
@@ -1117,24 +1127,13 @@ mod tests {
 
     #[test]
     fn filesystems_load_before_bitlocker_modules_and_skips_are_left_out() {
-        let dir = tempfile::tempdir().unwrap();
         let load_list = "kernel/drivers/md/dm-mod.ko\nkernel/crypto/xts.ko\n\
             kernel/fs/ntfs3/ntfs3.ko\nkernel/fs/efivarfs/efivarfs.ko\n";
         // The builder lists device mapper and ciphers first.
         let aliases = "always kernel/drivers/md/dm-mod.ko\nalways kernel/crypto/xts.ko\n\
             always kernel/fs/ntfs3/ntfs3.ko\nalways kernel/fs/efivarfs/efivarfs.ko\n";
-        std::fs::write(dir.path().join(MODULE_LIST), load_list).unwrap();
-        std::fs::write(dir.path().join(MODULE_ALIASES), aliases).unwrap();
-        let table = Table::read(dir.path()).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-        let rec = seen.clone();
-        let load: Arc<LoadFn> = Arc::new(move |p: &Path| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            rec.lock().unwrap().push(name);
-            Ok(())
-        });
         // One thread: the order asked for is the order loaded.
-        let l = Loader::start(dir.path(), table, 1, load);
+        let (l, seen, _dir) = recording_loader(load_list, aliases, 1);
         assert_eq!(l.want_always(|p| p.contains("/efivarfs/")), 3);
         assert!(l.wait_idle(Duration::from_secs(60)));
         assert_eq!(
