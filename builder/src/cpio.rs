@@ -714,6 +714,18 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         let one = format!("{}-3.zst", crate::sha256_hex(b"one"));
         assert!(!names.contains(&one), "{names:?}");
+        // An entry read back counts as used: "two" is read, so "four"
+        // pushes out "three".
+        compress_zstd_in(b"two", 3, Some((small.path(), 2))).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        compress_zstd_in(b"four", 3, Some((small.path(), 2))).unwrap();
+        let two = small
+            .path()
+            .join(format!("{}-3.zst", crate::sha256_hex(b"two")));
+        let three = small
+            .path()
+            .join(format!("{}-3.zst", crate::sha256_hex(b"three")));
+        assert!(two.exists() && !three.exists(), "the read entry was kept");
         // Frame_Header_Descriptor: Content_Checksum_flag is bit 2, RFC 8878 §3.1.1.1.1.
         assert_eq!(&a[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
         assert_ne!(a[4] & 0b100, 0);

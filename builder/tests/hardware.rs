@@ -21,8 +21,10 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Drivers of hardware none of these machines has: storage controllers
-/// of servers and hypervisors, and every NIC (the machines have none).
+/// of servers and hypervisors, and every NIC (the machines have none);
+/// and efivarfs, which only a UEFI boot mounts (these boot SeaBIOS).
 const NEVER: &[&str] = &[
+    "efivarfs",
     "megaraid_sas",
     "mpt3sas",
     "smartpqi",

@@ -128,11 +128,9 @@ fn image_matches_its_manifest() {
         // However it is stored, the module inside must still carry
         // Debian's signature (Secure Boot lockdown refuses one without).
         let module = if rel.ends_with(".ko.zst") {
-            let size = zstd::zstd_safe::get_frame_content_size(data)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| panic!("{p}: not a zstd frame that records its size"));
-            zstd::bulk::decompress(data, size as usize).unwrap()
+            // With the rescue's own reader, as it will at boot.
+            defib_rescue::pid1::kmod::decompress_zst(data)
+                .unwrap_or_else(|e| panic!("{p}: the rescue cannot read it: {e}"))
         } else if rel.ends_with(".ko.xz") {
             defib_builder::kmod::decompress(data).unwrap()
         } else {

@@ -448,11 +448,7 @@ impl LoadSummary {
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.iter()
             .take(n)
-            .map(|(p, t)| {
-                let name = p.rsplit('/').next().unwrap_or(p);
-                let name = name.split(".ko").next().unwrap_or(name);
-                format!("{name} {:.2} s", t.as_secs_f64())
-            })
+            .map(|(p, t)| format!("{} {:.2} s", module_name(p), t.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -704,19 +700,26 @@ fn set_nice(tid: libc::pid_t, nice: libc::c_int) {
     }
 }
 
-/// Module parameters the rescue sets, by module file name stem.
+/// A module's name as the kernel knows it, from its path: the file name
+/// before `.ko`, with `-` as `_` (`kernel/drivers/usb/storage/usb-storage.ko.zst`
+/// -> `usb_storage`).
+pub fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.split(".ko").next().unwrap_or(base).replace('-', "_")
+}
+
+/// Module parameters the rescue sets, by module name.
 /// usb-storage waits `delay_use` (1 s) before scanning a new stick for
 /// devices that need time after a reset; the rescue's wait for the medium
 /// already bounds that (`defib.wait`), so the second is not spent up front.
-pub const PARAMS: &[(&str, &CStr)] = &[("usb-storage", c"delay_use=0")];
+pub const PARAMS: &[(&str, &CStr)] = &[("usb_storage", c"delay_use=0")];
 
 /// The parameters for the module at `path` (empty if none).
 pub fn params_for(path: &Path) -> &'static CStr {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let stem = name.split(".ko").next().unwrap_or(name).replace('_', "-");
+    let name = module_name(&path.to_string_lossy());
     PARAMS
         .iter()
-        .find(|(m, _)| *m == stem)
+        .find(|(m, _)| *m == name)
         .map_or(c"", |(_, p)| p)
 }
 
@@ -1154,7 +1157,14 @@ mod tests {
             p("kernel/drivers/usb/storage/usb-storage.ko"),
             "delay_use=0"
         );
+        assert_eq!(
+            p("kernel/drivers/usb/storage/usb-storage.ko.zst"),
+            "delay_use=0",
+            "as the builder stores it"
+        );
         assert_eq!(p("kernel/drivers/usb/storage/uas.ko.xz"), "");
+        assert_eq!(module_name("kernel/drivers/md/dm-mod.ko.zst"), "dm_mod");
+        assert_eq!(module_name("ntfs3.ko"), "ntfs3");
     }
 
     #[test]

@@ -356,10 +356,10 @@ fn load_modules(run: &mut Run) -> Result<()> {
     );
     // The devices' drivers first: their probes run while the rest loads.
     coldplug(&run.root, &loader);
-    // efivarfs is mounted only on a UEFI boot (mounts.rs): elsewhere its
-    // module would be loaded for nothing.
-    let uefi = run.root.join("sys/firmware/efi").is_dir();
-    loader.want_always(|p| !uefi && p.starts_with("kernel/fs/efivarfs/"));
+    // A late mount that does not apply here (efivarfs without UEFI) needs
+    // no module.
+    let unneeded = mounts::unneeded_modules(&run.root);
+    loader.want_always(|p| unneeded.contains(&kmod::module_name(p).as_str()));
     run.loader = Some(loader);
     // No wait here: the loads run on while `devices` waits for the
     // medium and the disks, which needs them idle before it ends.
@@ -433,14 +433,7 @@ fn modules_to_report(run: &mut Run) {
 /// Module names from paths (`kernel/drivers/nvme/host/nvme.ko.xz` ->
 /// `nvme`), sorted.
 fn module_names(paths: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = paths
-        .iter()
-        .map(|p| {
-            let base = p.rsplit('/').next().unwrap_or(p);
-            let stem = base.split(".ko").next().unwrap_or(base);
-            stem.replace('-', "_")
-        })
-        .collect();
+    let mut v: Vec<String> = paths.iter().map(|p| kmod::module_name(p)).collect();
     v.sort();
     v
 }

@@ -119,6 +119,18 @@ pub fn plan(root: &Path, table: &[MountStep]) -> Vec<MountStep> {
         .collect()
 }
 
+/// The filesystem modules no late mount needs under `root`: those of the
+/// [`AFTER_MODULES`] entries that do not apply (efivarfs on a machine not
+/// booted through UEFI). The always-loaded set skips them.
+pub fn unneeded_modules(root: &Path) -> Vec<&'static str> {
+    let planned = plan(root, AFTER_MODULES);
+    AFTER_MODULES
+        .iter()
+        .filter(|s| !planned.contains(s))
+        .map(|s| s.fstype)
+        .collect()
+}
+
 /// Creates the target directory and mounts one entry.
 pub fn apply(root: &Path, step: &MountStep) -> Result<()> {
     let target = root.join(step.target);
@@ -148,7 +160,13 @@ mod tests {
     fn efivarfs_only_on_uefi() {
         let dir = tempfile::tempdir().unwrap();
         assert!(plan(dir.path(), AFTER_MODULES).is_empty());
+        assert_eq!(
+            unneeded_modules(dir.path()),
+            ["efivarfs"],
+            "no module for a mount that does not happen"
+        );
         std::fs::create_dir_all(dir.path().join("sys/firmware/efi")).unwrap();
+        assert!(unneeded_modules(dir.path()).is_empty());
         let p = plan(dir.path(), AFTER_MODULES);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].fstype, "efivarfs");
